@@ -1,0 +1,6 @@
+"""hwrnn: what software and hardware share: configs, number formats, quantizer integer math,
+lookup-table contents, the layer checkpoint format and the latency formula."""
+from .config import CellFormat, ConfigError, Folding, LayerConfig
+from .checkpoint import CheckpointError, QuantLayer, load_layer
+
+__all__ = ["CellFormat", "ConfigError", "Folding", "LayerConfig", "CheckpointError", "QuantLayer", "load_layer"]

@@ -1,0 +1,183 @@
+"""Geometry of the folded datapath, memory image contents, reference functions of the MAC blocks
+and the exact latency formula. Shared by rtl_gen (which builds it) and sim/tests (which check it).
+
+Schedule of one time step (Folding: PE rows, SIMD columns per cycle, planes parallel/serial):
+
+* rows are taken unit-major: row fold rf holds units u = rf*U .. rf*U + U - 1 (U = PE/4) and lane
+  l = 4k + gate (gate order i, f, g, o) computes matrix row gate*H + (rf*U + k);
+* columns are [x_t ; h_{t-1}] zero-padded to Cf*SIMD; column fold cf takes columns cf*SIMD.. ;
+* one weight-memory word per cycle; address = (rf*Cf + cf)*P + p, P = wbits (serial) or 1;
+* word bit (l*PW + p)*SIMD + s holds bit p of the code of lane l, column s (PW = wbits in
+  parallel mode, 1 in serial mode where the plane is part of the address);
+* padded rows and columns hold code 0; padded columns meet activation 0, so they add nothing.
+
+Latency (cycles from the cycle x_t is accepted to the cycle h_t is valid) is
+``Rf*Cf*P + PIPELINE_DEPTH``; the core accepts the next x_t one cycle after h_t is taken.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import QuantLayer
+from .config import Folding, LayerConfig
+from .formats import signed_width, unsigned_width
+from .quant import levels
+
+#: cycles from the last weight word issued to h_t valid: memory read (1), popcount stage (1),
+#: accumulate (1), scale multiply (1), LUT read (1), cell update (1), sigmoid(c) read (1),
+#: h written and output valid (1). rtl_gen builds exactly these stages; simulation checks them.
+PIPELINE_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Geometry:
+    cfg: LayerConfig
+    fold: Folding
+
+    @property
+    def units_per_fold(self) -> int:
+        return self.fold.pe // 4
+
+    @property
+    def row_folds(self) -> int:
+        return math.ceil(self.cfg.hidden / self.units_per_fold)
+
+    @property
+    def col_folds(self) -> int:
+        return math.ceil(self.cfg.columns / self.fold.simd)
+
+    @property
+    def plane_steps(self) -> int:
+        return self.cfg.wbits if self.fold.planes == "serial" else 1
+
+    @property
+    def planes_per_word(self) -> int:
+        return 1 if self.fold.planes == "serial" else self.cfg.wbits
+
+    @property
+    def word_bits(self) -> int:
+        return self.fold.pe * self.planes_per_word * self.fold.simd
+
+    @property
+    def depth(self) -> int:
+        return self.row_folds * self.col_folds * self.plane_steps
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of the weight memory including padding."""
+        return self.word_bits * self.depth
+
+    @property
+    def padded_columns(self) -> int:
+        return self.col_folds * self.fold.simd
+
+    @property
+    def padded_units(self) -> int:
+        return self.row_folds * self.units_per_fold
+
+    @property
+    def mac_cycles(self) -> int:
+        return self.depth
+
+    def lane_row(self, rf: int, lane: int) -> int | None:
+        """Matrix row of lane `lane` in row fold rf, or None for a padding lane."""
+        unit = rf * self.units_per_fold + lane // 4
+        if unit >= self.cfg.hidden:
+            return None
+        return (lane % 4) * self.cfg.hidden + unit
+
+
+def weight_image(layer: QuantLayer, fold: Folding) -> list[int]:
+    """The weight memory contents: one int per word, in address order."""
+    g = Geometry(layer.cfg, fold)
+    cfg = layer.cfg
+    PE, S, PW = fold.pe, fold.simd, g.planes_per_word
+    codes = np.zeros((g.row_folds * PE, g.padded_columns), dtype=np.int64)
+    for rf in range(g.row_folds):
+        for lane in range(PE):
+            r = g.lane_row(rf, lane)
+            if r is not None:
+                codes[rf * PE + lane, :cfg.columns] = layer.codes[r]
+    blk = codes.reshape(g.row_folds, PE, g.col_folds, S).transpose(0, 2, 1, 3)  # [Rf, Cf, PE, S]
+    planes = np.arange(cfg.wbits, dtype=np.int64)
+    bits = ((blk[..., None, :] >> planes[:, None]) & 1).astype(np.uint8)  # [Rf, Cf, PE, wbits, S]
+    if fold.planes == "serial":
+        bits = bits.transpose(0, 1, 3, 2, 4)  # [Rf, Cf, wbits(address), PE, S]
+    flat = bits.reshape(g.depth, g.word_bits)
+    packed = np.packbits(flat, axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
+def bias_image(layer: QuantLayer, fold: Folding) -> list[list[int]]:
+    """Per row fold, the fixed-point bias B of each lane (0 for padding lanes)."""
+    g = Geometry(layer.cfg, fold)
+    out = []
+    for rf in range(g.row_folds):
+        row = []
+        for lane in range(fold.pe):
+            r = g.lane_row(rf, lane)
+            row.append(0 if r is None else int(layer.bias_int[r]))
+        out.append(row)
+    return out
+
+
+def bias_width(layer: QuantLayer) -> int:
+    B = layer.bias_int
+    return signed_width(int(B.min(initial=0)), int(B.max(initial=0)))
+
+
+def latency(cfg: LayerConfig, fold: Folding) -> int:
+    """Exact cycles from accepting x_t to h_t valid."""
+    return Geometry(cfg, fold).mac_cycles + PIPELINE_DEPTH
+
+
+def step_period(cfg: LayerConfig, fold: Folding) -> int:
+    """Cycles between consecutive x_t acceptances with no stalls (h_t taken at once)."""
+    return latency(cfg, fold) + 1
+
+
+def sequence_cycles(cfg: LayerConfig, fold: Folding, steps: int) -> int:
+    """Cycles from accepting x_1 to h_T valid with no stalls."""
+    return (steps - 1) * step_period(cfg, fold) + latency(cfg, fold)
+
+
+def mac_bound(cfg: LayerConfig, fold: Folding) -> int:
+    """ceil(4H/PE) * ceil((H+X)/SIMD), the SPEC's MAC bound (plane-parallel)."""
+    return math.ceil(cfg.rows / fold.pe) * math.ceil(cfg.columns / fold.simd)
+
+
+# ---- reference functions of the MAC blocks ----------------------------------------------------
+
+def bitplane_dot(n, a, wbits: int, abits: int) -> int:
+    """sum_s n_s * a_s computed the hardware way: sum over planes p, q of
+    popcount(bit_p(n) & bit_q(a)) << (p + q)."""
+    n = np.asarray(n, np.int64)
+    a = np.asarray(a, np.int64)
+    total = 0
+    for p in range(wbits):
+        for q in range(abits):
+            total += int(np.sum(((n >> p) & 1) & ((a >> q) & 1))) << (p + q)
+    return total
+
+
+def odd_dot(n, a, wbits: int) -> int:
+    """sum m*a with m = 2n - Kw, via the shared activation-sum correction 2*sum(n*a) - Kw*sum(a)."""
+    n = np.asarray(n, np.int64)
+    a = np.asarray(a, np.int64)
+    return 2 * int(np.sum(n * a)) - levels(wbits) * int(np.sum(a))
+
+
+def memory_bits(cfg: LayerConfig) -> int:
+    """Bits of weight storage without padding: 4H * (X+H) * wbits."""
+    return cfg.rows * cfg.columns * cfg.wbits
+
+
+def s1_width(cfg: LayerConfig) -> int:
+    return unsigned_width(cfg.columns * levels(cfg.wbits) * levels(cfg.abits))
+
+
+def asum_width(cfg: LayerConfig) -> int:
+    return unsigned_width(cfg.columns * levels(cfg.abits))

@@ -1,0 +1,88 @@
+"""Weight memory: one word per cycle, synchronous read (latency 1), one write port for run-time
+loading.
+
+Two back ends with the same ports:
+* ``image_file=None``: ``amaranth.lib.memory.Memory`` initialised from the image (simulation in
+  Amaranth, small designs);
+* ``image_file="weights.hex"``: an instance of the small Verilog module ``WMEM_VERILOG`` that reads
+  the file with ``$readmemh`` (relative to the simulator's / synthesizer's working directory), so
+  a multi-Mbit matrix never becomes inline Verilog (see TOOLCHAIN.md).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import ClockSignal, Instance, Module
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hwrnn.config import ConfigError
+
+WMEM_MODULE = "hwrnn_wmem"
+
+WMEM_VERILOG = """\
+// Weight memory of the hwrnn LSTM core: synchronous read, one write port, $readmemh init.
+module hwrnn_wmem #(
+    parameter WIDTH = 8,
+    parameter DEPTH = 2,
+    parameter AW = 1,
+    parameter INIT_FILE = ""
+) (
+    input  wire             clk,
+    input  wire [AW-1:0]    raddr,
+    output reg  [WIDTH-1:0] rdata,
+    input  wire             we,
+    input  wire [AW-1:0]    waddr,
+    input  wire [WIDTH-1:0] wdata
+);
+    reg [WIDTH-1:0] mem [0:DEPTH-1];
+    initial begin
+        if (INIT_FILE != "") $readmemh(INIT_FILE, mem);
+    end
+    always @(posedge clk) begin
+        if (we) mem[waddr] <= wdata;
+        rdata <= mem[raddr];
+    end
+endmodule
+"""
+
+
+def hex_image(words, width: int) -> str:
+    """$readmemh text: one word per line, fixed number of hex digits."""
+    digits = (width + 3) // 4
+    return "".join(f"{w:0{digits}x}\n" for w in words)
+
+
+class WeightMemory(wiring.Component):
+    """WIDTH x DEPTH memory; ``rdata`` is the word at ``raddr`` of the previous cycle."""
+
+    def __init__(self, width: int, depth: int, init, image_file: str | None = None):
+        if width < 1 or depth < 1:
+            raise ConfigError(f"weight memory must have width and depth >= 1, got {width} x {depth}")
+        init = list(init)
+        if len(init) != depth:
+            raise ConfigError(f"weight image has {len(init)} words, memory depth is {depth}")
+        self.width, self.depth, self.init, self.image_file = width, depth, init, image_file
+        self.addr_width = max(1, (depth - 1).bit_length())
+        super().__init__({
+            "raddr": In(self.addr_width),
+            "rdata": Out(width),
+            "we": In(1),
+            "waddr": In(self.addr_width),
+            "wdata": In(width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.image_file is None:
+            m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=self.init)
+            rd = mem.read_port()
+            wr = mem.write_port()
+            m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data),
+                         wr.addr.eq(self.waddr), wr.data.eq(self.wdata), wr.en.eq(self.we)]
+        else:
+            m.submodules.mem = Instance(
+                WMEM_MODULE,
+                p_WIDTH=self.width, p_DEPTH=self.depth, p_AW=self.addr_width, p_INIT_FILE=self.image_file,
+                i_clk=ClockSignal(), i_raddr=self.raddr, o_rdata=self.rdata,
+                i_we=self.we, i_waddr=self.waddr, i_wdata=self.wdata)
+        return m

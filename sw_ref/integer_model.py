@@ -1,0 +1,112 @@
+"""The bit-exact integer model of one quantized LSTM layer: exactly what the hardware computes.
+
+numpy only (no torch), vectorised over a batch of independent sequences. Every arithmetic step is
+the hwrnn.formats reference of one hardware block:
+
+    acc  = codes_odd @ [x ; h]                    (exact integers; computed in float64 BLAS, which
+                                                  is exact because |acc| < 2**53, then cast)
+    zq   = rshift_round(acc * M + B, R)          scale-and-bias unit
+    gate = LUT[clamp(zq) + offset]                sigmoid / tanh tables
+    c'   = cell_update(f, c, i, g)                cell-state unit (fixed point, saturating)
+    h'   = rshift_round(Ka * o * sigmoid(c'), 2G) h requantizer
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwrnn import formats as fm
+from hwrnn.checkpoint import QuantLayer
+from hwrnn.quant import levels, odd_from_code
+
+TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")
+
+
+@dataclass
+class IntState:
+    """h: activation codes [B, H] int64; c: cell integers [B, H] int64."""
+
+    h: np.ndarray
+    c: np.ndarray
+
+    def copy(self) -> "IntState":
+        return IntState(self.h.copy(), self.c.copy())
+
+
+class IntegerLSTM:
+    """Runs a QuantLayer step by step on integer activation codes."""
+
+    def __init__(self, layer: QuantLayer):
+        self.layer = layer
+        self.cfg = cfg = layer.cfg
+        m = odd_from_code(layer.codes, cfg.wbits)
+        assert np.abs(m).max(initial=0) * cfg.columns * levels(cfg.abits) < 2 ** 53
+        self._mT = m.T.astype(np.float64)  # [N, 4H]
+        self.M, self.R, self.B = layer.mult, layer.shift, layer.bias_int
+        self.sig = fm.sigmoid_lut(cfg)
+        self.cand = fm.candidate_lut(cfg)
+
+    def initial_state(self, batch: int = 1) -> IntState:
+        h0, c0 = fm.initial_state(self.cfg)
+        H = self.cfg.hidden
+        return IntState(np.full((batch, H), h0, np.int64), np.full((batch, H), c0, np.int64))
+
+    def _check_x(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"x codes must be integers, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != self.cfg.input:
+            raise ValueError(f"x codes must have shape [batch, {self.cfg.input}], got {x.shape}")
+        Ka = levels(self.cfg.abits)
+        if x.size and (x.min() < 0 or x.max() > Ka):
+            raise ValueError(f"x codes out of range 0..{Ka}")
+        return x.astype(np.int64)
+
+    def step(self, x, state: IntState, trace: bool = False):
+        """One time step. x: [B, X] codes. Returns (new_state, taps dict or None)."""
+        cfg = self.cfg
+        H = cfg.hidden
+        x = self._check_x(x)
+        act = np.concatenate([x, state.h], axis=1).astype(np.float64)
+        acc = np.rint(act @ self._mT).astype(np.int64)  # exact: integers below 2**53
+        z = fm.preactivation(acc, self.M, self.B, self.R)
+        addr = fm.lut_address(cfg, z)
+        i = self.sig[addr[:, 0:H]]
+        f = self.sig[addr[:, H:2 * H]]
+        g = self.cand[addr[:, 2 * H:3 * H]]
+        o = self.sig[addr[:, 3 * H:4 * H]]
+        c = fm.cell_update(cfg, f, state.c, i, g)
+        sc = self.sig[fm.cell_lut_address(cfg, c)]
+        h = fm.h_code(cfg, o, sc)
+        new = IntState(h, c)
+        if not trace:
+            return new, None
+        return new, {"acc": acc, "z": z, "i": i, "f": f, "g": g, "o": o, "c": c, "sc": sc, "h": h}
+
+    def run(self, xs, state: IntState | None = None, trace: bool = True):
+        """xs: [T, X] (one sequence) codes. Returns (final state, list of per-step tap dicts for
+        batch element 0, each tap squeezed to 1-D)."""
+        xs = np.asarray(xs)
+        if xs.ndim != 2:
+            raise ValueError(f"sequence must have shape [T, {self.cfg.input}], got {xs.shape}")
+        st = state if state is not None else self.initial_state(1)
+        out = []
+        for t in range(xs.shape[0]):
+            st, taps = self.step(xs[t:t + 1], st, trace=True)
+            if trace:
+                out.append({k: v[0].copy() for k, v in taps.items()})
+        return st, out
+
+
+def reference_sequence(layer: QuantLayer, xs, h0=None, c0=None):
+    """Convenience for simulators: run one sequence from the reset state (or given h0/c0 vectors)
+    and return a list of (h, c) int64 vectors per step."""
+    model = IntegerLSTM(layer)
+    st = model.initial_state(1)
+    if h0 is not None:
+        st.h[0] = np.asarray(h0, np.int64)
+    if c0 is not None:
+        st.c[0] = np.asarray(c0, np.int64)
+    _, taps = model.run(xs, st)
+    return [(t["h"], t["c"]) for t in taps]

@@ -1,0 +1,458 @@
+"""Quantization-aware training of the He et al. LSTM language model on PTB (sw_ref).
+
+Public API
+----------
+``train(args=None, **kwargs) -> dict``
+    ``args``: an argparse.Namespace (attributes named like the CLI flags, dashes -> underscores;
+    unknown attributes are ignored, None means "use the default") and/or keyword arguments
+    (unknown keywords are an error). Options and defaults:
+
+      data=None (dir; else $HWRNN_PTB)   hidden=300          input=None (-> hidden)
+      wbits=None, abits=None (None/32 = float)               epochs=40
+      batch_size=20      bptt=35         lr=None (-> 20 for sgd, 1e-3 for adam)
+      optimizer='sgd'|'adam'             clip=0.25 (global grad-norm; 0 = off)
+      dropout=0.3        seed=1111       threads=None (torch.set_num_threads)
+      max_train_tokens=None (truncate train data)            out (run directory, required)
+      init_from=None (LM checkpoint to start from: parameters copied by name, shapes must match,
+                      vocabularies must be equal; only when not resuming)
+      resume=None (a run always resumes automatically when out/last.pt exists; a true value
+                   additionally requires that checkpoint to exist)
+      checkpoint_every=200 (batches; 0 = only at epoch ends)
+      extra: gamma=None, weight_tanh=True, candidate='sigmoid', embedding='clip',
+             init_state='zero', quantize_output=False (model options, see sw_ref.model),
+             max_batches=None (stop this invocation after N training batches, with a checkpoint;
+             for tests and time-sliced runs), anneal=4.0 (lr divisor when valid ppl does not
+             improve), min_lr=None (stop when lr falls below it), log_every=100 (batches),
+             eval_batch_size=10, progress=None (tqdm bar; default: only when stderr is a tty).
+
+    Recipe (PyTorch word_language_model): TBPTT with the state carried across windows (detached)
+    and reset at each epoch; loss = mean cross-entropy per token; after each epoch the valid
+    perplexity is computed, best.pt is kept for the best one, otherwise lr /= anneal.
+    Run directory: best.pt, last.pt (full training state, written every checkpoint_every batches
+    and at epoch ends; a run resumes mid-epoch bit-exactly), metrics.jsonl (one JSON record per
+    epoch, plus a final {"event": "test"} record), summary.json, and the stdout log lines.
+    Returns a summary dict: out, best_valid_ppl, best_epoch, test_ppl (None if interrupted),
+    epochs_done, interrupted (bool), tokens_per_s.
+
+``evaluate(model, data, bsz=10, bptt=35) -> float``
+    Perplexity = exp(mean cross-entropy over all predicted tokens) of a 1-D token tensor (batchified
+    with bsz columns; a 2-D tensor is used as already batchified), from ``model.init_hidden``,
+    state carried across windows, no dropout.
+
+``load_lm_checkpoint(path) -> (model, vocab, meta)``
+    Rebuilds the QuantLSTMLM (eval mode) of a best.pt/last.pt; ``meta`` holds the other keys
+    ('epoch', 'valid_ppl', 'config', ...). Missing, corrupt or foreign files raise ``CheckpointError``
+    (a ValueError) with one line naming the file.
+
+Checkpoint format: ``torch.save`` of a dict with 'format' ('hwrnn-lm-1'), 'config' (LMConfig dict),
+'vocab' (list of words, id order), 'model' (state_dict), 'epoch' (completed epochs), 'valid_ppl'
+(valid ppl of that epoch), 'best_valid_ppl'; last.pt adds 'batch' (batches already done in epoch
+'epoch'+1), 'lr', 'optimizer', 'hidden' (carried TBPTT state), 'rng_torch', 'epoch_loss',
+'epoch_tokens', 'train_opts'. Loadable with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from sw_ref.data import (DataError, batchify, iter_bptt, load_ptb, num_bptt_batches,
+                         resolve_data_dir)
+from sw_ref.model import LMConfig, QuantLSTMLM
+
+FORMAT = "hwrnn-lm-1"
+
+DEFAULTS = dict(
+    data=None, hidden=300, input=None, wbits=None, abits=None, epochs=40, batch_size=20,
+    bptt=35, lr=None, optimizer="sgd", clip=0.25, dropout=0.3, seed=1111, threads=None,
+    max_train_tokens=None, out=None, init_from=None, resume=None, checkpoint_every=200,
+    gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
+    quantize_output=False, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
+    eval_batch_size=10, progress=None,
+)
+# options that must not change when resuming a run mid-way
+RESUME_FIXED = ("batch_size", "bptt", "max_train_tokens", "optimizer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not an hwrnn LM checkpoint (one line)."""
+
+
+class TrainError(ValueError):
+    """Invalid training option or run directory state (one line)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+def _first_line(exc) -> str:
+    s = str(exc).strip().splitlines()
+    return s[0] if s else type(exc).__name__
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable checkpoint"
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an hwrnn LM checkpoint (format {FORMAT!r} expected)")
+    for key in ("config", "vocab", "model"):
+        if key not in ck:
+            raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
+    return ck
+
+
+def _model_from_checkpoint(ck: dict, path) -> QuantLSTMLM:
+    try:
+        cfg = LMConfig.from_dict(dict(ck["config"]))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has a bad model config: {_first_line(exc)}") from None
+    vocab = ck["vocab"]
+    if not isinstance(vocab, list) or len(vocab) != cfg.vocab:
+        raise CheckpointError(f"checkpoint {path}: vocabulary does not match its config "
+                              f"({len(vocab) if isinstance(vocab, list) else '?'} vs {cfg.vocab})")
+    model = QuantLSTMLM(cfg)
+    try:
+        model.load_state_dict(ck["model"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: parameters do not match its config "
+                              f"({_first_line(exc)})") from None
+    return model
+
+
+def load_lm_checkpoint(path):
+    ck = _read_checkpoint(path)
+    model = _model_from_checkpoint(ck, path)
+    model.eval()
+    meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "vocab")}
+    return model, list(ck["vocab"]), meta
+
+
+def _init_from(model: QuantLSTMLM, path, vocab) -> None:
+    ck = _read_checkpoint(path)
+    if list(ck["vocab"]) != list(vocab):
+        raise TrainError(f"--init-from {path}: its vocabulary differs from the data's")
+    src = ck["model"]
+    dst = model.state_dict()
+    for name, t in dst.items():
+        if name not in src:
+            raise TrainError(f"--init-from {path}: parameter {name} is missing")
+        if tuple(src[name].shape) != tuple(t.shape):
+            raise TrainError(f"--init-from {path}: parameter {name} has shape "
+                             f"{list(src[name].shape)} but the model needs {list(t.shape)}")
+    model.load_state_dict({k: src[k] for k in dst}, strict=True)
+    sc = ck["config"]
+    if sc.get("weight_tanh") != model.cfg.weight_tanh:
+        print(f"warning: --init-from {path} was trained with weight_tanh={sc.get('weight_tanh')}, "
+              f"this model uses weight_tanh={model.cfg.weight_tanh}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+@torch.no_grad()
+def evaluate_loss(model, data, bsz=10, bptt=35):
+    """(total cross-entropy in nats, number of predicted tokens)."""
+    source = data if data.dim() == 2 else batchify(data, bsz)
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.init_hidden(source.size(1))
+        total, count = 0.0, 0
+        for _, x, y in iter_bptt(source, bptt):
+            logits, state = model(x, state)
+            total += F.cross_entropy(logits, y, reduction="sum").item()
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def evaluate(model, data, bsz=10, bptt=35) -> float:
+    total, count = evaluate_loss(model, data, bsz, bptt)
+    return math.exp(total / count)
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+def _options(args, kwargs) -> SimpleNamespace:
+    opts = dict(DEFAULTS)
+    if args is not None:
+        src = vars(args) if not isinstance(args, dict) else args
+        for k, v in src.items():
+            if k in opts and v is not None:
+                opts[k] = v
+    for k, v in kwargs.items():
+        if k not in opts:
+            raise TrainError(f"unknown training option: {k}")
+        if v is not None:
+            opts[k] = v
+    o = SimpleNamespace(**opts)
+    if o.out is None or str(o.out) == "":
+        raise TrainError("no run directory: pass --out")
+    if o.optimizer not in ("sgd", "adam"):
+        raise TrainError(f"optimizer must be sgd or adam, got {o.optimizer!r}")
+    if o.lr is None:
+        o.lr = 20.0 if o.optimizer == "sgd" else 1e-3
+    for name in ("epochs", "batch_size", "bptt"):
+        v = getattr(o, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    for name in ("max_train_tokens", "max_batches", "threads"):
+        v = getattr(o, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise TrainError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    if isinstance(o.checkpoint_every, bool) or not isinstance(o.checkpoint_every, int) \
+            or o.checkpoint_every < 0:
+        raise TrainError(f"--checkpoint-every must be an integer >= 0, got {o.checkpoint_every!r}")
+    if not (isinstance(o.lr, (int, float)) and math.isfinite(o.lr) and o.lr > 0):
+        raise TrainError(f"--lr must be a positive number, got {o.lr!r}")
+    if not (isinstance(o.clip, (int, float)) and math.isfinite(o.clip) and o.clip >= 0):
+        raise TrainError(f"--clip must be a number >= 0, got {o.clip!r}")
+    if not (isinstance(o.anneal, (int, float)) and o.anneal >= 1):
+        raise TrainError(f"anneal must be a number >= 1, got {o.anneal!r}")
+    if o.progress is None:
+        o.progress = sys.stderr.isatty()
+    o.lr = float(o.lr)
+    o.out = Path(o.out)
+    return o
+
+
+def _make_optimizer(o, params, lr):
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def _set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+# ---------------------------------------------------------------------------------------------
+def train(args=None, **kwargs) -> dict:
+    o = _options(args, kwargs)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+
+    corpus = load_ptb(resolve_data_dir(o.data))
+    vocab = corpus.vocab
+    train_tokens = corpus.train
+    if o.max_train_tokens:
+        train_tokens = train_tokens[:o.max_train_tokens]
+    train_b = batchify(train_tokens, o.batch_size)
+    n_batches = num_bptt_batches(train_b, o.bptt)
+    valid = corpus.valid
+
+    try:
+        cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input, wbits=o.wbits,
+                       abits=o.abits, gamma=o.gamma, weight_tanh=o.weight_tanh,
+                       candidate=o.candidate, embedding=o.embedding, init_state=o.init_state,
+                       quantize_output=o.quantize_output, dropout=o.dropout)
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"bad model option: {_first_line(exc)}") from None
+
+    out = o.out
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    metrics_path = out / "metrics.jsonl"
+    train_opts = {k: getattr(o, k) for k in RESUME_FIXED}
+
+    def log(msg):
+        print(msg, flush=True)
+
+    if o.resume and not last_path.is_file():
+        raise TrainError(f"--resume: no checkpoint in {out}")
+
+    if last_path.is_file():
+        ck = _read_checkpoint(last_path)
+        if ck["config"] != cfg.to_dict():
+            diff = [k for k in cfg.to_dict() if ck["config"].get(k) != cfg.to_dict()[k]]
+            raise TrainError(f"{last_path} was written with a different model config "
+                             f"({', '.join(diff)}); use another --out")
+        if list(ck["vocab"]) != list(vocab):
+            raise TrainError(f"{last_path} was written with a different vocabulary")
+        saved_opts = ck.get("train_opts", {})
+        for k in RESUME_FIXED:
+            if saved_opts.get(k) != train_opts[k]:
+                raise TrainError(f"{last_path} was written with {k}={saved_opts.get(k)!r}, "
+                                 f"now {train_opts[k]!r}; use the same value or another --out")
+        model = _model_from_checkpoint(ck, last_path)
+        lr = float(ck["lr"])
+        optimizer = _make_optimizer(o, model.parameters(), lr)
+        optimizer.load_state_dict(ck["optimizer"])
+        _set_lr(optimizer, lr)
+        done_epochs, start_batch = int(ck["epoch"]), int(ck["batch"])
+        best_valid = ck.get("best_valid_ppl")
+        best_epoch = ck.get("best_epoch")
+        last_valid = ck.get("valid_ppl")
+        hidden = tuple(ck["hidden"]) if ck.get("hidden") is not None else None
+        epoch_loss, epoch_tokens = float(ck["epoch_loss"]), int(ck["epoch_tokens"])
+        epoch_seconds = float(ck.get("epoch_seconds", 0.0))
+        torch.set_rng_state(ck["rng_torch"])
+        log(f"resuming {out} at epoch {done_epochs + 1}, batch {start_batch}/{n_batches}, lr {lr:g}")
+    else:
+        torch.manual_seed(o.seed)
+        model = QuantLSTMLM(cfg)
+        if o.init_from:
+            _init_from(model, o.init_from, vocab)
+            model.constrain_()
+            log(f"initialised from {o.init_from}")
+        lr = o.lr
+        optimizer = _make_optimizer(o, model.parameters(), lr)
+        done_epochs, start_batch = 0, 0
+        best_valid = best_epoch = last_valid = None
+        hidden = None
+        epoch_loss, epoch_tokens, epoch_seconds = 0.0, 0, 0.0
+
+    mode = "float" if cfg.is_float else f"W{cfg.wbits or 32}A{cfg.abits or 32}"
+    log(f"model {mode} H={cfg.hidden} X={cfg.input} V={cfg.vocab} "
+        f"params={sum(p.numel() for p in model.parameters())}; train {len(train_tokens)} tokens "
+        f"({n_batches} batches of {o.batch_size}x{o.bptt}), valid {len(valid)}; "
+        f"threads {torch.get_num_threads()}")
+
+    def base_ckpt(epoch, valid_ppl):
+        return {"format": FORMAT, "config": cfg.to_dict(), "vocab": list(vocab),
+                "model": model.state_dict(), "epoch": epoch, "valid_ppl": valid_ppl,
+                "best_valid_ppl": best_valid, "best_epoch": best_epoch}
+
+    def save_last(epoch_done, batch, hid):
+        ck = base_ckpt(epoch_done, last_valid)
+        ck.update({"batch": batch, "lr": lr, "optimizer": optimizer.state_dict(),
+                   "hidden": None if hid is None else [t.detach().clone() for t in hid],
+                   "rng_torch": torch.get_rng_state(), "epoch_loss": epoch_loss,
+                   "epoch_tokens": epoch_tokens, "epoch_seconds": epoch_seconds,
+                   "train_opts": train_opts})
+        _atomic_save(ck, last_path)
+
+    batches_run = 0
+    interrupted = False
+    tok_per_s = None
+    model.train()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    epoch = done_epochs + 1
+    while epoch <= o.epochs:
+        if start_batch == 0:
+            hidden, epoch_loss, epoch_tokens, epoch_seconds = None, 0.0, 0, 0.0
+        if hidden is None:
+            hidden = model.init_hidden(o.batch_size)
+        pbar = None
+        if tqdm is not None and o.progress:
+            pbar = tqdm(total=n_batches, initial=start_batch, desc=f"epoch {epoch}",
+                        dynamic_ncols=True, leave=False)
+        t_seg, tok_seg = time.time(), 0
+        t_last_log = t_seg
+        for b, x, y in iter_bptt(train_b, o.bptt, start_batch):
+            t0 = time.time()
+            hidden = model.detach_state(hidden)
+            optimizer.zero_grad(set_to_none=True)
+            logits, hidden = model(x, hidden)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainError(f"training diverged (loss {loss.item()}) at epoch {epoch}, "
+                                 f"batch {b}; try a smaller --lr")
+            loss.backward()
+            if o.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
+            optimizer.step()
+            model.constrain_()
+            epoch_loss += loss.item() * y.numel()
+            epoch_tokens += y.numel()
+            tok_seg += y.numel()
+            epoch_seconds += time.time() - t0
+            batches_run += 1
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(ppl=f"{math.exp(epoch_loss / epoch_tokens):.1f}", lr=f"{lr:g}")
+            if o.log_every and (b + 1) % o.log_every == 0:
+                now = time.time()
+                tok_per_s = tok_seg / (now - t_seg)
+                msg = (f"epoch {epoch} | batch {b + 1}/{n_batches} | lr {lr:g} | "
+                       f"{1000 * (now - t_last_log) / o.log_every:.0f} ms/batch | "
+                       f"{tok_per_s:.0f} tok/s | train ppl {math.exp(epoch_loss / epoch_tokens):.2f}")
+                (pbar.write if pbar is not None else log)(msg)
+                t_last_log = now
+            if o.checkpoint_every and (b + 1) % o.checkpoint_every == 0:
+                save_last(epoch - 1, b + 1, hidden)
+            if o.max_batches and batches_run >= o.max_batches:
+                save_last(epoch - 1, b + 1, hidden)
+                interrupted = True
+                break
+        if pbar is not None:
+            pbar.close()
+        if tok_seg:
+            tok_per_s = tok_seg / max(time.time() - t_seg, 1e-9)
+        if interrupted:
+            log(f"stopped after {batches_run} batches (--max-batches); checkpoint {last_path}")
+            break
+
+        # end of epoch: validate, keep best, anneal
+        t_val = time.time()
+        valid_ppl = evaluate(model, valid, o.eval_batch_size, o.bptt)
+        val_seconds = time.time() - t_val
+        train_ppl = math.exp(epoch_loss / epoch_tokens) if epoch_tokens else float("nan")
+        improved = best_valid is None or valid_ppl < best_valid
+        last_valid = valid_ppl
+        lr_used = lr
+        if improved:
+            best_valid, best_epoch = valid_ppl, epoch
+            _atomic_save(base_ckpt(epoch, valid_ppl), best_path)
+        else:
+            lr = lr / o.anneal
+            _set_lr(optimizer, lr)
+        record = {"epoch": epoch, "lr": lr_used, "train_ppl": train_ppl, "valid_ppl": valid_ppl,
+                  "best_valid_ppl": best_valid, "improved": improved,
+                  "train_seconds": round(epoch_seconds, 2), "valid_seconds": round(val_seconds, 2),
+                  "train_tokens_per_s": round(epoch_tokens / epoch_seconds, 1)
+                  if epoch_seconds else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log(f"end of epoch {epoch} | train ppl {train_ppl:.2f} | valid ppl {valid_ppl:.2f} | "
+            f"best {best_valid:.2f} | train {epoch_seconds:.0f} s, valid {val_seconds:.0f} s"
+            + ("" if improved else f" | lr -> {lr:g}"))
+        start_batch = 0
+        hidden = None
+        epoch_loss, epoch_tokens, epoch_seconds = 0.0, 0, 0.0
+        save_last(epoch, 0, None)
+        epoch += 1
+        if o.min_lr is not None and lr < o.min_lr:
+            log(f"lr {lr:g} < min_lr {o.min_lr:g}: stopping")
+            break
+
+    summary = {"out": str(out), "best_valid_ppl": best_valid, "best_epoch": best_epoch,
+               "epochs_done": epoch - 1,
+               "interrupted": interrupted, "test_ppl": None, "tokens_per_s": tok_per_s}
+    if not interrupted and best_path.is_file():
+        best_model, _, meta = load_lm_checkpoint(best_path)
+        test_ppl = evaluate(best_model, corpus.test, o.eval_batch_size, o.bptt)
+        summary["test_ppl"] = test_ppl
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps({"event": "test", "best_epoch": meta["epoch"],
+                                 "valid_ppl": meta["valid_ppl"], "test_ppl": test_ppl}) + "\n")
+        log(f"best epoch {meta['epoch']}: valid ppl {meta['valid_ppl']:.2f}, test ppl {test_ppl:.2f}")
+        with open(out / "summary.json", "w") as fh:
+            json.dump(summary, fh, indent=1)
+    return summary
+
+
+__all__ = ["train", "evaluate", "evaluate_loss", "load_lm_checkpoint", "CheckpointError",
+           "TrainError", "DataError", "DEFAULTS"]
