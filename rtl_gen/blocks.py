@@ -66,12 +66,18 @@ class BitPlaneDot(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         S, A = self.simd, self.abits
-        aplanes = [Cat(*[self.a[s * A + q] for s in range(S)]) for q in range(A)]
+        aplanes = []
+        for q in range(A):
+            ap = Signal(S, name=f"a_plane{q}")
+            m.d.comb += ap.eq(Cat(*[self.a[s * A + q] for s in range(S)]))
+            aplanes.append(ap)
         terms = []
         for p in range(self.planes):
             wp = self.w[p * S:(p + 1) * S]
             for q in range(A):
-                terms.append(popcount(wp & aplanes[q], S) << (p + q))
+                both = Signal(S, name=f"and_w{p}_a{q}")  # a Signal, so each bit slice is cheap
+                m.d.comb += both.eq(wp & aplanes[q])
+                terms.append(popcount(both, S) << (p + q))
         total = adder_tree(terms)
         if self.max_shift:
             m.d.comb += self.dot.eq(total << self.shift)
