@@ -80,12 +80,12 @@ class LstmCore(wiring.Component):
         mult = Signal(self.mult_w, init=layer.mult)
 
         # activations [x ; h_prev ; 0-padding], codes LSB first
-        act = Signal(g.padded_columns * A)
+        h_init = sum(h0 << (A * j) for j in range(H))
+        act = Signal(g.padded_columns * A, init=h_init << (X * A))
         act_x = act[0:X * A]
         act_h = act[X * A:(X + H) * A]
         h_next = Signal(g.padded_units * A)
         c_all = Signal(g.padded_units * cw, init=sum((c0 & ((1 << cw) - 1)) << (cw * j) for j in range(g.padded_units)))
-        h_init = sum(h0 << (A * j) for j in range(H))
         m.d.comb += [self.out.payload.h.eq(h_next[:H * A]), self.out.payload.c.eq(c_all[:H * cw])]
 
         # ---- controller ----------------------------------------------------------------------
