@@ -1,0 +1,165 @@
+"""python -m sw_ref train|eval|export: quantization-aware training on Penn Treebank, perplexity of
+the training model and of the bit-exact integer model, export of the hardware layer checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEFAULT_RUN = "runs/default"
+
+
+def _bits(text):
+    if str(text).lower() in ("32", "float", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bit width must be an integer 1..8 or 32/float, got {text!r}") from None
+
+
+def _format_args(p):
+    g = p.add_argument_group("hardware number formats (hwrnn.LayerConfig)")
+    g.add_argument("--cell", default=None, help="cell-state format, e.g. fixed:3.10 (default)")
+    g.add_argument("--z-frac", type=int, default=None, help="fraction bits of gate pre-activations")
+    g.add_argument("--lut-bits", type=int, default=None, help="address bits of the sigmoid/tanh tables")
+    g.add_argument("--gate-frac", type=int, default=None, help="fraction bits of gate outputs")
+    g.add_argument("--mult-bits", type=int, default=None, help="significant bits of the scale multiplier")
+
+
+def _formats(args) -> dict:
+    return {k: getattr(args, k) for k in ("cell", "z_frac", "lut_bits", "gate_frac", "mult_bits")
+            if getattr(args, k) is not None}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m sw_ref", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train (or fine-tune, or resume) a language model")
+    t.add_argument("--data", help="directory of ptb.{train,valid,test}.txt[.gz] (or $HWRNN_PTB)")
+    t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN}); resumes if it has last.pt")
+    t.add_argument("--hidden", type=int, default=300, help="hidden units (widen for Kapur et al.'s neuron increase)")
+    t.add_argument("--input", type=int, help="embedding size (default: hidden)")
+    t.add_argument("--wbits", type=_bits, help="weight bits 1..8 (default: float)")
+    t.add_argument("--abits", type=_bits, help="activation bits 1..8 (default: float)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--bptt", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--clip", type=float)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--max-train-tokens", type=int, help="use only the first N training tokens")
+    t.add_argument("--max-batches", type=int, help="stop this invocation after N batches (resumable)")
+    t.add_argument("--init-from", help="LM checkpoint to start from (e.g. a float baseline's best.pt)")
+    t.add_argument("--checkpoint-every", type=int, help="batches between checkpoints")
+    t.add_argument("--candidate", choices=["sigmoid", "tanh"])
+    t.add_argument("--embedding", choices=["clip", "relu"])
+    t.add_argument("--init-state", choices=["zero", "half"])
+    t.add_argument("--no-weight-tanh", dest="weight_tanh", action="store_false", default=None)
+    t.add_argument("--quantize-output", action="store_true", default=None)
+    t.add_argument("--gamma", type=float)
+    t.add_argument("--progress", action="store_true", default=None, help="force the progress bar")
+
+    e = sub.add_parser("eval", help="perplexity of a checkpoint (and of its integer model with --integer)")
+    e.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
+    e.add_argument("--data")
+    e.add_argument("--split", choices=["valid", "test"], default="test")
+    e.add_argument("--integer", action="store_true", help="also run the bit-exact integer model (hardware)")
+    e.add_argument("--json", action="store_true", help="print one JSON object (ppw = integer model's with --integer)")
+    e.add_argument("--batch-size", type=int, default=10)
+    e.add_argument("--threads", type=int)
+    _format_args(e)
+
+    x = sub.add_parser("export", help="write the hwrnn layer checkpoint for rtl_gen")
+    x.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
+    x.add_argument("-o", "--output", default=None, help="output .npz (default: next to the checkpoint, layer.npz)")
+    _format_args(x)
+    return p
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    summary = train(args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "out"} | {"out": str(summary.get("out"))}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import load_ptb, resolve_data_dir
+    from .export import IntegerLM, layer_from_model
+    from .train import evaluate_loss, load_lm_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, vocab, meta = load_lm_checkpoint(args.checkpoint)
+    corpus = load_ptb(resolve_data_dir(args.data))
+    if list(corpus.vocab) != list(vocab):
+        raise ValueError(f"the vocabulary of {args.checkpoint} does not match the data in {args.data}")
+    data = getattr(corpus, args.split)
+    t0 = time.perf_counter()
+    total, count = evaluate_loss(model, data, bsz=args.batch_size)
+    import math
+
+    res = {"checkpoint": args.checkpoint, "split": args.split, "tokens": count,
+           "model_ppw": math.exp(total / count), "model_seconds": round(time.perf_counter() - t0, 2),
+           "wbits": model.cfg.wbits, "abits": model.cfg.abits, "hidden": model.cfg.hidden}
+    res["ppw"] = res["model_ppw"]
+    if args.integer:
+        layer = layer_from_model(model, **_formats(args))
+        ilm = IntegerLM(model, layer)
+        t0 = time.perf_counter()
+        itotal, icount = ilm.nll(data.numpy(), bsz=args.batch_size)
+        assert icount == count
+        res.update(integer_ppw=math.exp(itotal / icount), integer_seconds=round(time.perf_counter() - t0, 2),
+                   cell=layer.cfg.cell)
+        res["ppw"] = res["integer_ppw"]
+        res["gap_percent"] = 100.0 * (res["integer_ppw"] - res["model_ppw"]) / res["model_ppw"]
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.split} perplexity per word: {res['model_ppw']:.2f} (training model)")
+        if args.integer:
+            print(f"{args.split} perplexity per word: {res['integer_ppw']:.2f} (integer model = hardware, "
+                  f"cell {res['cell']}; gap {res['gap_percent']:+.2f} %)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import os
+
+    from .export import layer_from_model
+    from .train import load_lm_checkpoint
+
+    model, _vocab, _meta = load_lm_checkpoint(args.checkpoint)
+    layer = layer_from_model(model, **_formats(args))
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "layer.npz")
+    layer.save(out)
+    c = layer.cfg
+    print(f"wrote {out}: W{c.wbits}A{c.abits} hidden {c.hidden} input {c.input}, scale {layer.scale:.6g}, "
+          f"multiplier {layer.mult} >> {layer.shift}, cell {c.cell}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}[args.cmd](args)
+    except (ValueError, FileNotFoundError) as e:  # every project error is a ValueError subclass
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"sw_ref {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sw_ref {args.cmd}: interrupted (a training run resumes from its last.pt)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
