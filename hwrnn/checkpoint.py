@@ -20,7 +20,6 @@ hwrnn.formats, never stored, so they cannot disagree.
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field

@@ -94,7 +94,7 @@ def weight_image(layer: QuantLayer, fold: Folding) -> list[int]:
     """The weight memory contents: one int per word, in address order."""
     g = Geometry(layer.cfg, fold)
     cfg = layer.cfg
-    PE, S, PW = fold.pe, fold.simd, g.planes_per_word
+    PE, S = fold.pe, fold.simd
     codes = np.zeros((g.row_folds * PE, g.padded_columns), dtype=np.int64)
     for rf in range(g.row_folds):
         for lane in range(PE):

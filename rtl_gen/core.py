@@ -17,7 +17,7 @@ the following cycle on.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
-from hwrnn.datapath import (PIPELINE_DEPTH, Geometry, asum_width, bias_image, bias_width, s1_width,
+from hwrnn.datapath import (Geometry, asum_width, bias_image, bias_width, s1_width,
                             weight_image)
 from hwrnn.quant import levels
 
@@ -97,11 +97,15 @@ class LstmCore(wiring.Component):
         cycles = Signal(32)
         done = Signal()  # the tail writes the last row fold's h this cycle
         m.d.comb += self.busy.eq(0)
+        # `alive` rises one cycle after reset; gating the ready outputs with it also gives event-driven
+        # simulators (Icarus) a change to evaluate them on, instead of leaving them X at time 0
+        alive = Signal()
+        m.d.sync += alive.eq(1)
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
-                m.d.comb += self.load.ready.eq(1)
-                m.d.comb += self.x.ready.eq(~self.load.valid & ~self.reset_state)
-                with m.If(self.load.valid):
+                m.d.comb += self.load.ready.eq(alive)
+                m.d.comb += self.x.ready.eq(alive & ~self.load.valid & ~self.reset_state)
+                with m.If(self.load.valid & alive):
                     pl = self.load.payload
                     m.d.comb += [
                         wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr), wmem.wdata.eq(pl.data),
@@ -111,7 +115,7 @@ class LstmCore(wiring.Component):
                         m.d.sync += mult.eq(pl.data)
                 with m.Elif(self.reset_state):
                     m.d.sync += [act_h.eq(h_init), c_all.eq(c_all.init)]
-                with m.Elif(self.x.valid):
+                with m.Elif(self.x.valid & alive):
                     m.d.sync += [act_x.eq(self.x.payload), rf.eq(0), cf.eq(0), p.eq(0), addr.eq(0), cycles.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
@@ -211,7 +215,6 @@ class LstmCore(wiring.Component):
 
         # ---- stage 5 -> 6: cell update (c written in place) -------------------------------------
         c_fold = c_all.word_select(s5_rf, U * cw)
-        s6_c = [Signal(signed(cw), name=f"s6_c{k}") for k in range(U)]
         s6_o = [Signal(fm.gate_width(cfg), name=f"s6_o{k}") for k in range(U)]
         c_addrs = []
         c_new_all = []

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 
 from amaranth.back import verilog
 from amaranth.hdl import Shape
@@ -19,7 +18,7 @@ import hwrnn
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
-from hwrnn.datapath import (PIPELINE_DEPTH, Geometry, bias_width, latency, mac_bound, memory_bits,
+from hwrnn.datapath import (PIPELINE_DEPTH, Geometry, latency, mac_bound, memory_bits,
                             sequence_cycles, step_period, weight_image)
 from hwrnn.devices import weight_fit
 

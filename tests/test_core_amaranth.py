@@ -6,7 +6,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hwrnn import Folding, LayerConfig, QuantLayer
-from hwrnn.datapath import Geometry, bias_image, latency, weight_image
+from hwrnn.datapath import bias_image, latency, weight_image
 from rtl_gen.core import LOAD_BIAS, LOAD_MULT, LOAD_WEIGHT, LstmCore
 from sw_ref.integer_model import IntegerLSTM
 

@@ -1,7 +1,6 @@
 """Each datapath block in the Amaranth simulator against its hwrnn reference function."""
 import numpy as np
 import pytest
-from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from hwrnn import LayerConfig

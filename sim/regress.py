@@ -1,0 +1,90 @@
+"""One regression run: generate the core, plan a sequence, simulate with cocotb, return a summary."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwrnn.checkpoint import QuantLayer
+from hwrnn.config import Folding
+
+from .plan import random_plan, write_plan
+from .runner import run_cocotb
+
+SIM_DIR = Path(__file__).resolve().parent
+ROOT = SIM_DIR.parent
+
+
+@dataclass
+class RegressionResult:
+    sim: str
+    steps: int
+    compared_steps: int
+    cycles: int
+    cycles_per_step: int
+    predicted: int
+    sim_cycles_per_s: float
+    build_s: float
+    run_s: float
+    generate_s: float
+    waveform: str | None
+    seed: int
+
+    def line(self) -> str:
+        aborted = self.steps - self.compared_steps
+        return (f"PASS {self.sim}: {self.steps} steps ({self.compared_steps} compared"
+                f"{f', {aborted} aborted by rst' if aborted else ''}), {self.cycles} cycles, {self.cycles_per_step} cycles/step "
+                f"(predicted {self.predicted}), {self.sim_cycles_per_s:,.0f} simulated cycles/s, seed {self.seed}")
+
+
+def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str = "hwrnn_lstm") -> Path:
+    from rtl_gen.emit import generate, write_output
+
+    files = generate(layer, fold, name, source="sim")
+    write_output(files, str(out_dir))
+    layer.save(out_dir / "layer.npz")
+    return out_dir
+
+
+def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "verilator", steps: int = 20,
+                   seed: int = 0, stall_in: float = 0.3, stall_out: float = 0.3, resets: bool = True,
+                   load_layer: QuantLayer | None = None, waves: bool = False,
+                   name: str = "hwrnn_lstm", inject=None) -> RegressionResult:
+    """Raises sim.runner.SimulationFailed (one line) when anything differs.
+
+    ``inject(verilog_text) -> text`` lets tests break the design on purpose."""
+    work = Path(work).resolve()
+    gen = work / "gen"
+    t0 = time.perf_counter()
+    generate_core(layer, fold, gen, name)
+    if inject is not None:
+        v = gen / f"{name}.v"
+        v.write_text(inject(v.read_text()))
+    load_path = None
+    if load_layer is not None:
+        load_path = gen / "runtime_layer.npz"
+        load_layer.save(load_path)
+    gen_s = time.perf_counter() - t0
+    plan = random_plan(gen / "manifest.json", gen / "layer.npz", steps, seed, stall_in, stall_out, resets,
+                       load_layer_path=load_path)
+    plan_path = work / "plan.json"
+    write_plan(plan, plan_path)
+    result_path = work / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    env = {"HWRNN_SIM_PLAN": str(plan_path), "HWRNN_SIM_RESULT": str(result_path),
+           "PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "COCOTB_REWRITE_ASSERTION_FILES": "tb_core.py"}
+    res = run_cocotb(sim, [gen / f"{name}.v"], toplevel=name, test_module="tb_core", test_dir=gen,
+                     build_dir=work / f"build_{sim}", module_dir=SIM_DIR, extra_env=env, waves=waves)
+    summary = json.loads(result_path.read_text())
+    per_step = summary["cycles_per_step"]
+    return RegressionResult(sim=sim, steps=summary["steps"], compared_steps=summary["compared_steps"],
+                            cycles=summary["cycles"],
+                            cycles_per_step=per_step[0] if per_step else 0,
+                            predicted=summary["predicted_cycles_per_step"],
+                            sim_cycles_per_s=summary["cycles_per_s"] or 0.0, build_s=res.build_time_s,
+                            run_s=res.run_time_s, generate_s=gen_s,
+                            waveform=str(res.waveform) if res.waveform else None, seed=seed)
