@@ -18,6 +18,8 @@ def parse_args(argv):
     p.add_argument("--pe", type=int, help="rows in parallel, a multiple of 4 (default: about H/16, at most 64)")
     p.add_argument("--simd", type=int, help="columns per cycle (default: 32)")
     p.add_argument("--planes", choices=["parallel", "serial"], help="weight bit planes per cycle (default parallel)")
+    p.add_argument("--weights", choices=["memory", "stream"], default="memory",
+                   help="weights in on-chip memory (default) or streamed in through port w every step")
     p.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export`")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
     p.add_argument("--cell", default=None, help=f"cell-state format (default {DEFAULT_CELL})")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
               + ("" if args.pe and args.simd else " (defaults where not given)"))
         from .emit import generate, write_output  # amaranth import after validation
 
-        files = generate(layer, fold, args.name, source, steps=args.steps)
+        files = generate(layer, fold, args.name, source, steps=args.steps, weights=args.weights)
         write_output(files, args.out)
     except (ConfigError, CheckpointError) as e:
         print(f"rtl_gen: error: {e}", file=sys.stderr)

@@ -7,6 +7,9 @@ Ports (Amaranth streams, valid/ready):
           bits j*width of its field; h is the low part of the flat payload
   load    In  stream, payload {data, addr, sel}: run-time loading while idle; sel 0 = weight word
           at addr, 1 = bias word of row fold addr (PE lanes of bias_width bits), 2 = multiplier M
+  w       In  stream (weights="stream" only), payload one weight-memory word: the words of
+          hwrnn.datapath.weight_image in address order, depth words per time step; the MAC
+          array advances only on accepted words, so each cycle without a word adds one cycle
   reset_state In: while idle, sets h and c to the reset state (h0, c0) instead of accepting x
   busy    Out: a step is in flight
   last_cycles Out(32): cycles from accepting x_t to h_t valid of the last step
@@ -24,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
-from hwrnn.config import Folding
+from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import (Geometry, asum_width, bias_image, bias_width, s1_width,
                             weight_image)
 from hwrnn.quant import levels
@@ -33,11 +36,15 @@ from .blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, Lo
 from .memory import WeightMemory
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
+WEIGHT_MODES = ("memory", "stream")
 
 
 class LstmCore(wiring.Component):
-    def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None):
+    def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory"):
         fold.check_against(layer.cfg)
+        if weights not in WEIGHT_MODES:
+            raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
+        self.weights = weights
         self.layer, self.cfg, self.fold = layer, layer.cfg, fold
         self.geom = g = Geometry(layer.cfg, fold)
         self.image_file = image_file
@@ -50,7 +57,11 @@ class LstmCore(wiring.Component):
         self.load_addr_w = max(self.addr_w, max(1, (g.row_folds - 1).bit_length()))
         self.out_layout = data.StructLayout({"h": cfg.hidden * cfg.abits, "c": cfg.hidden * self.cell_width})
         self.load_layout = data.StructLayout({"data": self.load_data_w, "addr": self.load_addr_w, "sel": 2})
+        ports = {}
+        if weights == "stream":
+            ports["w"] = In(stream.Signature(g.word_bits))
         super().__init__({
+            **ports,
             "x": In(stream.Signature(cfg.input * cfg.abits)),
             "out": Out(stream.Signature(self.out_layout)),
             "load": In(stream.Signature(self.load_layout)),
@@ -71,10 +82,16 @@ class LstmCore(wiring.Component):
         h0, c0 = fm.initial_state(cfg)
 
         # ---- storage -------------------------------------------------------------------------
-        m.submodules.wmem = wmem = WeightMemory(g.word_bits, g.depth, weight_image(layer, fold), self.image_file)
+        streamed = self.weights == "stream"
+        if streamed:
+            w_word = Signal(g.word_bits)  # the word taken from the w stream, one cycle later (like a read)
+        else:
+            m.submodules.wmem = wmem = WeightMemory(g.word_bits, g.depth, weight_image(layer, fold), self.image_file)
+            w_word = wmem.rdata
         bw = self.bias_w
         bias_words = [sum((b & ((1 << bw) - 1)) << (bw * l) for l, b in enumerate(row)) for row in bias_image(layer, fold)]
-        m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=Rf, init=bias_words)
+        # depth at least 2: a one-word memory would get a zero-width address port in Verilog
+        m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=max(Rf, 2), init=bias_words)
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
         mult = Signal(self.mult_w, init=layer.mult)
@@ -107,10 +124,10 @@ class LstmCore(wiring.Component):
                 m.d.comb += self.x.ready.eq(alive & ~self.load.valid & ~self.reset_state)
                 with m.If(self.load.valid & alive):
                     pl = self.load.payload
-                    m.d.comb += [
-                        wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr), wmem.wdata.eq(pl.data),
-                        b_wr.en.eq(pl.sel == LOAD_BIAS), b_wr.addr.eq(pl.addr), b_wr.data.eq(pl.data),
-                    ]
+                    m.d.comb += [b_wr.en.eq(pl.sel == LOAD_BIAS), b_wr.addr.eq(pl.addr), b_wr.data.eq(pl.data)]
+                    if not streamed:
+                        m.d.comb += [wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr),
+                                     wmem.wdata.eq(pl.data)]
                     with m.If(pl.sel == LOAD_MULT):
                         m.d.sync += mult.eq(pl.data)
                 with m.Elif(self.reset_state):
@@ -119,17 +136,24 @@ class LstmCore(wiring.Component):
                     m.d.sync += [act_x.eq(self.x.payload), rf.eq(0), cf.eq(0), p.eq(0), addr.eq(0), cycles.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [issue.eq(1), self.busy.eq(1)]
-                m.d.sync += [addr.eq(addr + 1), cycles.eq(cycles + 1)]
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                if streamed:
+                    m.d.comb += [self.w.ready.eq(alive), issue.eq(self.w.valid)]  # alive: see above
+                    with m.If(issue):
+                        m.d.sync += w_word.eq(self.w.payload)
+                else:
+                    m.d.comb += issue.eq(1)
                 last_p = p == P - 1
                 last_cf = cf == Cf - 1
-                m.d.sync += p.eq(Mux(last_p, 0, p + 1))
-                with m.If(last_p):
-                    m.d.sync += cf.eq(Mux(last_cf, 0, cf + 1))
-                    with m.If(last_cf):
-                        m.d.sync += rf.eq(rf + 1)
-                        with m.If(rf == Rf - 1):
-                            m.next = "DRAIN"
+                with m.If(issue):
+                    m.d.sync += [addr.eq(addr + 1), p.eq(Mux(last_p, 0, p + 1))]
+                    with m.If(last_p):
+                        m.d.sync += cf.eq(Mux(last_cf, 0, cf + 1))
+                        with m.If(last_cf):
+                            m.d.sync += rf.eq(rf + 1)
+                            with m.If(rf == Rf - 1):
+                                m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
@@ -142,7 +166,8 @@ class LstmCore(wiring.Component):
                     m.next = "IDLE"
 
         # ---- stage 0 -> 1: weight word read, activation slice registered -----------------------
-        m.d.comb += wmem.raddr.eq(addr)
+        if not streamed:
+            m.d.comb += wmem.raddr.eq(addr)
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
         s1_rf = Signal.like(rf)
         s1_p = Signal.like(p)
@@ -158,7 +183,7 @@ class LstmCore(wiring.Component):
         for lane in range(PE):
             dot = BitPlaneDot(S, PW, A, max_shift=(cfg.wbits - 1) if serial else 0)
             m.submodules[f"dot{lane}"] = dot
-            m.d.comb += [dot.w.eq(wmem.rdata[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(s1_act)]
+            m.d.comb += [dot.w.eq(w_word[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(s1_act)]
             if serial:
                 m.d.comb += dot.shift.eq(s1_p)
             pr = Signal(dot.out_width, name=f"partial{lane}")

@@ -49,6 +49,7 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
         "weights_source": source,
         "config": cfg.to_dict(),
         "folding": fold.to_dict(),
+        "weights": core.weights,
         "geometry": {
             "units_per_fold": g.units_per_fold, "row_folds": g.row_folds, "col_folds": g.col_folds,
             "plane_steps": g.plane_steps, "weight_word_bits": g.word_bits, "weight_depth": g.depth,
@@ -74,12 +75,15 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
             "mac_cycles": g.mac_cycles,
             "pipeline_depth": PIPELINE_DEPTH,
             "mac_bound": mac_bound(cfg, fold),
-            "formula": "row_folds * col_folds * plane_steps + pipeline_depth",
+            "formula": "row_folds * col_folds * plane_steps + pipeline_depth"
+                       + (" + cycles the w stream is not valid while the core waits" if core.weights == "stream" else ""),
         },
         "memory": {
             "weight_bits": memory_bits(cfg),
             "weight_bits_padded": g.weight_bits,
             "weights_file": WEIGHTS_FILE,
+            "on_chip_weight_bits": g.weight_bits if core.weights == "memory" else 0,
+            "stream_bits_per_step": g.weight_bits if core.weights == "stream" else 0,
             "bias_bits": g.row_folds * fold.pe * core.bias_w,
             "fp32_weight_bits": 32 * memory_bits(cfg),
         },
@@ -97,6 +101,7 @@ def report_text(manifest: dict) -> str:
         f"cell {c['cell']}, candidate {c['candidate']}",
         f"weights: {manifest['weights_source']}",
         f"folding: PE {f['pe']} rows x SIMD {f['simd']} columns per cycle, bit planes {f['planes']}",
+        f"weights: {'on-chip memory initialised from ' + mem['weights_file'] if manifest['weights'] == 'memory' else 'streamed through port w, ' + str(manifest['geometry']['weight_word_bits']) + ' bits per cycle (' + mem['weights_file'] + ' holds one step of words)'}",
         f"latency: {lat['cycles_per_step']} cycles per time step (MAC {lat['mac_cycles']} + pipeline "
         f"{lat['pipeline_depth']}; MAC bound {lat['mac_bound']}), {lat['cycles_per_sequence']} cycles for "
         f"{lat['steps']} steps",
@@ -106,16 +111,21 @@ def report_text(manifest: dict) -> str:
     ]
     if nofit:
         lines.append(f"weights do not fit in block RAM of: {', '.join(nofit)}")
+    if not fits and manifest["weights"] == "memory":
+        lines.append("for devices whose block RAM is too small, generate with --weights stream")
     return "\n".join(lines) + "\n"
 
 
-def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: int = 35) -> dict[str, str]:
-    """All output files as {file name: text}."""
+def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: int = 35,
+             weights: str = "memory") -> dict[str, str]:
+    """All output files as {file name: text}. With weights="stream" the core has no weight memory
+    and weights.hex is the word sequence a host streams into port w once per time step."""
     fold.check_against(layer.cfg)
-    core = LstmCore(layer, fold, image_file=WEIGHTS_FILE)
+    core = LstmCore(layer, fold, image_file=WEIGHTS_FILE, weights=weights)
     g = Geometry(layer.cfg, fold)
     text = verilog.convert(core, name=name, emit_src=False)
-    text = text + "\n" + WMEM_VERILOG
+    if weights == "memory":
+        text = text + "\n" + WMEM_VERILOG
     manifest = build_manifest(core, name, source, steps)
     return {
         f"{name}.v": text,

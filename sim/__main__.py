@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--simd", type=int)
     p.add_argument("--planes", choices=["parallel", "serial"])
     p.add_argument("--cell", default=None)
+    p.add_argument("--weights", choices=["memory", "stream"], default="memory",
+                   help="weights in on-chip memory or streamed through port w (with random gaps)")
     p.add_argument("--checkpoint", help="layer checkpoint (sw_ref export); default: random weights")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
 
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hwrnn-sim-"))
         res = run_regression(layer, fold, work, sim=args.sim, steps=args.steps, seed=seed, stall_in=args.stall,
-                             stall_out=args.stall, resets=not args.no_resets, load_layer=runtime, waves=args.waves)
+                             stall_out=args.stall, resets=not args.no_resets, load_layer=runtime, waves=args.waves,
+                             weights=args.weights)
     except (ConfigError, CheckpointError, SimulatorError) as e:
         print(f"sim: error: {e}", file=sys.stderr)
         return 2

@@ -99,6 +99,11 @@ def load_words(plan: Plan):
     return words
 
 
+def stream_words(plan: Plan):
+    """The per-step word sequence of a streamed-weights core (the active layer's image)."""
+    return weight_image(active_layer(plan), Folding(**plan.manifest["folding"]))
+
+
 def random_plan(manifest_path, layer_path, steps: int, seed: int, stall_in=0.3, stall_out=0.3,
                 resets: bool = True, load_layer_path=None) -> Plan:
     """x_t uniformly random; with resets, a reset_state before one step and an rst during another."""

@@ -22,10 +22,12 @@ def pack(values, width):
     return sum((int(v) & ((1 << width) - 1)) << (width * j) for j, v in enumerate(values))
 
 
-def run_core(layer, fold, script, seed=0, stall=0.0):
-    """script: list of ("x", codes) | ("reset",) | ("load", layer2). Returns list of (h, c, cycles)."""
+def run_core(layer, fold, script, seed=0, stall=0.0, weights="memory", w_stall=0.0):
+    """script: list of ("x", codes) | ("reset",) | ("load", layer2).
+    Returns a list of (h, c, measured cycles, last_cycles output, w-stream stall cycles)."""
     cfg = layer.cfg
-    dut = LstmCore(layer, fold)
+    dut = LstmCore(layer, fold, weights=weights)
+    w_stalls = [0]  # cycles in which the core wanted a weight word and the w stream had none
     rng = np.random.default_rng(seed)
     results = []
     sim = Simulator(dut)
@@ -67,11 +69,29 @@ def run_core(layer, fold, script, seed=0, stall=0.0):
                 assert ctx.get(dut.out.valid)
             h = unpack(ctx.get(dut.out.payload.h), cfg.abits, cfg.hidden)
             c = unpack(ctx.get(dut.out.payload.c), cw, cfg.hidden, signed=True)
-            results.append((h, c, cycles, ctx.get(dut.last_cycles)))
+            results.append((h, c, cycles, ctx.get(dut.last_cycles), w_stalls[0]))
+            w_stalls[0] = 0
             ctx.set(dut.out.ready, 1)
             await ctx.tick()
             ctx.set(dut.out.ready, 0)
 
+    if weights == "stream":
+        words = weight_image(layer, fold)
+        wrng = np.random.default_rng(seed + 1)
+
+        async def feeder(ctx):
+            idx = 0
+            while True:
+                valid = wrng.random() >= w_stall
+                ctx.set(dut.w.valid, valid)
+                ctx.set(dut.w.payload, words[idx])
+                _, _, ready, v = await ctx.tick().sample(dut.w.ready, dut.w.valid)
+                if ready and v:
+                    idx = (idx + 1) % len(words)
+                elif ready:
+                    w_stalls[0] += 1
+
+        sim.add_testbench(feeder, background=True)
     sim.add_testbench(tb)
     sim.run()
     return results
@@ -99,7 +119,7 @@ def test_core_matches_integer_model(case):
     got = run_core(layer, fold, [("x", x) for x in xs], seed=2, stall=0.3)
     _, taps = IntegerLSTM(layer).run(xs)
     lat = latency(cfg, fold)
-    for t, (h, c, cycles, reported) in enumerate(got):
+    for t, (h, c, cycles, reported, _) in enumerate(got):
         assert h == list(taps[t]["h"]), f"h differs at step {t}"
         assert c == list(taps[t]["c"]), f"c differs at step {t}"
         assert cycles == lat == reported, f"step {t}: {cycles} cycles measured, {reported} reported, {lat} predicted"
@@ -123,3 +143,20 @@ def test_reset_state_mid_sequence_and_runtime_load():
     assert [g[1] for g in got] == [list(w) for w in want_c]
     # the loaded weights really change the result (so the load path is exercised)
     assert [list(t["c"]) for t in ia.run(xs[4:6])[1]] != [list(w) for w in want_c[4:6]]
+
+
+@pytest.mark.parametrize("planes", ["parallel", "serial"])
+def test_streamed_weights_mode(planes):
+    """Weights from the w stream with random gaps: results equal, and each cycle without a word
+    adds exactly one cycle to the step."""
+    cfg = LayerConfig(wbits=3, abits=2, hidden=7, input=5)
+    fold = Folding(pe=8, simd=4, planes=planes)
+    layer = QuantLayer.random(cfg, seed=7)
+    xs = np.random.default_rng(3).integers(0, 4, (5, 5))
+    got = run_core(layer, fold, [("x", x) for x in xs], seed=4, stall=0.2, weights="stream", w_stall=0.3)
+    _, taps = IntegerLSTM(layer).run(xs)
+    lat = latency(cfg, fold)
+    assert sum(g[4] for g in got) > 0  # the gaps really happened
+    for t, (h, c, cycles, reported, stalls) in enumerate(got):
+        assert h == list(taps[t]["h"]) and c == list(taps[t]["c"])
+        assert cycles == reported == lat + stalls

@@ -31,7 +31,7 @@ def configs(draw):
     return cfg, Folding(pe, simd, planes), seed
 
 
-@settings(max_examples=5, deadline=None, derandomize=True,
+@settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(configs())
 def test_any_legal_config_generates_lints_and_matches(case):

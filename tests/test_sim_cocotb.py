@@ -57,6 +57,14 @@ def test_runtime_weight_loading(sim, tmp_path):
     assert res.compared_steps >= 6
 
 
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_streamed_weights(sim, tmp_path):
+    cfg = LayerConfig(wbits=4, abits=2, hidden=7, input=6)
+    layer = QuantLayer.random(cfg, seed=5)
+    res = run_regression(layer, Folding(8, 4, "serial"), tmp_path, sim=sim, steps=10, seed=6, weights="stream")
+    assert res.compared_steps >= 8
+
+
 def test_trained_checkpoint(tmp_path, tiny_trained_layer):
     res = run_regression(tiny_trained_layer, Folding(8, 5), tmp_path, sim="verilator", steps=15, seed=4)
     assert res.cycles_per_step == res.predicted
