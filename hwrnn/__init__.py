@@ -1,5 +1,7 @@
 """hwrnn: what software and hardware share: configs, number formats, quantizer integer math,
 lookup-table contents, the layer checkpoint format and the latency formula."""
+__version__ = "0.1.0"
+
 from .config import CellFormat, ConfigError, Folding, LayerConfig
 from .checkpoint import CheckpointError, QuantLayer, load_layer
 

@@ -88,7 +88,7 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
             "fp32_weight_bits": 32 * memory_bits(cfg),
         },
         "devices": weight_fit(g.weight_bits),
-        "hwrnn_version": getattr(hwrnn, "__version__", "0.1.0"),
+        "hwrnn_version": hwrnn.__version__,
     }
 
 

@@ -179,14 +179,11 @@ async def run_plan(dut):
         measured = t_valid - t_accept
         waited = (feeder.waited - waited_before) if feeder else 0
         step_cycles.append(measured - waited)
-        if h != want_h:
-            bad = [j for j in range(H) if h[j] != want_h[j]]
-            mismatches.append(f"step {step}: h differs at units {bad[:8]} (got {[h[j] for j in bad[:4]]}, "
-                              f"want {[want_h[j] for j in bad[:4]]})")
-        if c != want_c:
-            bad = [j for j in range(H) if c[j] != want_c[j]]
-            mismatches.append(f"step {step}: c differs at units {bad[:8]} (got {[c[j] for j in bad[:4]]}, "
-                              f"want {[want_c[j] for j in bad[:4]]})")
+        for tap, got, want in (("h", h, want_h), ("c", c, want_c)):
+            if got != want:
+                bad = [j for j in range(H) if got[j] != want[j]]
+                mismatches.append(f"step {step}: {tap} differs at units {bad[:8]} (got {[got[j] for j in bad[:4]]}, "
+                                  f"want {[want[j] for j in bad[:4]]})")
         if measured != latency + waited:
             mismatches.append(f"step {step}: {measured} cycles from x accepted to h valid, predicted {latency}"
                               + (f" + {waited} cycles waiting for weight words" if feeder else ""))
