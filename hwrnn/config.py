@@ -51,9 +51,9 @@ class CellFormat:
     """Number format of the cell state c_t.
 
     ``fixed:I.F``: signed two's complement, 1 sign + I integer + F fraction bits, value = n / 2**F,
-    saturating to [-2**I, 2**I - 2**-F] (the only format implemented so far).
-    Floating-point formats (``fp16``, ``bf16``, ``eXmY``) parse but are rejected by validation
-    until the floating-point cell unit exists.
+    saturating to [-2**I, 2**I - 2**-F].
+    ``fp16`` (e5m10), ``bf16`` (e8m7), ``eXmY``: IEEE-754-like floating point (X in 2..8, Y in
+    1..23), fused update with round to nearest even, subnormals, saturation: hwrnn.floatcell.
     """
 
     kind: str  # "fixed" or "float"
@@ -150,8 +150,10 @@ class LayerConfig:
         cf = CellFormat.parse(self.cell) if not isinstance(self.cell, CellFormat) else self.cell
         object.__setattr__(self, "cell", str(cf))
         if cf.kind == "float":
-            raise ConfigError(
-                f"cell format {cf}: the floating-point cell state unit is not implemented yet; use fixed:I.F")
+            from .floatcell import FloatFormat  # validates the exponent and mantissa widths
+
+            FloatFormat(cf.exp_bits, cf.man_bits)
+            return
         _int_in("cell integer bits", cf.int_bits, 1, 16)
         _int_in("cell fraction bits", cf.frac_bits, 0, 24)
         if cf.frac_bits < self.z_frac:

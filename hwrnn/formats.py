@@ -141,7 +141,12 @@ def cell_limits(cfg: LayerConfig) -> tuple[int, int]:
 
 
 def cell_update(cfg: LayerConfig, f, c, i, g):
-    """c' = sat(rshift_round(f*c * 2**(P-G-F) + i*g * 2**(P-2G), P-F)), P = max(G+F, 2G)."""
+    """Fixed point: c' = sat(rshift_round(f*c * 2**(P-G-F) + i*g * 2**(P-2G), P-F)), P = max(G+F, 2G).
+    Floating point: c' = RNE(f*c + i*g) on cell words (hwrnn.floatcell.float_cell_update)."""
+    if cfg.cell_format.kind == "float":
+        from .floatcell import float_cell_update
+
+        return float_cell_update(cfg, f, c, i, g)
     G = cfg.gate_frac
     F = cfg.cell_format.frac_bits
     P = max(G + F, 2 * G)
@@ -153,6 +158,10 @@ def cell_update(cfg: LayerConfig, f, c, i, g):
 
 def cell_lut_address(cfg: LayerConfig, c):
     """Address of sigmoid(c): c rounded half up to z_frac fraction bits, then saturated."""
+    if cfg.cell_format.kind == "float":
+        from .floatcell import float_cell_lut_address
+
+        return float_cell_lut_address(cfg, c)
     return lut_address(cfg, rshift_round(c, cfg.cell_format.frac_bits - cfg.z_frac))
 
 
@@ -162,7 +171,12 @@ def h_code(cfg: LayerConfig, o, sc):
 
 
 def initial_state(cfg: LayerConfig):
-    """(h0 code, c0 integer) of the reset state."""
+    """(h0 code, c0 integer or float word) of the reset state."""
+    if cfg.cell_format.kind == "float":
+        from .floatcell import float_initial_state_word
+
+        h0 = int(round_half_up(levels(cfg.abits) * 0.5)) if cfg.init_state == "half" else 0
+        return h0, float_initial_state_word(cfg)
     if cfg.init_state == "half":
         h0 = int(round_half_up(levels(cfg.abits) * 0.5))
         c0 = 1 << (cfg.cell_format.frac_bits - 1) if cfg.cell_format.frac_bits > 0 else 0
@@ -192,10 +206,15 @@ def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=
                  "rounding": "half up of sigmoid(z) * 2^G"},
         "candidate": {"bits": candidate_width(cfg), "signed": cfg.candidate == "tanh", "frac": G,
                       "function": cfg.candidate},
-        "cell": {"format": str(cf), "bits": cf.width, "signed": True, "frac": cf.frac_bits,
-                 "value": f"n / 2^{cf.frac_bits}", "range": list(cell_limits(cfg)),
-                 "rounding": "half up", "saturation": "clamp"},
     }
+    if cf.kind == "float":
+        from .floatcell import float_tap_format
+
+        d["cell"] = float_tap_format(cfg) | {"signed": False}
+    else:
+        d["cell"] = {"format": str(cf), "bits": cf.width, "signed": True, "frac": cf.frac_bits,
+                     "value": f"n / 2^{cf.frac_bits}", "range": list(cell_limits(cfg)),
+                     "rounding": "half up", "saturation": "clamp"}
     if M is not None:
         d["z"]["multiplier"] = int(M)
         d["z"]["shift"] = int(R)

@@ -33,6 +33,7 @@ from hwrnn.datapath import (Geometry, asum_width, bias_image, bias_width, s1_wid
 from hwrnn.quant import levels
 
 from .blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, LookupTable, ScaleBias)
+from .float_cell import FloatCellUnit
 from .memory import WeightMemory
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
@@ -244,10 +245,10 @@ class LstmCore(wiring.Component):
         c_addrs = []
         c_new_all = []
         for k in range(U):
-            cu = FixedCellUnit(cfg)
+            cu = FloatCellUnit(cfg) if cfg.cell_format.kind == "float" else FixedCellUnit(cfg)
             m.submodules[f"cell{k}"] = cu
             i_, f_, g_, o_ = gate_vals[4 * k:4 * k + 4]
-            m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_fold[k * cw:(k + 1) * cw].as_signed())]
+            m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_fold[k * cw:(k + 1) * cw])]
             c_new_all.append(cu.c_new)
             c_addrs.append(cu.c_addr)
             m.d.sync += [s6_o[k].eq(o_)]

@@ -174,7 +174,7 @@ async def run_plan(dut):
         cycle += 1
         dut.out__ready.value = 0
         h = _field(payload, 0, abits, H)
-        c = _field(payload, c_off, cbits, H, signed=True)
+        c = _field(payload, c_off, cbits, H, signed=fields["out"]["c"].get("signed", True))
         want_h, want_c = expected[step]
         measured = t_valid - t_accept
         waited = (feeder.waited - waited_before) if feeder else 0

@@ -25,7 +25,8 @@ TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")
 
 @dataclass
 class IntState:
-    """h: activation codes [B, H] int64; c: cell integers [B, H] int64."""
+    """h: activation codes [B, H] int64; c: cell state [B, H] int64 (fixed-point integers, or the bit
+    patterns of a floating-point cell format)."""
 
     h: np.ndarray
     c: np.ndarray

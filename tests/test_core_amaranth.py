@@ -68,7 +68,7 @@ def run_core(layer, fold, script, seed=0, stall=0.0, weights="memory", w_stall=0
                 await ctx.tick()
                 assert ctx.get(dut.out.valid)
             h = unpack(ctx.get(dut.out.payload.h), cfg.abits, cfg.hidden)
-            c = unpack(ctx.get(dut.out.payload.c), cw, cfg.hidden, signed=True)
+            c = unpack(ctx.get(dut.out.payload.c), cw, cfg.hidden, signed=cfg.cell_format.kind == "fixed")
             results.append((h, c, cycles, ctx.get(dut.last_cycles), w_stalls[0]))
             w_stalls[0] = 0
             ctx.set(dut.out.ready, 1)
@@ -105,6 +105,9 @@ CASES = [
     (8, 8, 6, 11, 8, 3, "serial", {}),
     (3, 4, 10, 10, 16, 20, "parallel", {"candidate": "tanh", "init_state": "half"}),
     (2, 3, 5, 2, 20, 7, "parallel", {"cell": "fixed:2.8", "gate_frac": 6}),
+    (3, 2, 7, 5, 8, 4, "parallel", {"cell": "fp16"}),
+    (4, 4, 6, 6, 12, 5, "serial", {"cell": "bf16", "candidate": "tanh"}),
+    (2, 2, 9, 4, 8, 3, "parallel", {"cell": "e4m3", "init_state": "half"}),
 ]
 
 

@@ -82,7 +82,7 @@ def test_config_defaults_and_json_round_trip():
 @pytest.mark.parametrize("kw,msg", [
     ({"wbits": 0}, "wbits"), ({"abits": 9}, "abits"), ({"hidden": 0}, "hidden"), ({"input": -3}, "input"),
     ({"candidate": "relu"}, "candidate"), ({"cell": "fixed:3.2"}, "fraction bits"), ({"cell": "q8"}, "not understood"),
-    ({"cell": "fp16"}, "not implemented"), ({"gamma": -1.0}, "gamma"), ({"lut_bits": 3, "z_frac": 5}, "lut_bits"),
+    ({"cell": "e9m3"}, "exponent bits"), ({"cell": "e5m0"}, "mantissa bits"), ({"gamma": -1.0}, "gamma"), ({"lut_bits": 3, "z_frac": 5}, "lut_bits"),
 ])
 def test_config_rejections(kw, msg):
     base = {"wbits": 2, "abits": 2, "hidden": 8}

@@ -19,11 +19,15 @@ MATRIX = [
     (1, 8, 7, 4, 4, 3, "serial", {"candidate": "tanh"}),
     (8, 1, 5, 9, 20, 14, "parallel", {"init_state": "half"}),
     (4, 3, 11, 6, 16, 7, "parallel", {"cell": "fixed:2.8"}),
+    (2, 2, 8, 6, 8, 5, "parallel", {"cell": "fp16"}),
+    (4, 2, 6, 7, 8, 4, "serial", {"cell": "bf16", "candidate": "tanh"}),
+    (3, 3, 7, 5, 12, 6, "parallel", {"cell": "e4m3", "init_state": "half"}),
+    (2, 4, 5, 5, 4, 3, "parallel", {"cell": "e5m2"}),
 ]
 
 
 def _id(c):
-    return f"W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}"
+    return f"W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}" + (f"-{c[7]['cell']}" if "cell" in c[7] else "")
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=_id)
@@ -35,7 +39,7 @@ def test_verilator_matrix(case, tmp_path):
     assert res.cycles_per_step == res.predicted and res.compared_steps >= 10
 
 
-@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2]], ids=_id)
+@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2], MATRIX[8], MATRIX[10]], ids=_id)
 def test_icarus(case, tmp_path):
     w, a, h, x, pe, simd, planes, extra = case
     cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, **extra)
