@@ -63,6 +63,7 @@ def build_parser():
     t.add_argument("--no-weight-tanh", dest="weight_tanh", action="store_false", default=None)
     t.add_argument("--quantize-output", action="store_true", default=None)
     t.add_argument("--gamma", type=float)
+    t.add_argument("--cell", help="emulate the hardware cell format in training (fixed:I.F, fp16, bf16, eXmY)")
     t.add_argument("--progress", action="store_true", default=None, help="force the progress bar")
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint (and of its integer model with --integer)")

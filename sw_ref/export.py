@@ -32,6 +32,8 @@ def layer_config(model, **formats) -> LayerConfig:
     unknown = sorted(set(formats) - set(FORMAT_FIELDS))
     if unknown:
         raise ExportError(f"unknown format option(s): {', '.join(unknown)}")
+    if formats.get("cell") is None and getattr(c, "cell", None) is not None:
+        formats = {**formats, "cell": c.cell}  # the cell format the model was trained with
     return LayerConfig(wbits=c.wbits, abits=c.abits, hidden=c.hidden, input=c.input, gamma=c.gamma,
                        weight_tanh=c.weight_tanh, candidate=c.candidate, init_state=c.init_state,
                        **{k: v for k, v in formats.items() if v is not None})

@@ -74,6 +74,7 @@ class LMConfig:
     embedding: str = "clip"
     init_state: str = "zero"
     quantize_output: bool = False
+    cell: str | None = None  # None: c in float32; else the hardware cell format, emulated (STE)
     dropout: float = 0.3
 
     def __post_init__(self):
@@ -106,6 +107,17 @@ class LMConfig:
         self.dropout = d
         self.weight_tanh = bool(self.weight_tanh)
         self.quantize_output = bool(self.quantize_output)
+        if self.cell is not None:
+            from hwrnn.config import CellFormat
+
+            cf = CellFormat.parse(self.cell)
+            if cf.kind == "float":
+                from hwrnn.floatcell import FloatFormat
+
+                FloatFormat(cf.exp_bits, cf.man_bits)
+            elif cf.int_bits < 1 or cf.frac_bits < 0:
+                raise ValueError(f"cell format {self.cell}: needs at least one integer bit")
+            self.cell = str(cf)
 
     @property
     def is_float(self) -> bool:
@@ -196,6 +208,27 @@ class QuantLSTMLM(nn.Module):
         c = torch.full((bsz, H), 0.5, dtype=dtype, device=device)
         return self._qa(c.clone()), c
 
+    def _cell_round(self, c):
+        """Round c to the hardware cell format (straight-through gradient): fixed:I.F rounds half
+        up to F fraction bits and saturates; float formats round to nearest even
+        (hwrnn.floatcell.round_to_format_torch). Training sees the cell the integer model uses."""
+        if self.cfg.cell is None:
+            return c
+        from hwrnn.config import CellFormat
+
+        cf = CellFormat.parse(self.cfg.cell)
+        if cf.kind == "float":
+            from hwrnn.floatcell import _round64
+
+            # c itself is a float32 (float64 in traces) sum, so this is an approximation of the
+            # unit's single rounding (exact emulation: the integer model); values are exact
+            r = _round64(c.detach().to(torch.float64), cf.exp_bits, cf.man_bits).to(c.dtype)
+            return c + (r - c).detach()
+        scale = 2.0 ** cf.frac_bits
+        top = 2.0 ** cf.int_bits
+        q = torch.clamp(torch.floor(c * scale + 0.5) / scale, -top, top - 1.0 / scale)
+        return c + (q - c).detach()
+
     @staticmethod
     def detach_state(state):
         return tuple(s.detach() for s in state)
@@ -214,7 +247,7 @@ class QuantLSTMLM(nn.Module):
             else:
                 zi, zf, zg, zo = z.split(H, dim=1)
                 i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
-            c = torch.addcmul(f * c, i, g)
+            c = self._cell_round(torch.addcmul(f * c, i, g))
             h = self._qa(o * torch.sigmoid(c))
             outs.append(h)
             if trace is not None:

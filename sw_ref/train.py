@@ -74,7 +74,7 @@ DEFAULTS = dict(
     bptt=35, lr=None, optimizer="sgd", clip=0.25, dropout=0.3, seed=1111, threads=None,
     max_train_tokens=None, out=None, init_from=None, resume=None, checkpoint_every=200,
     gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
-    quantize_output=False, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
+    quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
     eval_batch_size=10, progress=None,
 )
 # options that must not change when resuming a run mid-way
@@ -263,7 +263,7 @@ def train(args=None, **kwargs) -> dict:
         cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input, wbits=o.wbits,
                        abits=o.abits, gamma=o.gamma, weight_tanh=o.weight_tanh,
                        candidate=o.candidate, embedding=o.embedding, init_state=o.init_state,
-                       quantize_output=o.quantize_output, dropout=o.dropout)
+                       quantize_output=o.quantize_output, dropout=o.dropout, cell=o.cell)
     except (ValueError, TypeError) as exc:
         raise TrainError(f"bad model option: {_first_line(exc)}") from None
 
@@ -281,8 +281,12 @@ def train(args=None, **kwargs) -> dict:
 
     if last_path.is_file():
         ck = _read_checkpoint(last_path)
-        if ck["config"] != cfg.to_dict():
-            diff = [k for k in cfg.to_dict() if ck["config"].get(k) != cfg.to_dict()[k]]
+        try:  # normalised through LMConfig, so fields added later compare by their defaults
+            saved_cfg = LMConfig.from_dict(dict(ck["config"])).to_dict()
+        except (ValueError, TypeError) as exc:
+            raise TrainError(f"{last_path} has a bad model config: {_first_line(exc)}") from None
+        if saved_cfg != cfg.to_dict():
+            diff = [k for k in cfg.to_dict() if saved_cfg.get(k) != cfg.to_dict()[k]]
             raise TrainError(f"{last_path} was written with a different model config "
                              f"({', '.join(diff)}); use another --out")
         if list(ck["vocab"]) != list(vocab):

@@ -104,3 +104,38 @@ def test_float_model_cannot_be_exported(tiny_corpus, tmp_path):
           dropout=0.0, threads=1, checkpoint_every=0, log_every=0, progress=False, max_batches=3)
     r = _cli("export", "--checkpoint", tmp_path / "f" / "last.pt")
     assert r.returncode == 2 and "quantized" in r.stderr
+
+
+def test_training_with_the_hardware_cell_format(tiny_corpus, tmp_path):
+    """--cell makes training round c like the hardware; export and the integer model pick it up."""
+    from sw_ref.data import load_ptb
+    from sw_ref.train import load_lm_checkpoint, train
+
+    train(data=str(tiny_corpus), out=str(tmp_path / "r"), hidden=8, wbits=2, abits=2, epochs=1, batch_size=10,
+          bptt=20, dropout=0.0, threads=1, checkpoint_every=0, log_every=0, progress=False, cell="e5m2")
+    model, _, _ = load_lm_checkpoint(tmp_path / "r" / "best.pt")
+    assert model.cfg.cell == "e5m2"
+    layer = layer_from_model(model)
+    assert layer.cfg.cell == "e5m2"
+    # every c of the training model is a value of the format
+    from hwrnn.floatcell import FloatFormat, decode, encode_rne
+    tr = model.step_trace(torch.arange(20) % model.cfg.vocab)
+    c = tr["c"].numpy().ravel()
+    np.testing.assert_array_equal(decode(FloatFormat(5, 2), encode_rne(FloatFormat(5, 2), c)), c)
+    corpus = load_ptb(tiny_corpus)
+    ppl = evaluate(model, corpus.test)
+    ippl = IntegerLM(model, layer).perplexity(corpus.test.numpy())
+    assert abs(ippl - ppl) / ppl < 0.01, (ppl, ippl)
+
+
+def test_resume_accepts_checkpoints_without_newer_config_fields(tiny_corpus, tmp_path):
+    from sw_ref.train import train
+
+    kw = dict(data=str(tiny_corpus), out=str(tmp_path / "r"), hidden=8, wbits=2, abits=2, batch_size=10, bptt=20,
+              dropout=0.0, threads=1, checkpoint_every=0, log_every=0, progress=False)
+    train(epochs=1, max_batches=2, **kw)
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    del ck["config"]["cell"]  # as written before the field existed
+    torch.save(ck, tmp_path / "r" / "last.pt")
+    s = train(epochs=1, **kw)
+    assert s["epochs_done"] == 1 and not s["interrupted"]
