@@ -1,0 +1,254 @@
+"""python -m boards: the LSTM core on FPGA boards with a UART host link.
+
+    python -m boards list
+    python -m boards fit   --board icebreaker --wbits 2 --abits 2 --hidden 32
+    python -m boards build --board ulx3s --wbits 2 --abits 2 --hidden 32 [-o build/boards/ulx3s]
+    python -m boards run   --port /dev/ttyUSB0 --build build/boards/ulx3s [--steps 50]
+    python -m boards sim   --wbits 2 --abits 2 --hidden 4 --input 3 --pe 4 --simd 4
+
+build: fit check (refused with needed vs available before any tool runs), bitstream with the
+YoWASP tools (ULX3S, iCEBreaker) or the Vivado build tree (Arty A7), report.txt/report.json with
+resources, Fmax and timing. Exit 0 built (timing met), 1 timing not met, 2 refused/invalid, 3 tool
+failure. run: loads the checkpoint over the link, runs a sequence and checks every h_t, c_t
+against the integer model; exit 0 only when all matched. sim: the board-level cocotb simulation
+(UART + framing + core, corrupted frames included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
+from hwrnn.config import ConfigError, Folding, LayerConfig
+
+
+def _layer_args(p, with_fold=True):
+    p.add_argument("--checkpoint", help="layer checkpoint (python -m sw_ref export); default: random weights")
+    p.add_argument("--wbits", type=int, help="weight bits")
+    p.add_argument("--abits", type=int, help="activation bits")
+    p.add_argument("--hidden", type=int, help="hidden units H")
+    p.add_argument("--input", type=int, help="input size X (default: hidden)")
+    p.add_argument("--cell", help="cell-state format, e.g. fixed:3.10")
+    p.add_argument("--candidate", choices=["sigmoid", "tanh"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
+    if with_fold:
+        p.add_argument("--pe", type=int, help="rows per cycle (multiple of 4; default per board)")
+        p.add_argument("--simd", type=int, help="columns per cycle (default per board)")
+        p.add_argument("--planes", choices=["parallel", "serial"], default=None)
+
+
+def resolve_layer(args) -> tuple[QuantLayer, str]:
+    if args.checkpoint:
+        layer = load_layer(args.checkpoint)
+        for opt in ("wbits", "abits", "hidden", "input", "candidate"):
+            given = getattr(args, opt, None)
+            if given is not None and given != getattr(layer.cfg, opt):
+                raise ConfigError(f"--{opt} {given} disagrees with the checkpoint ({opt}={getattr(layer.cfg, opt)})")
+        return layer, f"checkpoint {args.checkpoint}"
+    missing = [o for o in ("wbits", "abits", "hidden") if getattr(args, o, None) is None]
+    if missing:
+        raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
+    kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
+    if args.cell:
+        kw["cell"] = args.cell
+    if args.candidate:
+        kw["candidate"] = args.candidate
+    cfg = LayerConfig(**kw)
+    return QuantLayer.random(cfg, seed=args.seed), f"random (seed {args.seed}, drawn like a fresh layer)"
+
+
+def resolve_fold(args, cfg, spec=None) -> Folding:
+    d = spec.default_folding(cfg) if spec is not None else Folding.default_for(cfg)
+    fold = Folding(pe=args.pe if args.pe is not None else d.pe, simd=args.simd if args.simd is not None else d.simd,
+                   planes=args.planes or d.planes)
+    fold.check_against(cfg)
+    return fold
+
+
+def cmd_list(args) -> int:
+    from .top import BOARDS
+
+    for name, s in BOARDS.items():
+        tool = "YoWASP yosys + nextpnr (built here)" if s.open_toolchain else "Vivado build tree (not run here)"
+        print(f"{name:12s} {s.title:36s} {s.device:10s} {s.clk_hz / 1e6:g} MHz, default PE {s.default_pe} "
+              f"SIMD {s.default_simd}, {tool}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .build import fit_check
+    from .top import BOARDS
+
+    layer, _src = resolve_layer(args)
+    rc = 0
+    for name in ([args.board] if args.board else list(BOARDS)):
+        spec = BOARDS[name]
+        fold = resolve_fold(args, layer.cfg, spec)
+        fit = fit_check(layer, fold, spec)
+        state = "fits" if fit["fits"] else "DOES NOT FIT"
+        print(f"{name}: {state} (PE {fold.pe} SIMD {fold.simd}): weights {fit['weight_bits_padded']:,} bits, memories "
+              f"{fit['memory_bits']:,} of {fit['block_ram_bits']:,} bits, about {fit['blocks_needed_estimate']} of "
+              f"{fit['blocks_available']} {fit['block_kind']}, {fit['multipliers']} multipliers / "
+              f"{fit['dsp_available']} DSPs")
+        for p in fit["problems"]:
+            print(f"  problem: {p}")
+        for w in fit["warnings"]:
+            print(f"  warning: {w}")
+        rc = rc or (0 if fit["fits"] else 2)
+    return rc
+
+
+def cmd_build(args) -> int:
+    from .build import BuildFailed, BuildOptions, FitError, build
+    from .top import BOARDS
+
+    spec = BOARDS[args.board]
+    try:
+        layer, src = resolve_layer(args)
+        fold = resolve_fold(args, layer.cfg, spec)
+        out = args.out or f"build/boards/{args.board}"
+        print(f"boards: {spec.title}: W{layer.cfg.wbits}A{layer.cfg.abits} H={layer.cfg.hidden} "
+              f"X={layer.cfg.input}, PE {fold.pe} SIMD {fold.simd} {fold.planes}, weights {src}")
+        rep = build(args.board, layer, fold, out,
+                    BuildOptions(baud=args.baud, frame_timeout_s=args.frame_timeout, run_tools=not args.no_tools,
+                                 force=args.force, source=src))
+    except (ConfigError, CheckpointError, FitError, ValueError) as e:
+        print(f"boards: error: {e}", file=sys.stderr)
+        return 2
+    except BuildFailed as e:
+        print(f"boards: build failed: {e}", file=sys.stderr)
+        return 3
+    print((Path(rep["build_dir"]) / "report.txt").read_text(), end="")
+    if rep.get("timing_met") is False:
+        print("boards: timing NOT met (bitstream written anyway)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .host import BoardLink, LinkError, SerialTransport, random_sequence, run_sequence
+
+    try:
+        baud = args.baud
+        if args.build:
+            rep = json.loads((Path(args.build) / "report.json").read_text())
+            baud = baud or rep["baud"]
+            layer = load_layer(args.checkpoint) if args.checkpoint else load_layer(Path(args.build) / "layer.npz")
+        else:
+            layer, _src = resolve_layer(args)
+        baud = baud or 115200
+        if args.sequence:
+            path = Path(args.sequence)
+            xs = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()))
+            xs = np.asarray(xs, dtype=np.int64).reshape(-1, layer.cfg.input)
+        else:
+            xs = random_sequence(layer.cfg, args.steps, args.seed)
+    except (ConfigError, CheckpointError, ValueError, OSError, KeyError) as e:
+        print(f"boards run: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        tr = SerialTransport(args.port, baud)
+        link = BoardLink(tr, timeout=args.timeout, retries=args.retries, log=lambda m: print(f"  link: {m}"))
+        info = link.connect()
+        print(f"board: W{info.wbits}A{info.abits} H={info.hidden} X={info.input} PE {info.pe} SIMD {info.simd} "
+              f"{info.planes_name}, {info.latency} cycles/step at {info.clk_hz / 1e6:g} MHz, "
+              f"{info.baud:.0f} baud")
+        res = run_sequence(link, layer, xs, load=not args.no_load)
+        st = link.status()
+        tr.close()
+    except LinkError as e:
+        print(f"boards run: link error: {e}", file=sys.stderr)
+        return 3
+    for m in res.mismatches[:20]:
+        print(f"  MISMATCH {m}")
+    print(res.line())
+    print(f"status: {st.steps} steps, last {st.last_cycles} cycles, {st.frames_ok} frames, errors: CRC {st.crc_errors}, "
+          f"header {st.header_errors}, timeout {st.timeouts}, arg {st.arg_errors}, uart {st.uart_errors}, "
+          f"dropped {st.dropped}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ok": res.ok, "steps": res.steps, "mismatches": res.mismatches,
+                                               "cycles": res.cycles, "latency": res.latency,
+                                               "wall_s": res.wall_s, "stats": res.stats,
+                                               "status": st.__dict__}, indent=2))
+    return 0 if res.ok else 1
+
+
+def cmd_sim(args) -> int:
+    from sim.runner import SimulationFailed, SimulatorError
+
+    from .simulate import run_board_sim
+
+    try:
+        layer, _src = resolve_layer(args)
+        fold = resolve_fold(args, layer.cfg)
+        work = Path(args.work) if args.work else Path("build/boards/sim")
+        t0 = time.perf_counter()
+        res = run_board_sim(layer, fold, work, sim=args.sim, divisor=args.divisor, steps=args.steps,
+                            seed=args.seed, waves=args.waves)
+    except (ConfigError, CheckpointError, ValueError) as e:
+        print(f"boards sim: error: {e}", file=sys.stderr)
+        return 2
+    except (SimulationFailed, SimulatorError) as e:
+        print(f"boards sim: FAIL: {e}", file=sys.stderr)
+        return 1
+    print(res.line())
+    print(f"generate {res.generate_s:.1f} s, build {res.build_s:.1f} s, run {res.run_s:.1f} s, "
+          f"total {time.perf_counter() - t0:.1f} s" + (f"; waves {res.waveform}" if res.waveform else ""))
+    return 0
+
+
+def parse_args(argv):
+    from .top import BOARDS
+
+    p = argparse.ArgumentParser(prog="python -m boards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="known boards")
+    f = sub.add_parser("fit", help="fit check only (no tools)")
+    f.add_argument("--board", choices=sorted(BOARDS))
+    _layer_args(f)
+    b = sub.add_parser("build", help="bitstream (ULX3S, iCEBreaker) or vendor build tree (Arty A7) and report")
+    b.add_argument("--board", required=True, choices=sorted(BOARDS))
+    _layer_args(b)
+    b.add_argument("--baud", type=int, help="UART baud (default 115200)")
+    b.add_argument("--frame-timeout", type=float, default=0.05, help="seconds of silence that end a broken frame")
+    b.add_argument("-o", "--out", help="build directory (default build/boards/<board>)")
+    b.add_argument("--no-tools", action="store_true", help="write the build tree and report, run no tool")
+    b.add_argument("--force", action="store_true", help="build even when the fit check refuses")
+    r = sub.add_parser("run", help="load a checkpoint over the link and check a sequence against the integer model")
+    r.add_argument("--port", required=True, help="serial port or pyserial URL")
+    r.add_argument("--baud", type=int, help="baud (default: the build's, else 115200)")
+    r.add_argument("--build", help="build directory: its layer.npz and baud (the layer baked into the bitstream)")
+    _layer_args(r, with_fold=False)
+    r.add_argument("--steps", type=int, default=50, help="random sequence length (without --sequence)")
+    r.add_argument("--sequence", help="x codes: .npy or JSON, shape [T, input]")
+    r.add_argument("--no-load", action="store_true", help="use the weights in the board's memories as they are")
+    r.add_argument("--timeout", type=float, default=0.5, help="reply slack in seconds")
+    r.add_argument("--retries", type=int, default=3)
+    r.add_argument("--json", help="write the run summary here")
+    s = sub.add_parser("sim", help="board-level cocotb simulation (UART, framing, corrupted frames)")
+    _layer_args(s)
+    s.add_argument("--sim", choices=["icarus", "verilator"], default="icarus")
+    s.add_argument("--divisor", type=int, default=4, help="UART clock cycles per bit")
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--work", help="work directory (default build/boards/sim)")
+    s.add_argument("--waves", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return {"list": cmd_list, "fit": cmd_fit, "build": cmd_build, "run": cmd_run, "sim": cmd_sim}[args.cmd](args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"boards: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Host driver of the hwrnn board link: transports, the request/reply client with retries and step
+recovery, run-time loading of a layer checkpoint, and a sequence run checked against the integer
+model (sw_ref.integer_model.IntegerLSTM).
+
+Transports move bytes and know nothing of frames:
+
+* ``SerialTransport``: a real port through pyserial (``/dev/ttyUSB0``, or any pyserial URL such
+  as ``loop://`` or ``socket://host:port``);
+* boards/tb/tb_board.py ``SimTransport``: the UART pins of the simulated board design under
+  cocotb (the driver runs in a ``cocotb.task.bridge`` thread; its timeouts are simulated time).
+
+``BoardLink`` is the same code on both. Recovery rules (protocol in boards.protocol):
+
+* a NAK means the request was not executed: resend it (up to ``retries`` times; a NAK ARG is a
+  driver bug and is raised at once);
+* a reply that times out or fails its CRC: wait until the line is quiet, then resend an idempotent
+  request (INFO, LOAD, RESET_STATE, STATUS, READ_OUT); for STEP, read STATUS first: if the device's
+  step counter advanced, the step happened and READ_OUT fetches its h_t/c_t, otherwise resend.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwrnn.checkpoint import QuantLayer
+from hwrnn.config import Folding
+from hwrnn.datapath import bias_image, weight_image
+
+from . import protocol as P
+
+
+class LinkError(Exception):
+    """The board did not do what was asked (message is one line)."""
+
+
+class NakError(LinkError):
+    def __init__(self, code: int, request: int):
+        self.code, self.request = code, request
+        super().__init__(f"board NAKed {P.REQUEST_NAMES.get(request, hex(request))}: "
+                         f"{P.NAK_NAMES.get(code, f'code {code}')}")
+
+
+class ReplyError(LinkError):
+    """No reply, or a reply that failed its checks (timeout, CRC, type, length)."""
+
+
+class Transport:
+    """Byte transport: ``write`` sends all bytes; ``read`` returns up to n bytes, fewer only when
+    ``timeout`` seconds passed (simulated seconds on a simulated link). ``baud``: nominal line rate
+    (sizes the timeouts before the board's INFO is known), None if unknown."""
+
+    baud: float | None = None
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, n: int, timeout: float) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class SerialTransport(Transport):
+    """A serial port (8N1) through pyserial."""
+
+    def __init__(self, port: str, baud: float):
+        try:
+            import serial
+        except ImportError as e:  # pragma: no cover - pyserial is a dependency
+            raise LinkError("pyserial is not installed (`pip install pyserial`)") from e
+        try:
+            self.ser = serial.serial_for_url(port, baudrate=int(round(baud)), bytesize=8, parity="N",
+                                             stopbits=1, timeout=0)
+        except (serial.SerialException, ValueError) as e:
+            raise LinkError(f"cannot open {port}: {e}") from None
+        self.baud = baud
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(bytes(data))
+        self.ser.flush()
+
+    def read(self, n: int, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.ser.timeout = left
+            buf += self.ser.read(n - len(buf))
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.ser.close()
+
+
+@dataclass
+class LinkStats:
+    frames_sent: int = 0
+    replies: int = 0
+    naks: dict = field(default_factory=dict)  # NAK name -> count
+    reply_errors: int = 0
+    resent: int = 0
+    steps_recovered: int = 0  # STEP replies lost, result fetched with READ_OUT
+    garbage_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class BoardLink:
+    """Request/reply client of one board.
+
+    timeout: seconds of slack on top of the computed transfer time of a request and its reply
+             (and the device's frame timeout); quiet: extra seconds of silence that ``drain`` waits
+             for beyond the device's frame timeout."""
+
+    def __init__(self, transport: Transport, *, timeout: float = 0.5, quiet: float = 0.02, retries: int = 3,
+                 log=None):
+        self.t = transport
+        self.timeout = timeout
+        self.quiet = quiet
+        self.retries = retries
+        self.log = log or (lambda msg: None)
+        self.info: P.DesignInfo | None = None
+        self.stats = LinkStats()
+        self.device_steps: int | None = None  # the device's STATUS.steps as last known
+
+    # ---- timing ----------------------------------------------------------------------------------
+    def _byte_s(self) -> float:
+        """Seconds per byte: from INFO, else from the transport's nominal baud (``baud`` attribute)."""
+        baud = self.info.baud if self.info else getattr(self.t, "baud", None)
+        return 10.0 / baud if baud else 0.0
+
+    def _device_timeout_s(self) -> float:
+        return self.info.timeout_cycles / self.info.clk_hz if self.info else 0.0
+
+    def reply_deadline_s(self, req_bytes: int, reply_bytes: int) -> float:
+        return self.timeout + self._device_timeout_s() + (req_bytes + reply_bytes) * self._byte_s()
+
+    # ---- frames ----------------------------------------------------------------------------------
+    def send_raw(self, data: bytes) -> None:
+        """Bytes as they are (tests send broken frames with this)."""
+        self.t.write(bytes(data))
+
+    def send_frame(self, ftype: int, payload: bytes = b"") -> None:
+        self.stats.frames_sent += 1
+        self.t.write(P.encode_frame(ftype, payload))
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        data = self.t.read(n, max(deadline, 0.0))
+        if len(data) < n:
+            raise ReplyError(f"reply timed out ({len(data)} of {n} bytes)")
+        return data
+
+    def read_frame(self, timeout: float) -> P.Frame:
+        """The next frame from the board; ReplyError on timeout, bad CRC or implausible length."""
+        while True:
+            b = self.t.read(1, timeout)
+            if not b:
+                raise ReplyError("no reply (timed out waiting for SYNC)")
+            if b[0] == P.SYNC:
+                break
+            self.stats.garbage_bytes += 1
+        hdr = self._read_exact(3, timeout)
+        length = int.from_bytes(hdr[1:3], "little")
+        limit = max(P.INFO_LEN, P.STATUS_LEN, P.NAK_LEN, self.info.out_len if self.info else 0)
+        if length > limit:
+            raise ReplyError(f"reply header announces {length} payload bytes (at most {limit}): corrupted")
+        rest = self._read_exact(length + P.CRC_BYTES, timeout + length * self._byte_s())
+        try:
+            return P.decode_frame(bytes([P.SYNC]) + hdr + rest)
+        except P.ProtocolError as e:
+            raise ReplyError(f"bad reply: {e}") from None
+
+    def drain(self) -> int:
+        """Read and drop bytes until the line has been quiet for the device's frame timeout plus
+        ``quiet``; returns the bytes dropped."""
+        quiet = self._device_timeout_s() + 2 * self._byte_s() + self.quiet
+        n = 0
+        while True:
+            chunk = self.t.read(256, quiet)
+            n += len(chunk)
+            if not chunk:
+                return n
+
+    def transact(self, ftype: int, payload: bytes = b"") -> bytes:
+        """One request, one reply, no retry: the reply payload; NakError / ReplyError."""
+        self.send_frame(ftype, payload)
+        want = self.info.reply_len(ftype) if self.info else None
+        fr = self.read_frame(self.reply_deadline_s(P.OVERHEAD + len(payload), P.OVERHEAD + (want or 0)))
+        self.stats.replies += 1
+        if fr.is_nak:
+            if len(fr.payload) != P.NAK_LEN:
+                raise ReplyError(f"NAK with {len(fr.payload)} payload bytes")
+            code = fr.payload[0]
+            name = P.NAK_NAMES.get(code, f"code{code}")
+            self.stats.naks[name] = self.stats.naks.get(name, 0) + 1
+            raise NakError(code, fr.payload[1])
+        if fr.type != (ftype | P.REPLY):
+            raise ReplyError(f"reply type 0x{fr.type:02x} to a request of type 0x{ftype:02x}")
+        if want is not None and len(fr.payload) != want:
+            raise ReplyError(f"reply of {len(fr.payload)} bytes to {P.REQUEST_NAMES[ftype]}, expected {want}")
+        return fr.payload
+
+    def request(self, ftype: int, payload: bytes = b"") -> bytes:
+        """An idempotent request with retries (not for STEP: see ``step``)."""
+        last = None
+        for attempt in range(1 + self.retries):
+            if attempt:
+                self.stats.resent += 1
+                self.log(f"resending {P.REQUEST_NAMES.get(ftype, hex(ftype))} after: {last}")
+            try:
+                return self.transact(ftype, payload)
+            except NakError as e:
+                if e.code == P.NAK_ARG:
+                    raise
+                last = e
+            except ReplyError as e:
+                self.stats.reply_errors += 1
+                last = e
+            self.drain()
+        raise last
+
+    # ---- commands --------------------------------------------------------------------------------
+    def connect(self) -> P.DesignInfo:
+        """Drop stale bytes, read INFO and the device's step counter."""
+        self.drain()
+        self.info = P.DesignInfo.unpack(self.request(P.INFO))
+        self.device_steps = self.status().steps
+        return self.info
+
+    def _need_info(self) -> P.DesignInfo:
+        if self.info is None:
+            self.connect()
+        return self.info
+
+    def status(self) -> P.Status:
+        return P.Status.unpack(self.request(P.STATUS))
+
+    def reset_state(self) -> None:
+        self.request(P.RESET_STATE)
+
+    def read_out(self) -> P.Out:
+        info = self._need_info()
+        return P.decode_out(info, self.request(P.READ_OUT))
+
+    def load_word(self, sel: int, addr: int, data: int) -> None:
+        info = self._need_info()
+        self.request(P.LOAD, P.encode_load(info, sel, addr, data))
+
+    def step(self, x) -> P.Out:
+        """Offer x_t, return (h_t, c_t, cycles); exactly one step happens on the device."""
+        info = self._need_info()
+        x = [int(v) for v in x]
+        if len(x) != info.input or any(not 0 <= v < (1 << info.abits) for v in x):
+            raise ValueError(f"x_t must be {info.input} codes in 0..{(1 << info.abits) - 1}")
+        payload = P.pack_bits(x, info.abits, info.input)
+        if self.device_steps is None:
+            self.device_steps = self.status().steps
+        last = None
+        for attempt in range(1 + self.retries):
+            if attempt:
+                self.stats.resent += 1
+                self.log(f"resending STEP after: {last}")
+            try:
+                out = P.decode_out(info, self.transact(P.STEP, payload))
+                self.device_steps = (self.device_steps + 1) & 0xFFFFFFFF
+                return out
+            except NakError as e:  # not executed
+                if e.code == P.NAK_ARG:
+                    raise
+                last = e
+                self.drain()
+                continue
+            except ReplyError as e:
+                self.stats.reply_errors += 1
+                last = e
+                self.drain()
+            # the reply was lost: did the step happen?
+            steps = self.status().steps
+            if steps == (self.device_steps + 1) & 0xFFFFFFFF:
+                self.device_steps = steps
+                self.stats.steps_recovered += 1
+                self.log(f"STEP reply lost ({last}); the step happened, reading h_t with READ_OUT")
+                return self.read_out()
+            if steps != self.device_steps:
+                raise LinkError(f"device step counter is {steps}, expected {self.device_steps} or one more")
+        raise last
+
+    # ---- a whole layer ---------------------------------------------------------------------------
+    def folding(self) -> Folding:
+        info = self._need_info()
+        return Folding(pe=info.pe, simd=info.simd, planes=info.planes_name)
+
+    def check_layer(self, layer: QuantLayer) -> None:
+        """LinkError unless ``layer`` can run on this board's core (same hardware configuration)."""
+        info = self._need_info()
+        cfg = layer.cfg
+        fold = self.folding()
+        want = {"wbits": cfg.wbits, "abits": cfg.abits, "hidden": cfg.hidden, "input": cfg.input,
+                "cell_bits": cfg.cell_format.width, "cell_float": int(cfg.cell_format.kind == "float"),
+                "shift": layer.shift}
+        diff = [f"{k} {v} (board {getattr(info, k)})" for k, v in want.items() if getattr(info, k) != v]
+        if diff:
+            hint = (" (the shift R is built into the hardware: rebuild the bitstream with this checkpoint)"
+                    if info.shift != layer.shift else "")
+            raise LinkError("checkpoint does not match the board's core: " + ", ".join(diff) + hint)
+        if P.design_id(cfg, fold, layer.shift) != info.design_id:
+            raise LinkError("checkpoint does not match the board's core: the layer options (candidate, "
+                            "init_state, z_frac, lut_bits, gate_frac, mult_bits or cell format) differ")
+        bw = info.bias_bits
+        B = layer.bias_int
+        if B.size and (B.min() < -(1 << (bw - 1)) or B.max() >= (1 << (bw - 1))):
+            raise LinkError(f"a bias of the checkpoint needs more than the board's {bw}-bit bias memory "
+                            f"(range {int(B.min())}..{int(B.max())}); rebuild with this checkpoint")
+        if layer.mult >= (1 << info.mult_bits):
+            raise LinkError(f"multiplier {layer.mult} exceeds the board's {info.mult_bits}-bit register")
+
+    def layer_words(self, layer: QuantLayer) -> list[tuple[int, int, int]]:
+        """(sel, addr, data) LOAD words of a layer for this board."""
+        info = self._need_info()
+        fold = self.folding()
+        bw = info.bias_bits
+        words = [(P.LOAD_WEIGHT, a, w) for a, w in enumerate(weight_image(layer, fold))]
+        for a, row in enumerate(bias_image(layer, fold)):
+            words.append((P.LOAD_BIAS, a, sum((b & ((1 << bw) - 1)) << (bw * j) for j, b in enumerate(row))))
+        words.append((P.LOAD_MULT, 0, layer.mult))
+        return words
+
+    def load_layer(self, layer: QuantLayer) -> int:
+        """Load weights, biases and the multiplier of ``layer``; returns the number of LOAD frames."""
+        self.check_layer(layer)
+        words = self.layer_words(layer)
+        for sel, addr, data in words:
+            self.load_word(sel, addr, data)
+        return len(words)
+
+
+@dataclass
+class RunResult:
+    steps: int
+    mismatches: list
+    cycles: list
+    latency: int
+    load_frames: int
+    wall_s: float
+    stats: dict
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def line(self) -> str:
+        state = "PASS" if self.ok else f"FAIL ({len(self.mismatches)} mismatches)"
+        return (f"{state}: {self.steps} steps checked against the integer model, {self.load_frames} LOAD frames, "
+                f"{self.latency} cycles per step on the board, {self.wall_s:.2f} s")
+
+
+def compare_step(t: int, out: P.Out, want_h, want_c, latency: int) -> list[str]:
+    bad = []
+    for tap, got, want in (("h", out.h, want_h), ("c", out.c, want_c)):
+        if list(got) != [int(v) for v in want]:
+            units = [j for j in range(len(want)) if got[j] != want[j]]
+            bad.append(f"step {t}: {tap} differs at units {units[:8]} (board {[got[j] for j in units[:4]]}, "
+                       f"model {[int(want[j]) for j in units[:4]]})")
+    if out.cycles != latency:
+        bad.append(f"step {t}: the board took {out.cycles} cycles, the latency formula says {latency}")
+    return bad
+
+
+def run_sequence(link: BoardLink, layer: QuantLayer, xs, *, load: bool = True, reset: bool = True,
+                 reset_before=(), on_step=None) -> RunResult:
+    """Load ``layer`` (unless load=False), reset the state, run x_1..x_T and compare every h_t, c_t
+    with the integer model and every step's cycles with the latency formula.
+
+    reset_before: steps preceded by a RESET_STATE. on_step(t, link): called before step t (tests
+    use it to inject faults)."""
+    from sw_ref.integer_model import IntegerLSTM
+
+    t0 = time.perf_counter()
+    info = link._need_info()
+    n_load = 0
+    link.check_layer(layer)
+    if load:
+        n_load = link.load_layer(layer)
+    model = IntegerLSTM(layer)
+    state = model.initial_state(1)
+    if reset:
+        link.reset_state()
+    mismatches, cycles = [], []
+    xs = np.asarray(xs, dtype=np.int64).reshape(-1, layer.cfg.input)
+    for t, x in enumerate(xs):
+        if t in reset_before:
+            link.reset_state()
+            state = model.initial_state(1)
+        if on_step is not None:
+            on_step(t, link)
+        out = link.step(x)
+        state, _ = model.step(x[None, :], state)
+        cycles.append(out.cycles)
+        mismatches += compare_step(t, out, state.h[0], state.c[0], info.latency)
+    return RunResult(steps=len(xs), mismatches=mismatches, cycles=cycles, latency=info.latency,
+                     load_frames=n_load, wall_s=time.perf_counter() - t0, stats=link.stats.to_dict())
+
+
+def random_sequence(cfg, steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, (1 << cfg.abits), (steps, cfg.input)).astype(np.int64)

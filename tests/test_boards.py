@@ -1,0 +1,305 @@
+"""boards/: protocol (framing, CRC), UART and CRC gateware in Amaranth's simulator, the host driver
+against a Python emulation of the device (retries, lost replies, layer checks), the fit check and
+the CLI's refusals, and build trees without tools (Arty A7 for Vivado, iCEBreaker)."""
+import json
+import random
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.sim import Simulator
+
+from boards import protocol as P
+from boards.host import BoardLink, LinkError, NakError, ReplyError, SerialTransport, run_sequence
+from boards.link import crc16_update
+from boards.uart import UartRx, UartTx, baud_divisor
+from hwrnn import Folding, LayerConfig, QuantLayer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from board_fixtures.emulator import EmulatedBoard  # noqa: E402
+
+TINY = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
+TINY_FOLD = Folding(pe=4, simd=4)
+
+
+# ---- protocol ------------------------------------------------------------------------------------
+
+def test_crc_is_ccitt_false_and_matches_the_bitwise_reference():
+    assert P.crc16(b"123456789") == 0x29B1
+    rng = random.Random(1)
+    for n in (0, 1, 2, 7, 64, 300):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert P.crc16_bytewise(data) == P.crc16(data)
+
+
+def test_frame_roundtrip_and_zero_residue():
+    rng = random.Random(2)
+    for n in (0, 1, 5, 200):
+        pl = bytes(rng.randrange(256) for _ in range(n))
+        fr = P.encode_frame(0x42, pl)
+        assert fr[0] == P.SYNC and fr[1] == 0x42 and struct.unpack("<H", fr[2:4])[0] == n
+        assert len(fr) == P.OVERHEAD + n
+        assert P.crc16(fr[1:]) == 0  # what the gateware checks
+        assert P.decode_frame(fr) == P.Frame(0x42, pl)
+
+
+@pytest.mark.parametrize("damage", ["short", "sync", "length", "crc", "payload"])
+def test_decode_rejects_damaged_frames(damage):
+    fr = bytearray(P.encode_frame(P.STEP, b"\x01\x02\x03"))
+    if damage == "short":
+        fr = fr[:4]
+    elif damage == "sync":
+        fr[0] = 0x5A
+    elif damage == "length":
+        fr = fr[:-1]
+    elif damage == "crc":
+        fr[-1] ^= 0x10
+    else:
+        fr[5] ^= 0x01
+    with pytest.raises(P.ProtocolError):
+        P.decode_frame(bytes(fr))
+
+
+def test_bit_packing_lsb_first_and_signed():
+    data = P.pack_bits([1, 2, 3], 2)
+    assert data == bytes([0b111001])
+    assert P.unpack_bits(data, 2, 3) == [1, 2, 3]
+    vals = [-5, 7, 0, -8191, 8191]
+    assert P.unpack_bits(P.pack_bits(vals, 14), 14, 5, signed=True) == vals
+
+
+def test_info_and_status_blocks_roundtrip():
+    board = EmulatedBoard(QuantLayer.random(TINY, seed=0), TINY_FOLD)
+    info = board.info
+    assert P.DesignInfo.unpack(info.pack()) == info
+    assert len(info.pack()) == P.INFO_LEN
+    with pytest.raises(P.ProtocolError, match="magic"):
+        P.DesignInfo.unpack(b"XXXX" + info.pack()[4:])
+    with pytest.raises(P.ProtocolError, match="version"):
+        P.DesignInfo.unpack(info.pack()[:4] + b"\x09" + info.pack()[5:])
+    st = P.Status(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1)
+    assert P.Status.unpack(st.pack()) == st and st.loaded
+
+
+# ---- gateware in Amaranth's simulator -------------------------------------------------------------
+
+def test_crc_gateware_matches_python():
+    m = Module()
+    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    m.d.comb += out.eq(crc16_update(crc, byte))
+    sim = Simulator(m)
+    rng = random.Random(3)
+    cases = [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(40)]
+
+    async def bench(ctx):
+        for c, b in cases:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == P.crc16(bytes([b]), c)
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_baud_divisor():
+    assert baud_divisor(25e6, 115200) == 217
+    assert baud_divisor(12e6, 115200) == 104
+    with pytest.raises(ValueError, match="at least 4"):
+        baud_divisor(1e6, 500000)
+    with pytest.raises(ValueError, match="% off"):
+        baud_divisor(12e6, 1_800_000)
+
+
+def test_uart_loopback_and_framing_error():
+    D = 5
+    m = Module()
+    m.submodules.tx = tx = UartTx(D)
+    m.submodules.rx = rx = UartRx(D)
+    line = Signal(init=1)
+    force_low = Signal()
+    m.d.comb += line.eq(tx.tx & ~force_low)
+    m.d.comb += rx.rx.eq(line)
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    rng = random.Random(4)
+    data = [rng.randrange(256) for _ in range(12)] + [0x00, 0xFF, 0xA5]
+    got, errors = [], []
+
+    async def monitor(ctx):
+        async for _clk, _rst, valid, err, byte in ctx.tick().sample(rx.valid, rx.error, rx.data):
+            if valid:
+                got.append(byte)
+            if err:
+                errors.append(1)
+
+    async def driver(ctx):
+        for b in data:
+            ctx.set(tx.data.payload, b)
+            ctx.set(tx.data.valid, 1)
+            await ctx.tick().until(tx.data.ready)
+            ctx.set(tx.data.valid, 0)
+        await ctx.tick().repeat(12 * D)
+        assert got == data, (got, data)
+        # a byte whose stop bit is held low: dropped, one framing error
+        ctx.set(tx.data.payload, 0x55)
+        ctx.set(tx.data.valid, 1)
+        await ctx.tick().until(tx.data.ready)
+        ctx.set(tx.data.valid, 0)
+        await ctx.tick().repeat(9 * D)
+        ctx.set(force_low, 1)
+        await ctx.tick().repeat(2 * D)
+        ctx.set(force_low, 0)
+        await ctx.tick().repeat(3 * D)
+        assert errors == [1] and got == data
+
+    sim.add_process(monitor)
+    sim.add_testbench(driver)
+    sim.run_until(1e-6 * 12 * D * 40)
+
+
+# ---- host driver against the emulated device -----------------------------------------------------
+
+@pytest.fixture
+def emulated():
+    layer = QuantLayer.random(TINY, seed=0)
+    board = EmulatedBoard(layer, TINY_FOLD)
+    return layer, board, BoardLink(board, timeout=0.01, quiet=0.0, retries=2)
+
+
+def test_run_sequence_against_the_emulator(emulated):
+    layer, board, link = emulated
+    xs = np.random.default_rng(0).integers(0, 4, (6, TINY.input))
+    res = run_sequence(link, layer, xs, reset_before={3})
+    assert res.ok and res.steps == 6 and res.load_frames == len(board.loads)
+    assert {s for s, _a, _d in board.loads} == {P.LOAD_WEIGHT, P.LOAD_BIAS, P.LOAD_MULT}
+
+
+def test_nak_crc_is_resent_and_lost_step_reply_is_recovered(emulated):
+    layer, board, link = emulated
+    link.connect()
+    board.corrupt_next_request = 2  # a LEN byte of the next request: NAK HEADER, resent
+    assert link.status().header_errors == 1
+    assert link.stats.resent == 1 and link.stats.naks == {"HEADER": 1}
+    board.corrupt_next_reply = 6  # a corrupted reply: CRC error on the host, resent
+    assert link.status().steps == 0
+    assert link.stats.resent == 2 and link.stats.reply_errors == 1
+
+    def faults(t, lk):
+        if t == 1:
+            board.corrupt_next_reply = 8  # the STEP reply: the step happened, READ_OUT fetches it
+        if t == 2:
+            board.drop_next_reply = True  # no reply at all: same recovery
+        if t == 3:
+            board.corrupt_next_request = 4  # a payload byte of the STEP: NAK CRC, not executed, resent
+    res = run_sequence(link, layer, np.ones((5, TINY.input), np.int64), load=False, on_step=faults)
+    assert res.ok and board.steps == 5 and link.stats.steps_recovered == 2
+    assert link.stats.naks == {"HEADER": 1, "CRC": 1}
+    assert board.counters["crc_errors"] == 1
+
+
+def test_nak_arg_is_raised_not_retried(emulated):
+    _layer, board, link = emulated
+    link.connect()
+    with pytest.raises(NakError, match="ARG"):
+        link.load_word(P.LOAD_WEIGHT, board.info.weight_depth, 0)
+    assert link.stats.resent == 0
+
+
+def test_reply_errors_exhaust_retries(emulated):
+    _layer, board, link = emulated
+    link.connect()
+    board.mute = True
+    with pytest.raises(ReplyError, match="no reply"):
+        link.status()
+    assert link.stats.resent == link.retries
+
+
+def test_check_layer_names_the_difference(emulated):
+    _layer, board, link = emulated
+    link.connect()
+    other = QuantLayer.random(LayerConfig(wbits=2, abits=2, hidden=5, input=3), seed=0)
+    with pytest.raises(LinkError, match=r"hidden 5 \(board 4\)"):
+        link.check_layer(other)
+    tanh = QuantLayer.random(LayerConfig(wbits=2, abits=2, hidden=4, input=3, candidate="tanh"), seed=0)
+    with pytest.raises(LinkError, match="layer options"):
+        link.check_layer(tanh)
+
+
+def test_serial_transport_on_a_pyserial_loopback():
+    tr = SerialTransport("loop://", 115200)
+    tr.write(b"\xa5hello")
+    assert tr.read(6, 0.5) == b"\xa5hello"
+    assert tr.read(1, 0.05) == b""
+    tr.close()
+    with pytest.raises(LinkError, match="cannot open"):
+        SerialTransport("/dev/does-not-exist-hwrnn", 115200)
+
+
+def test_cli_run_against_the_emulator(monkeypatch, tmp_path, capsys):
+    from boards import __main__ as cli
+    from boards import host
+
+    layer = QuantLayer.random(TINY, seed=0)
+    ck = tmp_path / "layer.npz"
+    layer.save(ck)
+    monkeypatch.setattr(host, "SerialTransport", lambda port, baud: EmulatedBoard(layer, TINY_FOLD))
+    rc = cli.main(["run", "--port", "emulated", "--checkpoint", str(ck), "--steps", "5",
+                   "--json", str(tmp_path / "run.json")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "PASS: 5 steps" in out
+    assert json.loads((tmp_path / "run.json").read_text())["ok"] is True
+
+
+# ---- fit check and build trees --------------------------------------------------------------------
+
+def test_fit_check_refuses_with_numbers_before_any_tool(tmp_path, capsys):
+    from boards.__main__ import main
+
+    out = tmp_path / "b"
+    rc = main(["build", "--board", "icebreaker", "--wbits", "4", "--abits", "2", "--hidden", "450", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "does not fit icebreaker" in err
+    from boards.top import BOARDS
+    from hwrnn.datapath import Geometry
+
+    cfg = LayerConfig(wbits=4, abits=2, hidden=450)
+    needed = Geometry(cfg, BOARDS["icebreaker"].default_folding(cfg)).weight_bits
+    assert f"{needed:,} bits" in err and "122,880 bits" in err  # needed vs available
+    assert not out.exists()  # refused before the build tree or any tool
+
+
+def test_fit_check_counts_blocks():
+    from boards.build import fit_check
+    from boards.top import BOARDS
+
+    cfg = LayerConfig(wbits=2, abits=2, hidden=32)
+    layer = QuantLayer.random(cfg, seed=0)
+    # iCE40: PE 16 means 20 tables of 512 x 9 bits, 2 blocks each: the bits fit, the blocks do not
+    fit = fit_check(layer, Folding(pe=16, simd=8), BOARDS["icebreaker"])
+    assert not fit["fits"] and fit["blocks_needed_estimate"] > fit["blocks_available"] == 30
+    assert len(fit["problems"]) == 1 and "SB_RAM40_4K" in fit["problems"][0]
+    assert fit_check(layer, Folding(pe=16, simd=32), BOARDS["ulx3s"])["fits"]
+
+
+def test_arty_build_tree_for_vivado(tmp_path):
+    from boards.__main__ import main
+
+    out = tmp_path / "arty"
+    rc = main(["build", "--board", "arty_a7_35", "--wbits", "2", "--abits", "2", "--hidden", "4", "--input", "3",
+               "--pe", "4", "--simd", "4", "-o", str(out)])
+    assert rc == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"build_hwrnn_board.sh", "hwrnn_board.tcl", "hwrnn_board.xdc", "hwrnn_board.v", "report.json",
+            "layer.npz"} <= names
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["toolchain"].startswith("vivado") and "Vivado" in rep["note"]
+    assert rep["baud_divisor"] == 434 and rep["clock_hz"] == 50_000_000  # MMCM: 100 MHz -> 50 MHz
+    xdc = (out / "hwrnn_board.xdc").read_text()
+    assert "D10" in xdc and "A9" in xdc and "C2" in xdc  # UART pins, reset button
+    v = (out / "hwrnn_board.v").read_text()
+    assert "MMCME2_BASE" in v and "CLKFBOUT_MULT_F(10.0)" in v and "CLKOUT0_DIVIDE_F(20.0)" in v
