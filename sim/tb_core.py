@@ -32,6 +32,18 @@ def _field(value: int, offset: int, bits: int, n: int, signed: bool = False):
     return out
 
 
+async def _wait_ready(dut, ready) -> int:
+    """With valid already driven: wait (in the read-only phase) until `ready` is high, so the
+    transfer happens at the coming clock edge. Returns the clock edges waited."""
+    waited = 0
+    await ReadOnly()
+    while not ready.value:
+        await RisingEdge(dut.clk)
+        waited += 1
+        await ReadOnly()
+    return waited
+
+
 class WeightFeeder:
     """Drives the w stream of a streamed-weights core: the image words in address order, over and
     over, with random gaps; counts the cycles in which the core waited for a word."""
@@ -96,11 +108,7 @@ async def run_plan(dut):
             cycle += 1
         dut.load__payload.value = data | (addr << lf["addr"]["offset"]) | (sel << lf["sel"]["offset"])
         dut.load__valid.value = 1
-        await ReadOnly()
-        while not dut.load__ready.value:
-            await RisingEdge(dut.clk)
-            cycle += 1
-            await ReadOnly()
+        cycle += await _wait_ready(dut, dut.load__ready)
         await RisingEdge(dut.clk)
         cycle += 1
     dut.load__valid.value = 0
@@ -125,11 +133,7 @@ async def run_plan(dut):
         x = plan.xs[step]
         dut.x__payload.value = sum(int(v) << (abits * j) for j, v in enumerate(x))
         dut.x__valid.value = 1
-        await ReadOnly()
-        while not dut.x__ready.value:
-            await RisingEdge(dut.clk)
-            cycle += 1
-            await ReadOnly()
+        cycle += await _wait_ready(dut, dut.x__ready)
         t_accept = cycle
         waited_before = feeder.waited if feeder else 0
         await RisingEdge(dut.clk)
