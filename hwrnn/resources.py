@@ -7,9 +7,12 @@ and LUT RAM per block and in total, for ECP5 (synth_ecp5), iCE40 (synth_ice40 -d
 
 How each count is modelled:
 
-* flip-flops: counted from the architecture (every register the core declares, at its width;
-  registers yosys removes because they are constant or unread are left out), plus the registers
-  yosys adds around ECP5 and iCE40 block RAM: a memory whose non-transparent read port shares the
+* flip-flops: counted from the architecture (every register the core declares, at its width: the
+  pipeline registers inside the popcount and activation-sum trees, the control and o-gate delay
+  lines, the operand / product / sum registers around each multiplier; bits yosys removes because
+  they are constant, unread or copies of another register's are left out, see ``_ff``), minus the
+  registers synth_xilinx packs into DSP48E1 blocks (``_dsp_absorbs``), plus the registers yosys
+  adds around ECP5 and iCE40 block RAM: a memory whose non-transparent read port shares the
   memory with a write port gets read-old-data emulation (2 x width + address + 2 flip-flops and a
   mux per bit) because those RAM primitives do not guarantee it across ports (7-series BRAM does);
 * memories: the choice yosys' memory_libmap makes between block RAM, LUT RAM and logic, by the
@@ -35,8 +38,9 @@ import math
 from dataclasses import dataclass
 
 from .config import Folding, LayerConfig
-from .datapath import (PIPELINE_DEPTH, Geometry, asum_width, latency, memory_bits, s1_width,
-                       sequence_cycles, step_period)
+from .datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES,
+                       H_REQUANT_STAGES, SCALE_BIAS_STAGES, TREE_LEVELS_PER_STAGE, Geometry, asum_width, latency,
+                       memory_bits, s1_width, sequence_cycles, step_period, tree_levels)
 from .devices import DEVICES
 from .formats import acc_width, candidate_width, gate_width, scale_shift, signed_width, unsigned_width
 from .quant import levels
@@ -297,7 +301,8 @@ def _features(sh: CoreShape, family: str, mems: dict) -> dict[str, dict[str, flo
     n_rom_luts = (1 << sh.L) / (1 << k)  # LUTs of one output bit of a ROM in logic
     f = {
         "mac_lanes": {"and_bits": PE * PW * A * S, "tree_bits": PE * PW * A * sh.dot_width,
-                      "shifter": PE * sh.dot_width * shift_stages},
+                      "shifter": PE * sh.dot_width * shift_stages,
+                      "pop_bits": PE * PW * A * adder_tree_bits([1] * S), "lanes": PE},
         "activation_sum": {"bits": S * A, "adders": adder_tree_bits([A] * S) if A > 1 else 0},
         "scale_bias": {"sum_bits": PE * sh.prod_width, "addr_bits": PE * (sh.prod_width - sh.shift)},
         "gate_luts": {"rom_luts": (0 if mems["gate_rom"].kind != "logic" else
@@ -321,40 +326,208 @@ def _features(sh: CoreShape, family: str, mems: dict) -> dict[str, dict[str, flo
     return f
 
 
-def _ff(sh: CoreShape, mems: dict) -> dict[str, int]:
+def _bits_of_range(n: int) -> int:
+    """Width of an Amaranth Signal(range(n))."""
+    return max(1, (n - 1).bit_length())
+
+
+def pipelined_tree_ff(groups: list[list[tuple[int, int]]], second_weights: list[int] | None = None,
+                      per_stage: int = TREE_LEVELS_PER_STAGE) -> tuple[int, int]:
+    """(flip-flops, register stages) of rtl_gen.blocks.TreePipeline over ``groups`` of values given
+    as (width, constant-zero LSBs): every group reduced by a balanced pairwise tree (Amaranth widths:
+    max + 1), then, if ``second_weights`` is given, the group results shifted left by those weights
+    and reduced again (BitPlaneDot); a register stage after every ``per_stage`` levels except the
+    last. Constant-zero LSBs of a registered value are not flip-flops (yosys removes them)."""
+    lv, ff, regs = 0, 0, 0
+
+    def level(gs, last):
+        nonlocal lv, ff, regs
+        out = []
+        for vals in gs:
+            nxt = [(max(vals[i][0], vals[i + 1][0]) + 1, min(vals[i][1], vals[i + 1][1]))
+                   for i in range(0, len(vals) - 1, 2)]
+            if len(vals) % 2:
+                nxt.append(vals[-1])
+            out.append(nxt)
+        lv += 1
+        if per_stage and not last and lv % per_stage == 0:
+            ff += sum(w - z for vals in out for w, z in vals)
+            regs += 1
+        return out
+
+    more = tree_levels(len(groups)) if second_weights is not None else 0
+    depth = tree_levels(len(groups[0])) if groups else 0
+    for k in range(depth):
+        groups = level(groups, k == depth - 1 and more == 0)
+    if second_weights is not None:
+        vals = [(w + sw, z + sw) for (w, z), sw in zip((g[0] for g in groups), second_weights)]
+        gs = [vals]
+        for k in range(more):
+            gs = level(gs, k == more - 1)
+    return ff, regs
+
+
+def dot_tree_ff(sh: CoreShape) -> tuple[int, int]:
+    """(flip-flops, register stages) inside one BitPlaneDot lane (TREE_LEVELS_PER_STAGE)."""
+    weights = [p + q for p in range(sh.PW) for q in range(sh.A)]
+    return pipelined_tree_ff([[(1, 0)] * sh.S for _ in weights], weights)
+
+
+def asum_tree_ff(sh: CoreShape) -> tuple[int, int]:
+    """(flip-flops, register stages) inside the ActivationSum tree."""
+    return pipelined_tree_ff([[(sh.A, 0)] * sh.S])
+
+
+def cell_stages(cfg: LayerConfig) -> tuple[int, int]:
+    """(c_latency, addr_latency) of the cell-state unit the core instantiates."""
+    if cfg.cell_format.kind == "float":
+        return FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES
+    return FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES
+
+
+def scale_bias_regs(sh: CoreShape) -> dict[str, int]:
+    """Flip-flops of one ScaleBias lane by register: operands acc / mult / bias0, product prod (the
+    sign-extension bit of a signed x unsigned product is a copy, merged), bias, the sum ``total``
+    (only the bits at and above the shift are read; its effective width is one more than its widest
+    addend's), addr."""
+    aw, mw, bw, r = sh.acc_width, sh.mult_bits, sh.bias_bits, sh.shift
+    prod = aw + mw
+    total = min(sh.prod_width, max(prod, max(bw, r + 1) + 1) + 1)
+    return {"acc": aw, "mult": mw, "bias0": bw, "prod": prod, "bias": bw, "total": max(0, total - r), "addr": sh.L}
+
+
+def fixed_cell_regs(cfg: LayerConfig) -> dict[str, int]:
+    """Flip-flops of one FixedCellUnit by register (rtl_gen.blocks.FixedCellUnit): operands, the
+    products f*c and i*g (LSBs that only meet zeros of the other, shifted addend below the rounding
+    position are unread), the sum s from the rounding position up, c_new, c_addr."""
+    G, F = cfg.gate_frac, cfg.cell_format.frac_bits
+    P = max(G + F, 2 * G)
+    cw, G1, cand = cfg.cell_format.width, gate_width(cfg), candidate_width(cfg)
+    a, b, sh = P - G - F, P - 2 * G, P - F   # shifts of f*c and i*g, rounding shift
+    fc_w, ig_w = G1 + cw, G1 + cand
+    fc = fc_w - max(0, min(b - a, sh - 1 - a)) if b > a else fc_w
+    ig = ig_w - max(0, min(a - b, sh - 1 - b)) if a > b else ig_w
+    s = max(a + fc_w, b + ig_w) + 1 - sh
+    return {"operands": cw + 2 * G1 + cand, "fc": fc, "ig": ig, "s": max(0, s), "c_new": cw, "c_addr": cfg.lut_bits}
+
+
+def float_cell_regs(cfg: LayerConfig) -> dict[str, int]:
+    """Flip-flops of one pipelined FloatCellUnit: the declared widths of its 12 register cuts
+    (rtl_gen/float_cell.py ``_cut``). The calibration sweep has no float cell; one synth_ecp5 run of
+    W2A2 H=8 PE 4 SIMD 4 with fp16 cells had 1956 flip-flops in total against 1940 predicted."""
+    from .floatcell import cell_params  # noqa: PLC0415  (float formats only)
+
+    p = cell_params(cfg)
+    e, mb, G, W = p.fmt.exp_bits, p.fmt.man_bits, p.gate_frac, p.window
+    wa = p.gate_width + mb + 1
+    wb = 2 * G + 3 if p.candidate == "tanh" else 2 * G + 2
+    xw = signed_width(-(1 << e) - 4 * W - 4 * G - 64, (1 << e) + 4 * W + 4 * G + 64)
+    rb = _bits_of_range
+    cuts = {
+        "operands": 2 * p.gate_width + p.candidate_width + p.fmt.width,
+        "products": wa + wb + 1 + e + 1,
+        "p2": wa + rb(wa + 1) + xw + wb + rb(wb + 1) + xw + 2,
+        "p3": 2 * W + 2 * xw + 3,
+        "p4": 2 * W + 2 + xw + rb(W + 4),
+        "p5": W + W + 1 + 3 + xw,
+        "p6": W + 2 + 2 + xw,
+        "p7": W + 2 + 2 + 2 * xw + rb(W + mb + 5),
+        "p8": mb + 2 + 2 + 2 * xw,
+        "p9": mb + 1 + xw + 1,
+        "c_new": p.fmt.width,
+        "c_addr": p.lut_bits,
+    }
+    return cuts
+
+
+def _dsp_absorbs(family: str, sh: CoreShape) -> dict[str, bool]:
+    """Which multipliers get their pipeline registers packed into the DSP block. synth_xilinx
+    (xilinx_dsp) packs up to two operand registers per port (AREG/BREG = 2), the product register
+    (MREG) and the register after the post-adder (PREG) into a DSP48E1; synth_ecp5 and
+    synth_ice40 -dsp leave every register in fabric flip-flops (measured with yosys 0.70). Only
+    products that fit one DSP tile are counted as packed."""
+    if family != "xilinx":
+        return {"scale_bias": False, "cell": False, "h_requant": False}
+    cfg = sh.cfg
+    G1, cw = gate_width(cfg), sh.cw
+    fixed = cfg.cell_format.kind == "fixed"
+    return {
+        "scale_bias": dsp_tiles(family, sh.acc_width, sh.mult_bits) == 1,
+        "cell": fixed and dsp_tiles(family, G1, cw) == 1 and dsp_tiles(family, G1, candidate_width(cfg)) == 1,
+        "h_requant": dsp_tiles(family, G1, G1) == 1,
+    }
+
+
+def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
+    """Flip-flops per block as a hierarchical synthesis (one module per block) keeps them: every
+    register of rtl_gen/core.py, rtl_gen/blocks.py and rtl_gen/float_cell.py at its width, without
+    the registers yosys removes (constant, unread) and those packed into DSP blocks inside a block.
+    ``flat_ff_saving`` has what flattening saves on top."""
     g, cfg = sh.g, sh.cfg
-    PE, S, A, U = sh.PE, sh.S, sh.A, sh.U
+    PE, S, A, U, W = sh.PE, sh.S, sh.A, sh.U, sh.W
     H, X = cfg.hidden, cfg.input
+    G1, cand, cw = gate_width(cfg), candidate_width(cfg), sh.cw
+    c_lat, a_lat = cell_stages(cfg)
+    dot_ff, dl = dot_tree_ff(sh)
+    asum_ff, asum_lat = asum_tree_ff(sh)
+    absorb = _dsp_absorbs(family, sh)
 
     def emul(width, depth):
         return 2 * width + max(1, (depth - 1).bit_length()) + 2
 
-    bw = PE * sh.bias_bits
-    bdepth = max(g.row_folds, 2)
-    state = ((X + H) * A + H * A + g.padded_units * sh.cw          # act (x, h), h_next, c_all
-             + S * A + PE * sh.dot_width + 2 * sh.asum_width + PE * sh.s1_width  # s1_act, partials, asum, accs
-             + 2 * U * gate_width(cfg) + U * sh.L                    # s6_o, s7_o, s6_caddr
-             + 11 + 7 * sh.rf_bits + sh.p_bits                       # pipeline valid/first/last/rf/p
-             + sh.rf_bits + sh.cf_bits + sh.p_bits + sh.addr_bits + 32 + 32 + 2 + sh.mult_bits + 1)  # controller
     def mem_ff(m, width, depth):
         if m.kind == "bram":  # the read register is the block RAM's own; emulation adds registers
             return emul(width, depth) if m.emulation else 0
         return width          # LUT RAM: asynchronous read, then the read register
 
-    state += mem_ff(mems["bmem"], bw, bdepth)
-    if sh.weights == "stream":
-        state += g.word_bits
-    wm = 0
-    if sh.weights == "memory":
-        wm = mem_ff(mems["wmem"], g.word_bits, g.depth)
+    # ---- the core's own registers (state_and_control)
+    controller = (sh.rf_bits + sh.cf_bits + sh.addr_bits * (sh.weights == "memory")
+                  + (sh.p_bits if sh.serial else (1 if family == "ecp5" else 0))  # p: constant 0 unless serial
+                  + 32 + 32 + 2 + 1 + sh.mult_bits)                     # cycles, last_cycles, FSM, alive, mult
+    state = (X + H) * A + H * A + g.padded_units * cw                   # act (x, h), h_next, c_all
+    stream = g.word_bits if sh.weights == "stream" else 0               # the captured streamed word
+    tail = 1 + 1 + SCALE_BIAS_STAGES + 2 + c_lat + a_lat + 2 + H_REQUANT_STAGES  # s3, fin, sb, lut, cell, sc, hq
+    control = (3 * (3 + dl)                                             # valid, first, last to the accumulators
+               + sh.rf_bits * (3 + dl + tail)                           # row fold to h_next
+               + tail                                                   # valid after the accumulators
+               + (sh.p_bits * (2 + dl) if sh.serial else 0))           # plane to the shifters and asum mux
+    asum_out = unsigned_width(S * levels(A))
+    mac = (g.word_bits + 2 * S * A                                      # w_reg, act_slice (+ d1)
+           + PE * sh.dot_width                                          # partials
+           + (dl - asum_lat) * asum_out                                 # asum delayed to the dot latency
+           + unsigned_width(levels(A) * S * levels(W))                  # Kw * sum(a)
+           + sh.asum_width + W + PE * sh.s1_width                       # acc_a, accumulators
+           + PE * sh.bias_bits                                          # b_reg
+           + PE * sh.acc_width)                                         # fin
+    gates = U * (3 * G1 + cand) + U * cw                                # gate registers, c_old
+    o_path = U * G1 * (c_lat + a_lat + 2) + U * G1                      # o delayed to the requantizer, sc
+    state += controller + stream + control + mac + gates + o_path
+    state += mem_ff(mems["bmem"], PE * sh.bias_bits, max(g.row_folds, 2))
+
+    sb = scale_bias_regs(sh)
+    sb_lane = sum(sb.values())
+    if absorb["scale_bias"]:
+        sb_lane -= sb["acc"] + sb["mult"] + sb["prod"] + sb["total"]
+    cell = float_cell_regs(cfg) if cfg.cell_format.kind == "float" else fixed_cell_regs(cfg)
+    cell_unit = sum(cell.values())
+    if absorb["cell"]:
+        cell_unit -= cell["operands"] + cell["fc"] + cell["ig"] + cell["s"]
+    # o_in, sc_in, o*sc, h; with Ka = 1 (abits 1) h = bit 2G of o*sc + 2^(2G-1): two product bits are read
+    hq_prod = 2 if A == 1 else min(2 * G1, 2 * cfg.gate_frac + A)
+    hq_unit = 2 * G1 + hq_prod + A
+    if absorb["h_requant"]:
+        hq_unit -= 2 * G1 + hq_prod
+    shift_w = _bits_of_range(W) if sh.serial and W > 1 else 0            # the plane shift travels along the tree
+    wm = mem_ff(mems["wmem"], g.word_bits, g.depth) if sh.weights == "memory" else 0
     rom_ff = lambda m, w: 0 if m.kind == "bram" else w  # noqa: E731  (logic ROMs keep their data register)
     return {
-        "mac_lanes": 0, "activation_sum": 0,
-        "scale_bias": PE * (sh.prod_width - sh.shift),
-        "gate_luts": rom_ff(mems["gate_rom"], (PE // 4) * (3 * gate_width(cfg) + candidate_width(cfg))),
-        "cell_units": 0,
-        "cell_luts": rom_ff(mems["cell_rom"], U * gate_width(cfg)),
-        "h_requant": 0,
+        "mac_lanes": PE * (dot_ff + shift_w * dl),
+        "activation_sum": asum_ff,
+        "scale_bias": PE * sb_lane,
+        "gate_luts": rom_ff(mems["gate_rom"], U * (3 * G1 + cand)),
+        "cell_units": U * cell_unit,
+        "cell_luts": rom_ff(mems["cell_rom"], U * G1),
+        "h_requant": U * hq_unit,
         "weight_memory": wm,
         "state_and_control": state,
     }
@@ -362,32 +535,47 @@ def _ff(sh: CoreShape, mems: dict) -> dict[str, int]:
 
 def _dsp(sh: CoreShape, family: str) -> dict[str, int]:
     """Multipliers of the core: acc * M per lane; f * c and i * g per cell unit; o * sc and * Ka per
-    requantizer; acc_a * Kw once (shared by all lanes)."""
+    requantizer; Kw * sum(a) once (shared by all lanes, before the accumulator)."""
     cfg = sh.cfg
     G1 = gate_width(cfg)
     Ka, Kw = levels(sh.A), levels(sh.W)
     sb = dsp_tiles(family, sh.acc_width, sh.mult_bits)
     cell = dsp_tiles(family, G1, sh.cw) + dsp_tiles(family, G1, candidate_width(cfg))
     hq = dsp_tiles(family, G1, G1) + (dsp_tiles(family, 2 * G1, unsigned_width(Ka)) if Ka > 1 else 0)
-    fin = dsp_tiles(family, sh.asum_width, unsigned_width(Kw)) if Kw > 1 else 0  # non-negative: unsigned widths
+    asum_out = unsigned_width(sh.S * levels(sh.A))
+    fin = dsp_tiles(family, asum_out, unsigned_width(Kw)) if Kw > 1 else 0  # non-negative: unsigned widths
     return {"scale_bias": sh.PE * sb, "cell_units": sh.U * cell, "h_requant": sh.U * hq,
             "state_and_control": fin}
 
 
-def flat_ff_saving(sh: CoreShape, mems: dict) -> int:
+def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
     """Flip-flops a flattened synthesis saves against the sum of the blocks:
+    * identical registers in different blocks are merged: the PE scale-and-bias lanes' copies of the
+      multiplier M (one is left), and in bit-serial mode the PE lanes' copies of the plane shift
+      delayed along the popcount trees (all of them: the core delays the plane alongside anyway);
     * when both the weight and the bias memory get read-old-data emulation, both register the same
       load data and address bits, and yosys merges them;
-    * when the LUT ROMs are logic (7-series), the sigmoid(c) ROM's data register and one of the o
-      gate's registers disappear into the registers around them (2 x gate width per unit)."""
+    * 7-series: registers of the core right before a DSP block's ports are packed into it too
+      (its second operand register stage): fin (acc port of the scale-and-bias product), the gate
+      registers f, i, g and c_old (cell-unit products), the last o delay and sc (requantizer)."""
     saving = 0
-    g = sh.g
+    g, cfg = sh.g, sh.cfg
+    absorb = _dsp_absorbs(family, sh)
+    if not absorb["scale_bias"]:
+        saving += (sh.PE - 1) * sh.mult_bits
+    else:
+        saving += sh.PE * sh.acc_width
+    if sh.serial and sh.W > 1:
+        saving += sh.PE * _bits_of_range(sh.W) * dot_tree_ff(sh)[1]
     if sh.weights == "memory" and mems["wmem"].emulation and mems["bmem"].emulation:
         waddr = max(1, (g.depth - 1).bit_length())
         baddr = max(1, (max(g.row_folds, 2) - 1).bit_length())
         saving += 2 * min(g.word_bits, sh.PE * sh.bias_bits) + min(waddr, baddr)
-    if mems["cell_rom"].kind == "logic":
-        saving += 2 * gate_width(sh.cfg) * sh.U
+    G1 = gate_width(cfg)
+    if absorb["cell"]:
+        saving += sh.U * (2 * G1 + candidate_width(cfg) + sh.cw)  # f, i, g, c_old
+    if absorb["h_requant"]:
+        saving += sh.U * 2 * G1
     return saving
 
 
@@ -404,7 +592,7 @@ def memories(sh: CoreShape, family: str) -> dict[str, MemMap]:
 # ---- coefficients (fitted by benchmarks/calibrate_resources.py --fit) ---------------------------
 
 BLOCK_FEATURES = {
-    "mac_lanes": ("and_bits", "tree_bits", "shifter"),
+    "mac_lanes": ("and_bits", "tree_bits", "shifter", "pop_bits", "lanes"),
     "activation_sum": ("bits", "adders"),
     "scale_bias": ("sum_bits", "addr_bits"),
     "gate_luts": ("rom_luts",),
@@ -416,88 +604,112 @@ BLOCK_FEATURES = {
 }
 
 # BEGIN CALIBRATED COEFFICIENTS (written by benchmarks/calibrate_resources.py --fit)
-COEFFICIENTS: dict = {'ecp5': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.08182},
-                             'lut': {'adders': 0.92388, 'bits': 0.89535}},
+COEFFICIENTS: dict = {'ecp5': {'activation_sum': {'carry': {'adders': 0.04864, 'bits': 0.06744},
+                             'lut': {'adders': 0.52408, 'bits': 0.92651}},
           'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-          'cell_units': {'carry': {'units': 32.0}, 'lut': {'units': 59.0}},
+          'cell_units': {'carry': {'units': 37.0}, 'lut': {'units': 24.0}},
           'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
           'h_requant': {'carry': {'units': 0.00343}, 'lut': {'units': 0.62069}},
-          'mac_lanes': {'carry': {'and_bits': 0.00064, 'shifter': 0.19898, 'tree_bits': 0.0},
-                        'lut': {'and_bits': 2.70244, 'shifter': 1.57513, 'tree_bits': 1.40048}},
-          'scale_bias': {'carry': {'addr_bits': 0.96759, 'sum_bits': 0.28378},
-                         'lut': {'addr_bits': 0.0, 'sum_bits': 2.22547}},
-          'state_and_control': {'carry': {'acc_bits': 0.52641,
-                                          'act_mux': 0.01059,
-                                          'bias_bits': 0.01296,
+          'mac_lanes': {'carry': {'and_bits': 0.0,
+                                  'lanes': 0.0,
+                                  'pop_bits': 0.00042,
+                                  'shifter': 0.19847,
+                                  'tree_bits': 0.0},
+                        'lut': {'and_bits': 0.0,
+                                'lanes': 22.94698,
+                                'pop_bits': 1.20248,
+                                'shifter': 0.52374,
+                                'tree_bits': 0.0}},
+          'scale_bias': {'carry': {'addr_bits': 1.45255, 'sum_bits': 0.0},
+                         'lut': {'addr_bits': 0.26937, 'sum_bits': 2.13163}},
+          'state_and_control': {'carry': {'acc_bits': 0.52594,
+                                          'act_mux': 0.01539,
+                                          'bias_bits': 0.0,
                                           'c_mux': 0.0,
-                                          'const': 21.30326,
+                                          'const': 22.26631,
                                           'state_bits': 0.0},
-                                'lut': {'acc_bits': 1.5183,
+                                'lut': {'acc_bits': 1.76489,
                                         'act_mux': 0.0,
                                         'bias_bits': 0.0,
-                                        'c_mux': 1.13874,
-                                        'const': 38.52922,
-                                        'state_bits': 1.30412}},
+                                        'c_mux': 0.74819,
+                                        'const': 37.64998,
+                                        'state_bits': 1.36761}},
           'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
                             'lut': {'emulation_bits': 1.07958, 'lutram_mux_bits': 1.0625}}},
- 'ice40': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.13462},
-                              'lut': {'adders': 0.60023, 'bits': 0.5817}},
+ 'ice40': {'activation_sum': {'carry': {'adders': 0.0697, 'bits': 0.09664},
+                              'lut': {'adders': 0.45651, 'bits': 0.80705}},
            'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-           'cell_units': {'carry': {'units': 50.0}, 'lut': {'units': 52.0}},
+           'cell_units': {'carry': {'units': 65.0}, 'lut': {'units': 64.0}},
            'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
            'h_requant': {'carry': {'units': 1.04054}, 'lut': {'units': 4.3038}},
-           'mac_lanes': {'carry': {'and_bits': 0.0, 'shifter': 0.0, 'tree_bits': 0.43761},
-                         'lut': {'and_bits': 1.62256, 'shifter': 0.94572, 'tree_bits': 0.84086}},
-           'scale_bias': {'carry': {'addr_bits': 1.86814, 'sum_bits': 0.5479},
-                          'lut': {'addr_bits': 1.4489, 'sum_bits': 1.95765}},
-           'state_and_control': {'carry': {'acc_bits': 0.91214,
-                                           'act_mux': 0.00929,
+           'mac_lanes': {'carry': {'and_bits': 0.51517,
+                                   'lanes': 4.04488,
+                                   'pop_bits': 0.0,
+                                   'shifter': 0.0,
+                                   'tree_bits': 0.0},
+                         'lut': {'and_bits': 2.17118,
+                                 'lanes': 3.49088,
+                                 'pop_bits': 0.18293,
+                                 'shifter': 0.07968,
+                                 'tree_bits': 0.0}},
+           'scale_bias': {'carry': {'addr_bits': 0.06287, 'sum_bits': 1.19071},
+                          'lut': {'addr_bits': 0.30417, 'sum_bits': 2.40706}},
+           'state_and_control': {'carry': {'acc_bits': 0.97497,
+                                           'act_mux': 0.0,
                                            'bias_bits': 0.0,
                                            'c_mux': 0.0,
-                                           'const': 38.47969,
+                                           'const': 34.6679,
                                            'state_bits': 0.0},
-                                 'lut': {'acc_bits': 1.32015,
+                                 'lut': {'acc_bits': 1.7183,
                                          'act_mux': 0.0,
-                                         'bias_bits': 3.27499,
-                                         'c_mux': 1.71915,
+                                         'bias_bits': 2.91881,
+                                         'c_mux': 1.72339,
                                          'const': 0.0,
                                          'state_bits': 0.0}},
            'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
                              'lut': {'emulation_bits': 1.11077, 'lutram_mux_bits': 1.0932}}},
- 'xilinx': {'activation_sum': {'carry': {'adders': 0.0, 'bits': 0.06731},
-                               'lut': {'adders': 0.4943, 'bits': 0.47903}},
+ 'xilinx': {'activation_sum': {'carry': {'adders': 0.03509, 'bits': 0.04866},
+                               'lut': {'adders': 0.35493, 'bits': 0.62748}},
             'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.93453}},
-            'cell_units': {'carry': {'units': 8.0}, 'lut': {'units': 21.0}},
+            'cell_units': {'carry': {'units': 7.0}, 'lut': {'units': 23.0}},
             'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.94001}},
             'h_requant': {'carry': {'units': 0.0}, 'lut': {'units': 0.0}},
-            'mac_lanes': {'carry': {'and_bits': 0.0, 'shifter': 0.0, 'tree_bits': 0.17351},
-                          'lut': {'and_bits': 1.13726, 'shifter': 0.66286, 'tree_bits': 0.58936}},
-            'scale_bias': {'carry': {'addr_bits': 0.17955, 'sum_bits': 0.05266},
-                           'lut': {'addr_bits': 0.67993, 'sum_bits': 0.0}},
-            'state_and_control': {'carry': {'acc_bits': 0.25761,
-                                            'act_mux': 0.01949,
+            'mac_lanes': {'carry': {'and_bits': 0.20143,
+                                    'lanes': 1.51521,
+                                    'pop_bits': 0.0,
+                                    'shifter': 0.0,
+                                    'tree_bits': 0.0},
+                          'lut': {'and_bits': 0.3913,
+                                  'lanes': 9.12734,
+                                  'pop_bits': 0.4783,
+                                  'shifter': 0.20832,
+                                  'tree_bits': 0.0}},
+            'scale_bias': {'carry': {'addr_bits': 0.16998, 'sum_bits': 0.0},
+                           'lut': {'addr_bits': 0.03593, 'sum_bits': 0.28436}},
+            'state_and_control': {'carry': {'acc_bits': 0.26611,
+                                            'act_mux': 0.01573,
                                             'bias_bits': 0.0,
                                             'c_mux': 0.0,
-                                            'const': 17.19804,
+                                            'const': 16.6679,
                                             'state_bits': 0.0},
-                                  'lut': {'acc_bits': 3.52479,
+                                  'lut': {'acc_bits': 3.47602,
                                           'act_mux': 0.0,
                                           'bias_bits': 0.0,
-                                          'c_mux': 3.20389,
-                                          'const': 64.66111,
+                                          'c_mux': 3.43433,
+                                          'const': 49.52203,
                                           'state_bits': 0.0}},
             'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
                               'lut': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0}}}}
-FLATTEN: dict = {'ecp5': {'carry': 1.0764, 'lut': 0.8623},
- 'ice40': {'carry': 1.0204, 'lut': 0.913},
- 'xilinx': {'carry': 1.0488, 'lut': 1.2143}}
+FLATTEN: dict = {'ecp5': {'carry': 1.1128, 'lut': 0.9217},
+ 'ice40': {'carry': 1.0231, 'lut': 0.9529},
+ 'xilinx': {'carry': 1.0576, 'lut': 1.0005}}
 # END CALIBRATED COEFFICIENTS
 
 _DEFAULT_COEF = {  # unit costs before calibration: LUT4 fabric; used for families without coefficients
-    "lut": {"and_bits": 2.0, "tree_bits": 0.5, "shifter": 1.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
+    "lut": {"and_bits": 2.0, "tree_bits": 0.5, "pop_bits": 0.0, "lanes": 0.0, "shifter": 1.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
             "rom_luts": 1.0, "units": 60.0, "emulation_bits": 1.0, "lutram_mux_bits": 0.5, "act_mux": 0.6,
             "c_mux": 0.6, "acc_bits": 1.0, "state_bits": 0.2, "bias_bits": 1.0, "const": 100.0},
-    "carry": {"and_bits": 0.05, "tree_bits": 0.1, "shifter": 0.0, "bits": 0.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 0.2,
+    "carry": {"and_bits": 0.05, "tree_bits": 0.1, "pop_bits": 0.0, "lanes": 0.0, "shifter": 0.0, "bits": 0.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 0.2,
               "rom_luts": 0.0, "units": 30.0, "emulation_bits": 0.0, "lutram_mux_bits": 0.0, "act_mux": 0.0,
               "c_mux": 0.0, "acc_bits": 0.5, "state_bits": 0.0, "bias_bits": 0.0, "const": 40.0},
 }
@@ -525,7 +737,7 @@ def estimate(cfg: LayerConfig, fold: Folding, family: str, weights: str = "memor
     mems = memories(sh, family)
     cfg = sh.cfg
     feats = _features(sh, family, mems)
-    ffs = _ff(sh, mems)
+    ffs = _ff(sh, mems, family)
     dsps = _dsp(sh, family)
     g = sh.g
     blocks = {}
@@ -559,7 +771,7 @@ def estimate(cfg: LayerConfig, fold: Folding, family: str, weights: str = "memor
     for res in RESOURCES:
         s = sum(blocks[b][res] for b in BLOCKS)
         total[res] = s * flat.get(res, 1.0) if res in ("lut", "carry") else s
-    total["ff"] -= flat_ff_saving(sh, mems)
+    total["ff"] -= flat_ff_saving(sh, mems, family)
     for b in BLOCKS:
         blocks[b] = _rounded(blocks[b])
     return {
@@ -669,6 +881,3 @@ def derived(cfg: LayerConfig, fold: Folding, fmax_mhz: float | None = None, step
         "x_h_ratio": (cfg.input + cfg.hidden) * cfg.abits / (32 * (cfg.input + cfg.hidden)),
     }
 
-
-def pipeline_depth() -> int:
-    return PIPELINE_DEPTH

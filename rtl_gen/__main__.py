@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from hwrnn import pretrained
 from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
 from hwrnn.config import DEFAULT_CELL, ConfigError, Folding, LayerConfig
 
@@ -22,6 +23,8 @@ def parse_args(argv):
                    help="weights in on-chip memory (default) or streamed in through port w every step")
     p.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export`")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
+    p.add_argument("--random", action="store_true",
+                   help="seeded random weights even where a trained layer ships (W4A2 H=450: the PTB layer)")
     p.add_argument("--cell", default=None, help=f"cell-state format (default {DEFAULT_CELL})")
     p.add_argument("--candidate", choices=["sigmoid", "tanh"], default=None, help="candidate gate nonlinearity")
     p.add_argument("--name", default="hwrnn_lstm", help="Verilog top module name")
@@ -66,8 +69,13 @@ def resolve(args):
         source = f"checkpoint {args.checkpoint}"
     else:
         cfg = config_from_args(args)
-        layer = QuantLayer.random(cfg, seed=args.seed)
-        source = f"random (seed {args.seed}, drawn like a fresh layer)"
+        rec = None if args.random else pretrained.find(cfg)
+        if rec is not None:
+            layer = pretrained.load(rec)
+            source = pretrained.describe(rec)
+        else:
+            layer = QuantLayer.random(cfg, seed=args.seed)
+            source = f"random (seed {args.seed}, drawn like a fresh layer)"
     return layer, folding_from_args(args, cfg), source
 
 

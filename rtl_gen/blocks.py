@@ -1,7 +1,8 @@
 """Datapath blocks of the LSTM core. Each is an Amaranth 0.5 ``wiring.Component`` whose reference
 function lives in hwrnn (formats.py / datapath.py); tests/test_rtl_blocks.py holds them equal.
 
-Latency of each block is given in its docstring (0 = combinational).
+Latency of each block (cycles from inputs to outputs, 0 = combinational) is its ``latency``
+attribute and is given in its docstring; hwrnn.datapath.pipeline_stages adds them up.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from amaranth.lib.wiring import In, Out
 
 from hwrnn import formats as fm
 from hwrnn.config import ConfigError, LayerConfig
+from hwrnn.datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, H_REQUANT_STAGES, SCALE_BIAS_STAGES,
+                             tree_levels, tree_registers)
 from hwrnn.quant import levels
 
 
@@ -33,27 +36,84 @@ def popcount(value, width: int):
     return adder_tree([value[i] for i in range(width)])
 
 
+class TreePipeline:
+    """Builds balanced pairwise adder trees level by level in module ``m``, with a register stage
+    after every ``per_stage`` levels (None: combinational). ``registers`` counts the stages added;
+    ``delay`` carries a side signal along them. The last level is never registered here."""
+
+    def __init__(self, m: Module, per_stage: int | None, name: str):
+        self.m, self.per_stage, self.name = m, per_stage, name
+        self.levels = 0
+        self.registers = 0
+        self._delayed = []
+
+    def delay(self, value, name: str):
+        """A Signal that equals ``value`` delayed by every register stage added from now on."""
+        sig = Signal(value.shape(), name=f"{self.name}_{name}_d0")
+        self.m.d.comb += sig.eq(value)
+        self._delayed.append([sig])
+        return self._delayed[-1]
+
+    def level(self, groups: list[list], last: bool) -> list[list]:
+        """One adder level over each group (pairs summed, an odd one carried)."""
+        out = []
+        for vals in groups:
+            nxt = [vals[i] + vals[i + 1] for i in range(0, len(vals) - 1, 2)]
+            if len(vals) % 2:
+                nxt.append(vals[-1])
+            out.append(nxt)
+        self.levels += 1
+        if self.per_stage and not last and self.levels % self.per_stage == 0:
+            out = [[self._register(v) for v in vals] for vals in out]
+            for chain in self._delayed:
+                r = Signal(chain[-1].shape(), name=f"{chain[0].name[:-1]}{len(chain)}")
+                self.m.d.sync += r.eq(chain[-1])
+                chain.append(r)
+            self.registers += 1
+        return out
+
+    def _register(self, v):
+        self._nreg = getattr(self, "_nreg", 0) + 1
+        r = Signal(v.shape(), name=f"{self.name}_r{self.registers + 1}_{self._nreg}")
+        self.m.d.sync += r.eq(v)
+        return r
+
+    def reduce(self, groups: list[list], more_levels_after: int = 0) -> list:
+        """Reduce every group to one value (all groups have the same length)."""
+        depth = tree_levels(len(groups[0])) if groups else 0
+        for k in range(depth):
+            groups = self.level(groups, last=(k == depth - 1 and more_levels_after == 0))
+        return [vals[0] if vals else Const(0, 1) for vals in groups]
+
+
 def _check_pos(name, v, lo=1):
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 class BitPlaneDot(wiring.Component):
-    """Popcount MAC lane (combinational, latency 0).
+    """Popcount MAC lane.
 
     ``dot = sum_s n_s * a_s`` for SIMD columns, computed as
     ``sum_{p,q} popcount(w_plane_p & a_plane_q) << (p + q)``.
     ``w``: ``planes`` bit planes of SIMD bits (bit p*SIMD + s = bit (plane_base + p) of n_s);
     ``a``: SIMD activation codes of abits each (bit s*abits + q);
     ``shift``: the weight plane index of plane 0 (bit-serial mode; 0 in parallel mode).
+    ``levels_per_stage``: adder levels between pipeline registers (None: combinational);
+    ``latency`` = hwrnn.datapath.tree_registers(levels) cycles from w, a, shift to dot.
     Reference: hwrnn.datapath.bitplane_dot.
     """
 
-    def __init__(self, simd: int, planes: int, abits: int, max_shift: int = 0):
+    def __init__(self, simd: int, planes: int, abits: int, max_shift: int = 0, levels_per_stage: int | None = None):
         for n, v in (("simd", simd), ("planes", planes), ("abits", abits)):
             _check_pos(n, v)
         _check_pos("max_shift", max_shift, 0)
+        if levels_per_stage is not None:
+            _check_pos("levels_per_stage", levels_per_stage)
         self.simd, self.planes, self.abits, self.max_shift = simd, planes, abits, max_shift
+        self.levels_per_stage = levels_per_stage
+        self.levels = tree_levels(simd) + tree_levels(planes * abits)
+        self.latency = tree_registers(self.levels, levels_per_stage) if levels_per_stage else 0
         top = simd * ((1 << planes) - 1) * ((1 << abits) - 1) << max_shift
         self.out_width = fm.unsigned_width(top)
         super().__init__({
@@ -71,44 +131,60 @@ class BitPlaneDot(wiring.Component):
             ap = Signal(S, name=f"a_plane{q}")
             m.d.comb += ap.eq(Cat(*[self.a[s * A + q] for s in range(S)]))
             aplanes.append(ap)
-        terms = []
+        groups, weights = [], []
         for p in range(self.planes):
             wp = self.w[p * S:(p + 1) * S]
             for q in range(A):
                 both = Signal(S, name=f"and_w{p}_a{q}")  # a Signal, so each bit slice is cheap
                 m.d.comb += both.eq(wp & aplanes[q])
-                terms.append(popcount(both, S) << (p + q))
-        total = adder_tree(terms)
+                groups.append([both[i] for i in range(S)])
+                weights.append(p + q)
+        tree = TreePipeline(m, self.levels_per_stage, "dot")
+        shift = tree.delay(self.shift, "shift") if self.max_shift else None
+        counts = tree.reduce(groups, more_levels_after=tree_levels(len(groups)))
+        total = tree.reduce([[c << w for c, w in zip(counts, weights)]])[0]
+        assert tree.registers == self.latency
         if self.max_shift:
-            m.d.comb += self.dot.eq(total << self.shift)
+            m.d.comb += self.dot.eq(total << shift[-1])
         else:
             m.d.comb += self.dot.eq(total)
         return m
 
 
 class ActivationSum(wiring.Component):
-    """Sum of SIMD activation codes (combinational). Reference: numpy sum."""
+    """Sum of SIMD activation codes, pipelined like BitPlaneDot (``latency`` cycles).
+    Reference: numpy sum."""
 
-    def __init__(self, simd: int, abits: int):
+    def __init__(self, simd: int, abits: int, levels_per_stage: int | None = None):
         _check_pos("simd", simd)
         _check_pos("abits", abits)
-        self.simd, self.abits = simd, abits
+        if levels_per_stage is not None:
+            _check_pos("levels_per_stage", levels_per_stage)
+        self.simd, self.abits, self.levels_per_stage = simd, abits, levels_per_stage
+        self.latency = tree_registers(tree_levels(simd), levels_per_stage) if levels_per_stage else 0
         super().__init__({"a": In(simd * abits), "sum": Out(fm.unsigned_width(simd * ((1 << abits) - 1)))})
 
     def elaborate(self, platform):
         m = Module()
         A = self.abits
-        m.d.comb += self.sum.eq(adder_tree([self.a[s * A:(s + 1) * A] for s in range(self.simd)]))
+        tree = TreePipeline(m, self.levels_per_stage, "asum")
+        total = tree.reduce([[self.a[s * A:(s + 1) * A] for s in range(self.simd)]])[0]
+        assert tree.registers == self.latency
+        m.d.comb += self.sum.eq(total)
         return m
 
 
 class ScaleBias(wiring.Component):
-    """Scale-and-bias unit plus LUT address (latency 1: the product is registered).
+    """Scale-and-bias unit plus LUT address (latency 4 = hwrnn.datapath.SCALE_BIAS_STAGES):
+    operands | product acc*mult | + bias + 2^(R-1) | shift, clamp, offset -> addr (each registered).
 
-    ``addr = clamp(rshift_round(acc * mult + bias, R), -2**(L-1), 2**(L-1)-1) + 2**(L-1)``.
+    ``addr = clamp(rshift_round(acc * mult + bias, R), -2**(L-1), 2**(L-1)-1) + 2**(L-1)``;
+    acc, mult and bias are sampled in the same cycle, addr follows 4 cycles later.
     ``mult`` is an input (loadable multiplier register), R is fixed at generation.
     Reference: hwrnn.formats.preactivation + lut_address.
     """
+
+    latency = SCALE_BIAS_STAGES
 
     def __init__(self, cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int):
         _check_pos("acc_width", acc_width)
@@ -121,21 +197,28 @@ class ScaleBias(wiring.Component):
             "acc": In(signed(acc_width)),
             "mult": In(unsigned(mult_width)),
             "bias": In(signed(bias_width)),
-            "valid": In(1),
             "addr": Out(cfg.lut_bits),
         })
 
     def elaborate(self, platform):
         m = Module()
-        prod_w = self.acc_w + self.mult_w + 2
-        prod_w = max(prod_w, self.bias_w + 2)
-        prod = Signal(signed(prod_w))
-        m.d.sync += prod.eq(self.acc * self.mult + self.bias + (1 << (self.shift_r - 1)))
+        prod_w = max(self.acc_w + self.mult_w + 2, self.bias_w + 2, self.shift_r + 2)
+        # operands registered next to the multiplier (DSP) first: the placer puts these flip-flops
+        # beside the DSP block, so neither route into nor out of it has to cross the chip
+        acc = Signal(signed(self.acc_w))
+        mult = Signal(unsigned(self.mult_w))
+        bias0 = Signal(signed(self.bias_w))
+        m.d.sync += [acc.eq(self.acc), mult.eq(self.mult), bias0.eq(self.bias)]
+        prod = Signal(signed(self.acc_w + self.mult_w + 1))
+        bias = Signal(signed(self.bias_w))
+        m.d.sync += [prod.eq(acc * mult), bias.eq(bias0)]
+        total = Signal(signed(prod_w))
+        m.d.sync += total.eq(prod + (bias + (1 << (self.shift_r - 1))))
         z = Signal(signed(prod_w))
-        m.d.comb += z.eq(prod >> self.shift_r)
+        m.d.comb += z.eq(total >> self.shift_r)
         half = 1 << (self.cfg.lut_bits - 1)
         clamped = Mux(z < -half, -half, Mux(z > half - 1, half - 1, z))
-        m.d.comb += self.addr.eq((clamped + half)[:self.cfg.lut_bits])
+        m.d.sync += self.addr.eq((clamped + half)[:self.cfg.lut_bits])
         return m
 
 
@@ -163,13 +246,19 @@ class LookupTable(wiring.Component):
 
 
 class FixedCellUnit(wiring.Component):
-    """Fixed-point cell-state update and the sigmoid(c) LUT address (combinational).
+    """Fixed-point cell-state update and the sigmoid(c) LUT address, pipelined:
+    operands | products f*c, i*g | aligned sum + rounding constant | shift + saturation -> c_new
+    (``c_latency`` = 4 cycles after f, i, g, c) | rounding shift + clamp -> c_addr (``addr_latency`` = 1 more).
 
     ``c_new = sat(rshift_round(f*c << (P-G-F) + i*g << (P-2G), P-F))``;
     ``c_addr = lut_address(rshift_round(c_new, F - z_frac))``.
-    Interface shared with any other cell-state unit: inputs f, i, g, c (cell word), outputs c_new
-    (cell word) and c_addr. Reference: hwrnn.formats.cell_update / cell_lut_address.
+    Interface shared with every cell-state unit: inputs f, i, g, c (cell word), outputs c_new
+    (cell word) and c_addr; ``c_latency``/``addr_latency`` as in hwrnn.datapath.pipeline_stages.
+    Reference: hwrnn.formats.cell_update / cell_lut_address.
     """
+
+    c_latency = FIXED_CELL_STAGES
+    addr_latency = FIXED_CELL_ADDR_STAGES
 
     def __init__(self, cfg: LayerConfig):
         if cfg.cell_format.kind != "fixed":
@@ -191,31 +280,38 @@ class FixedCellUnit(wiring.Component):
         cfg = self.cfg
         G, F = cfg.gate_frac, cfg.cell_format.frac_bits
         P = max(G + F, 2 * G)
-        s = Signal(signed(cfg.cell_format.width + 2 * G + 8 + (P - G - F) + (P - 2 * G)))
-        m.d.comb += s.eq(((self.f * self.c) << (P - G - F)) + ((self.i * self.g) << (P - 2 * G)))
+        cw = cfg.cell_format.width
+        f, i, g, c = (Signal.like(getattr(self, n), name=f"{n}_in") for n in ("f", "i", "g", "c"))
+        m.d.sync += [f.eq(self.f), i.eq(self.i), g.eq(self.g), c.eq(self.c)]  # next to the DSPs
+        fc = Signal(signed(cw + G + 2))
+        ig = Signal(signed(2 * G + 4))
+        m.d.sync += [fc.eq(f * c), ig.eq(i * g)]
         sh = P - F
+        s = Signal(signed(cw + 2 * G + 8 + (P - G - F) + (P - 2 * G)))
+        rnd = (1 << (sh - 1)) if sh else 0
+        m.d.sync += s.eq((fc << (P - G - F)) + ((ig << (P - 2 * G)) + rnd))
         r = Signal.like(s)
-        if sh:
-            m.d.comb += r.eq((s + (1 << (sh - 1))) >> sh)
-        else:
-            m.d.comb += r.eq(s)
+        m.d.comb += r.eq(s >> sh)
         lo, hi = fm.cell_limits(cfg)
-        m.d.comb += self.c_new.eq(Mux(r < lo, lo, Mux(r > hi, hi, r)))
+        m.d.sync += self.c_new.eq(Mux(r < lo, lo, Mux(r > hi, hi, r)))
         d = F - cfg.z_frac
-        zc = Signal(signed(cfg.cell_format.width + 1))
+        zc = Signal(signed(cw + 1))
         if d:
             m.d.comb += zc.eq((self.c_new + (1 << (d - 1))) >> d)
         else:
             m.d.comb += zc.eq(self.c_new)
         half = 1 << (cfg.lut_bits - 1)
         clamped = Mux(zc < -half, -half, Mux(zc > half - 1, half - 1, zc))
-        m.d.comb += self.c_addr.eq((clamped + half)[:cfg.lut_bits])
+        m.d.sync += self.c_addr.eq((clamped + half)[:cfg.lut_bits])
         return m
 
 
 class HRequantizer(wiring.Component):
-    """h = rshift_round(Ka * o * sc, 2G), an abits code (combinational).
+    """h = rshift_round(Ka * o * sc, 2G), an abits code (latency 3: operands | o*sc | *Ka + rounding,
+    shift).
     Reference: hwrnn.formats.h_code."""
+
+    latency = H_REQUANT_STAGES
 
     def __init__(self, cfg: LayerConfig):
         self.cfg = cfg
@@ -229,7 +325,11 @@ class HRequantizer(wiring.Component):
         m = Module()
         G = self.cfg.gate_frac
         Ka = levels(self.cfg.abits)
+        o, sc = Signal.like(self.o, name="o_in"), Signal.like(self.sc, name="sc_in")
+        m.d.sync += [o.eq(self.o), sc.eq(self.sc)]  # next to the DSP
+        prod = Signal(2 * (G + 1))
+        m.d.sync += prod.eq(o * sc)
         p = Signal(2 * (G + 1) + self.cfg.abits + 1)
-        m.d.comb += p.eq(self.o * self.sc * Ka + (1 << (2 * G - 1)))
-        m.d.comb += self.h.eq(p >> (2 * G))
+        m.d.comb += p.eq(prod * Ka + (1 << (2 * G - 1)))
+        m.d.sync += self.h.eq(p >> (2 * G))
         return m

@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import ConfigError, Folding
-from hwrnn.datapath import (Geometry, asum_width, bias_image, bias_width, s1_width,
+from hwrnn.datapath import (TREE_LEVELS_PER_STAGE, Geometry, asum_width, bias_image, bias_width, s1_width,
                             weight_image)
 from hwrnn.quant import levels
 
@@ -116,25 +116,33 @@ class LstmCore(wiring.Component):
         done = Signal()  # the tail writes the last row fold's h this cycle
         m.d.comb += self.busy.eq(0)
         # `alive` rises one cycle after reset; gating the ready outputs with it also gives event-driven
-        # simulators (Icarus) a change to evaluate them on, instead of leaving them X at time 0
+        # simulators (Icarus) a change to evaluate them on, instead of leaving them X at time 0.
+        # `idle` is a register equal to (state == IDLE) & alive: the load and x handshakes and the
+        # memory write enables hang off a flip-flop, not off the FSM's state decoder (which made
+        # the state -> write-enable path of a LUT-RAM weight memory the critical path)
         alive = Signal()
         m.d.sync += alive.eq(1)
+        idle = Signal()
+        # run-time loading (outside the FSM, so the write enables decode no state)
+        m.d.comb += self.load.ready.eq(idle)
+        with m.If(self.load.valid & idle):
+            pl = self.load.payload
+            m.d.comb += [b_wr.en.eq(pl.sel == LOAD_BIAS), b_wr.addr.eq(pl.addr), b_wr.data.eq(pl.data)]
+            if not streamed:
+                m.d.comb += [wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr), wmem.wdata.eq(pl.data)]
+            with m.If(pl.sel == LOAD_MULT):
+                m.d.sync += mult.eq(pl.data)
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
-                m.d.comb += self.load.ready.eq(alive)
-                m.d.comb += self.x.ready.eq(alive & ~self.load.valid & ~self.reset_state)
-                with m.If(self.load.valid & alive):
-                    pl = self.load.payload
-                    m.d.comb += [b_wr.en.eq(pl.sel == LOAD_BIAS), b_wr.addr.eq(pl.addr), b_wr.data.eq(pl.data)]
-                    if not streamed:
-                        m.d.comb += [wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr),
-                                     wmem.wdata.eq(pl.data)]
-                    with m.If(pl.sel == LOAD_MULT):
-                        m.d.sync += mult.eq(pl.data)
-                with m.Elif(self.reset_state):
+                m.d.sync += idle.eq(1)
+                m.d.comb += self.x.ready.eq(idle & ~self.load.valid & ~self.reset_state)
+                with m.If(self.load.valid & idle):
+                    pass  # loading (above); x and reset_state wait
+                with m.Elif(self.reset_state & idle):
                     m.d.sync += [act_h.eq(h_init), c_all.eq(c_all.init)]
-                with m.Elif(self.x.valid & alive):
-                    m.d.sync += [act_x.eq(self.x.payload), rf.eq(0), cf.eq(0), p.eq(0), addr.eq(0), cycles.eq(1)]
+                with m.Elif(self.x.valid & idle):
+                    m.d.sync += [act_x.eq(self.x.payload), rf.eq(0), cf.eq(0), p.eq(0), addr.eq(0), cycles.eq(1),
+                                 idle.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -163,44 +171,68 @@ class LstmCore(wiring.Component):
             with m.State("OUT"):
                 m.d.comb += [self.out.valid.eq(1), self.busy.eq(1)]
                 with m.If(self.out.ready):
-                    m.d.sync += act_h.eq(h_next[:H * A])
+                    m.d.sync += [act_h.eq(h_next[:H * A]), idle.eq(1)]
                     m.next = "IDLE"
 
-        # ---- stage 0 -> 1: weight word read, activation slice registered -----------------------
+        # ---- the pipeline (stages and their cycles: hwrnn.datapath.pipeline_stages) ------------
+        # control travels with the data: valid, first/last column fold of a row, row fold, plane
         if not streamed:
             m.d.comb += wmem.raddr.eq(addr)
-        s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
-        s1_rf = Signal.like(rf)
-        s1_p = Signal.like(p)
-        s1_act = Signal(S * A)
-        m.d.sync += [s1_valid.eq(issue), s1_first.eq((cf == 0) & (p == 0)),
-                     s1_last.eq((cf == Cf - 1) & (p == P - 1)), s1_rf.eq(rf), s1_p.eq(p),
-                     s1_act.eq(act.word_select(cf, S * A))]
+        c_valid = Signal()
+        c_first, c_last = Signal(), Signal()
+        m.d.comb += [c_valid.eq(issue), c_first.eq((cf == 0) & (p == 0)), c_last.eq((cf == Cf - 1) & (p == P - 1))]
+        ctl = Cat(c_valid, c_first, c_last, rf, p)
 
-        # ---- stage 1 -> 2: popcount partial products -----------------------------------------
+        def delayed(value, n, name):
+            """``value`` delayed by n cycles (registers named name_d1..)."""
+            for k in range(n):
+                r = Signal(value.shape(), name=f"{name}_d{k + 1}")
+                m.d.sync += r.eq(value)
+                value = r
+            return value
+
+        def unpack(bits):
+            return bits[0], bits[1], bits[2], bits[3:3 + len(rf)], bits[3 + len(rf):]
+
+        # weight read (1) and weight register (1); the activation slice travels alongside
+        w_reg = Signal(g.word_bits)
+        m.d.sync += w_reg.eq(w_word)
+        act_slice = Signal(S * A)
+        m.d.sync += act_slice.eq(act.word_select(cf, S * A))
+        act_reg = delayed(act_slice, 1, "act_slice")
+        ctl_dot = delayed(ctl, 2, "ctl_w")
+        _, _, _, _, p_dot = unpack(ctl_dot)
+
+        # popcount trees (pipelined) and the partial register
         PW = g.planes_per_word
         serial = fold.planes == "serial"
         partials = []
+        dot_latency = None
         for lane in range(PE):
-            dot = BitPlaneDot(S, PW, A, max_shift=(cfg.wbits - 1) if serial else 0)
+            dot = BitPlaneDot(S, PW, A, max_shift=(cfg.wbits - 1) if serial else 0,
+                              levels_per_stage=TREE_LEVELS_PER_STAGE)
             m.submodules[f"dot{lane}"] = dot
-            m.d.comb += [dot.w.eq(w_word[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(s1_act)]
+            m.d.comb += [dot.w.eq(w_reg[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(act_reg)]
             if serial:
-                m.d.comb += dot.shift.eq(s1_p)
+                m.d.comb += dot.shift.eq(p_dot)
             pr = Signal(dot.out_width, name=f"partial{lane}")
             m.d.sync += pr.eq(dot.dot)
             partials.append(pr)
-        m.submodules.asum = asum = ActivationSum(S, A)
-        m.d.comb += asum.a.eq(s1_act)
-        s2_asum = Signal(asum.sum.shape())
-        m.d.sync += s2_asum.eq(Mux(s1_p == 0, asum.sum, 0) if serial else asum.sum)
-        s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
-        s2_rf = Signal.like(rf)
-        m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_rf.eq(s1_rf)]
+            dot_latency = dot.latency
+        m.submodules.asum = asum = ActivationSum(S, A, levels_per_stage=TREE_LEVELS_PER_STAGE)
+        m.d.comb += asum.a.eq(act_reg)
+        asum_al = delayed(asum.sum, dot_latency - asum.latency, "asum")
+        ctl_tree = delayed(ctl_dot, dot_latency, "ctl_tree")
+        _, _, _, _, p_tree = unpack(ctl_tree)
+        # (2^k - 1) * sum(a), the odd-weight correction's term, formed before it is accumulated
+        s2_asum = Signal(fm.unsigned_width((2 ** A - 1) * S * Kw))
+        m.d.sync += s2_asum.eq((Mux(p_tree == 0, asum_al, 0) if serial else asum_al) * Kw)
+        ctl_acc = delayed(ctl_tree, 1, "ctl_part")
+        s2_valid, s2_first, s2_last, s2_rf, _ = unpack(ctl_acc)
 
-        # ---- stage 2 -> 3: accumulate ----------------------------------------------------------
+        # accumulate
         accs = [Signal(s1_width(cfg), name=f"acc{lane}") for lane in range(PE)]
-        acc_a = Signal(asum_width(cfg))
+        acc_a = Signal(asum_width(cfg) + cfg.wbits)  # (2^k - 1) * sum of the row's activations
         with m.If(s2_valid):
             for lane in range(PE):
                 m.d.sync += accs[lane].eq(Mux(s2_first, partials[lane], accs[lane] + partials[lane]))
@@ -208,25 +240,36 @@ class LstmCore(wiring.Component):
         s3_valid = Signal()
         s3_rf = Signal.like(rf)
         m.d.sync += [s3_valid.eq(s2_valid & s2_last), s3_rf.eq(s2_rf)]
+        # bias word of the row fold: read while the last partial is accumulated, registered
         m.d.comb += b_rd.addr.eq(s2_rf)
+        b_reg = Signal.like(b_rd.data)
+        m.d.sync += b_reg.eq(b_rd.data)
 
-        # ---- stage 3 -> 4: odd-weight correction, scale and bias (ScaleBias registers) ----------
+        # odd-weight correction 2*acc - (2^k - 1)*sum(a), registered
         aw = fm.acc_width(cfg)
+        fins = []
+        for lane in range(PE):
+            fin = Signal(signed(aw), name=f"fin{lane}")
+            twice = Cat(Const(0, 1), accs[lane], Const(0, 1)).as_signed()  # 2*acc, non-negative
+            m.d.sync += fin.eq(twice - Cat(acc_a, Const(0, 1)).as_signed())
+            fins.append(fin)
+        s4_valid = delayed(s3_valid, 1, "v_fin")
+        s4_rf = delayed(s3_rf, 1, "rf_fin")
+
+        # scale and bias -> gate LUT address (ScaleBias.latency registers)
         addrs = []
+        sb_latency = None
         for lane in range(PE):
             sb = ScaleBias(cfg, aw, self.mult_w, bw, layer.shift)
             m.submodules[f"sb{lane}"] = sb
-            fin = Signal(signed(aw), name=f"fin{lane}")
-            twice = Cat(Const(0, 1), accs[lane], Const(0, 1)).as_signed()  # 2*acc, non-negative
-            m.d.comb += fin.eq(twice - Cat(acc_a, Const(0, 1)).as_signed() * Kw)
-            m.d.comb += [sb.acc.eq(fin), sb.mult.eq(mult),
-                         sb.bias.eq(b_rd.data[lane * bw:(lane + 1) * bw].as_signed()), sb.valid.eq(s3_valid)]
+            m.d.comb += [sb.acc.eq(fins[lane]), sb.mult.eq(mult),
+                         sb.bias.eq(b_reg[lane * bw:(lane + 1) * bw].as_signed())]
             addrs.append(sb.addr)
-        s4_valid = Signal()
-        s4_rf = Signal.like(rf)
-        m.d.sync += [s4_valid.eq(s3_valid), s4_rf.eq(s3_rf)]
+            sb_latency = sb.latency
+        s5_valid = delayed(s4_valid, sb_latency, "v_sb")
+        s5_rf = delayed(s4_rf, sb_latency, "rf_sb")
 
-        # ---- stage 4 -> 5: gate LUT reads ------------------------------------------------------
+        # gate LUT read (1) and register (1); the old c of the row fold read alongside
         sig = fm.sigmoid_lut(cfg)
         cand = fm.candidate_lut(cfg)
         gate_vals = []
@@ -234,57 +277,52 @@ class LstmCore(wiring.Component):
             lut = LookupTable(cand if lane % 4 == 2 else sig, cfg.lut_bits)
             m.submodules[f"lut{lane}"] = lut
             m.d.comb += lut.addr.eq(addrs[lane])
-            gate_vals.append(lut.data)
-        s5_valid = Signal()
-        s5_rf = Signal.like(rf)
-        m.d.sync += [s5_valid.eq(s4_valid), s5_rf.eq(s4_rf)]
+            gv = Signal(lut.data.shape(), name=f"gate{lane}")
+            m.d.sync += gv.eq(lut.data)
+            gate_vals.append(gv)
+        s6_valid = delayed(s5_valid, 2, "v_lut")
+        s6_rf = delayed(s5_rf, 2, "rf_lut")
+        c_old = Signal(U * cw)
+        m.d.sync += c_old.eq(c_all.word_select(delayed(s5_rf, 1, "rf_cread"), U * cw))
 
-        # ---- stage 5 -> 6: cell update (c written in place) -------------------------------------
-        c_fold = c_all.word_select(s5_rf, U * cw)
-        s6_o = [Signal(fm.gate_width(cfg), name=f"s6_o{k}") for k in range(U)]
-        c_addrs = []
-        c_new_all = []
+        # cell update (c written back in place) and the sigmoid(c) address
+        float_cell = cfg.cell_format.kind == "float"
+        c_addrs, c_new_all, os_ = [], [], []
         for k in range(U):
-            cu = FloatCellUnit(cfg) if cfg.cell_format.kind == "float" else FixedCellUnit(cfg)
+            cu = FloatCellUnit(cfg, pipelined=True) if float_cell else FixedCellUnit(cfg)
             m.submodules[f"cell{k}"] = cu
             i_, f_, g_, o_ = gate_vals[4 * k:4 * k + 4]
-            m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_fold[k * cw:(k + 1) * cw])]
+            m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_old[k * cw:(k + 1) * cw])]
+            c_lat, a_lat = cu.c_latency, cu.addr_latency
             c_new_all.append(cu.c_new)
             c_addrs.append(cu.c_addr)
-            m.d.sync += [s6_o[k].eq(o_)]
-        with m.If(s5_valid):
-            m.d.sync += c_fold.eq(Cat(*c_new_all))
-        s6_valid = Signal()
-        s6_rf = Signal.like(rf)
-        m.d.sync += [s6_valid.eq(s5_valid), s6_rf.eq(s5_rf)]
-        # sigmoid(c) table read addressed from the registered cell unit output
-        s6_caddr = [Signal(cfg.lut_bits, name=f"s6_caddr{k}") for k in range(U)]
-        for k in range(U):
-            m.d.sync += s6_caddr[k].eq(c_addrs[k])
+            os_.append(o_)
+        c_write = delayed(s6_valid, c_lat, "v_cell")
+        c_write_rf = delayed(s6_rf, c_lat, "rf_cell")
+        with m.If(c_write):
+            m.d.sync += c_all.word_select(c_write_rf, U * cw).eq(Cat(*c_new_all))
+        s7_valid = delayed(s6_valid, c_lat + a_lat, "v_caddr")
+        s7_rf = delayed(s6_rf, c_lat + a_lat, "rf_caddr")
 
-        # ---- stage 6 -> 7: sigmoid(c) LUT read --------------------------------------------------
-        sc_vals = []
-        s7_o = [Signal(fm.gate_width(cfg), name=f"s7_o{k}") for k in range(U)]
+        # sigmoid(c) LUT read (1) and register (1), then h requantization
+        hs = []
         for k in range(U):
             lut = LookupTable(sig, cfg.lut_bits)
             m.submodules[f"clut{k}"] = lut
-            m.d.comb += lut.addr.eq(s6_caddr[k])
-            sc_vals.append(lut.data)
-            m.d.sync += s7_o[k].eq(s6_o[k])
-        s7_valid = Signal()
-        s7_rf = Signal.like(rf)
-        m.d.sync += [s7_valid.eq(s6_valid), s7_rf.eq(s6_rf)]
-
-        # ---- stage 7 -> 8: h requantization, h_next written, step done --------------------------
-        hs = []
-        for k in range(U):
+            m.d.comb += lut.addr.eq(c_addrs[k])
+            sc = Signal(lut.data.shape(), name=f"sc{k}")
+            m.d.sync += sc.eq(lut.data)
             hq = HRequantizer(cfg)
             m.submodules[f"hq{k}"] = hq
-            m.d.comb += [hq.o.eq(s7_o[k]), hq.sc.eq(sc_vals[k])]
+            m.d.comb += [hq.o.eq(delayed(os_[k], c_lat + a_lat + 2, f"o{k}")), hq.sc.eq(sc)]
             hs.append(hq.h)
-        with m.If(s7_valid):
-            m.d.sync += h_next.word_select(s7_rf, U * A).eq(Cat(*hs))
-        m.d.comb += done.eq(s7_valid & (s7_rf == Rf - 1))
+        h_valid = delayed(s7_valid, 2 + HRequantizer.latency, "v_h")
+        h_rf = delayed(s7_rf, 2 + HRequantizer.latency, "rf_h")
+
+        # h_t written; the step is done
+        with m.If(h_valid):
+            m.d.sync += h_next.word_select(h_rf, U * A).eq(Cat(*hs))
+        m.d.comb += done.eq(h_valid & (h_rf == Rf - 1))
         with m.If(done):
             m.d.sync += self.last_cycles.eq(cycles + 1)
         return m

@@ -18,7 +18,7 @@ import hwrnn
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
-from hwrnn.datapath import (PIPELINE_DEPTH, Geometry, latency, mac_bound, memory_bits,
+from hwrnn.datapath import (pipeline_depth, pipeline_stages, Geometry, latency, mac_bound, memory_bits,
                             sequence_cycles, step_period, weight_image)
 from hwrnn.devices import weight_fit
 
@@ -75,7 +75,8 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
             "steps": steps,
             "cycles_per_sequence": sequence_cycles(cfg, fold, steps),
             "mac_cycles": g.mac_cycles,
-            "pipeline_depth": PIPELINE_DEPTH,
+            "pipeline_depth": pipeline_depth(cfg, fold),
+            "pipeline_stages": pipeline_stages(cfg, fold),
             "mac_bound": mac_bound(cfg, fold),
             "formula": "row_folds * col_folds * plane_steps + pipeline_depth"
                        + (" + cycles the w stream is not valid while the core waits" if core.weights == "stream" else ""),

@@ -28,14 +28,18 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn import floatcell as fc
 from hwrnn.config import ConfigError
+from hwrnn.datapath import FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES
 
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
     """bit_length(x) of an unsigned value: a priority encoder (the last matching If wins)."""
     bl = Signal(range(width + 1), name=name)
+    # a Mux chain, not m.If: it becomes a continuous assignment, which Icarus evaluates at time 0
+    # (an `always @*` block whose inputs never change after time 0 would stay X there)
+    v = 0
     for k in range(width):
-        with m.If(x[k]):
-            m.d.comb += bl.eq(k + 1)
+        v = Mux(x[k], k + 1, v)
+    m.d.comb += bl.eq(v)
     return bl
 
 
@@ -52,7 +56,10 @@ class FloatCellUnit(wiring.Component):
     hwrnn.floatcell.FloatCellParams.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, pipelined: bool = False):
+        self.pipelined = bool(pipelined)
+        self.c_latency = FLOAT_CELL_STAGES if self.pipelined else 0
+        self.addr_latency = FLOAT_CELL_ADDR_STAGES if self.pipelined else 0
         try:
             p = fc.cell_params(cfg)
         except (ConfigError, AttributeError, TypeError) as e:
@@ -81,6 +88,18 @@ class FloatCellUnit(wiring.Component):
         m.submodules[name] = st
         return st
 
+    def _cut(self, m: Module, name: str, *values):
+        """A pipeline boundary: registered copies of ``values`` when pipelined, else the values."""
+        if not self.pipelined:
+            return values if len(values) > 1 else values[0]
+        regs = []
+        for k, v in enumerate(values):
+            r = Signal(v.shape(), name=f"{name}_{k}")
+            m.d.sync += r.eq(v)
+            regs.append(r)
+        self._cuts += 1
+        return tuple(regs) if len(regs) > 1 else regs[0]
+
     def _round_increment(self, guard, rest, lsb):
         """Round-up bit: nearest, ties to even. (Tests override it to inject a rounding fault.)"""
         return guard & (rest | lsb)
@@ -98,43 +117,51 @@ class FloatCellUnit(wiring.Component):
         xw = fm.signed_width(-(1 << e) - 4 * W - 4 * G - 64, (1 << e) + 4 * W + 4 * G + 64)
         xs = signed(xw)
 
-# ---- decode c ---------------------------------------------------------------------------
+        self._cuts = 0
+        # operands registered next to the multipliers (DSP blocks)
+        f_in, i_in, g_in, c_in = self._cut(m, "p0", self.f, self.i, self.g, self.c)
+        # ---- decode c, the two exact products ----------------------------------------------------
         st = self._stage(m, "dec")
-        s_c = self.c[e + mb]
-        E = self.c[mb:mb + e]
+        s_c0 = c_in[e + mb]
+        E = c_in[mb:mb + e]
         sig = Signal(mb + 1)
-        st.d.comb += sig.eq(Cat(self.c[:mb], E != 0))
-        e_eff = Mux(E == 0, 1, E)
+        st.d.comb += sig.eq(Cat(c_in[:mb], E != 0))
+        e_eff0 = Signal(range(1 << e))
+        st.d.comb += e_eff0.eq(Mux(E == 0, 1, E))
+        a0 = Signal(wa)
+        st.d.comb += a0.eq(f_in * sig)
+        b0 = Signal(signed(wb + 1))
+        st.d.comb += b0.eq(i_in * g_in)
+        a, b, e_eff, s_c = self._cut(m, "p1", a0, b0, e_eff0, s_c0)
 
-        # ---- operand A = f * c: a * 2**(e_eff - bias - m - G), normalised --------------------------
+        # ---- operand A = f * c: a * 2**(e_eff - bias - m - G); B = i * g: b * 2**-2G, sign-magnitude
         st = self._stage(m, "opa")
-        a = Signal(wa)
-        st.d.comb += a.eq(self.f * sig)
         bla = _bitlen(st, a, wa, "bla")
         ha = Signal(xs)
         st.d.comb += ha.eq(e_eff + bla - (bias + mb + G + 1))
-        la = Signal(range(W + 1))
-        xa = Signal(W)
-        st.d.comb += [la.eq(W - bla), xa.eq((a << la)[:W])]
-
-        # ---- operand B = i * g: b * 2**-2G, sign-magnitude, normalised ---------------------------
         st = self._stage(m, "opb")
-        b = Signal(signed(wb + 1))
-        st.d.comb += b.eq(self.i * self.g)
         sb = Signal()
         bm = Signal(wb)
         st.d.comb += [sb.eq(b < 0), bm.eq(Mux(sb, -b, b))]
         blb = _bitlen(st, bm, wb, "blb")
         hb = Signal(xs)
         st.d.comb += hb.eq(blb - (1 + 2 * G))
+        a, bla, ha, bm, blb, hb, sb, s_c = self._cut(m, "p2", a, bla, ha, bm, blb, hb, sb, s_c)
+
+        # ---- normalise both operands to W bits; which one is big (a zero operand never is) ----------
+        st = self._stage(m, "normab")
+        la = Signal(range(W + 1))
+        xa = Signal(W)
+        st.d.comb += [la.eq(W - bla), xa.eq((a << la)[:W])]
         lb = Signal(range(W + 1))
         xb = Signal(W)
         st.d.comb += [lb.eq(W - blb), xb.eq((bm << lb)[:W])]
+        a_big0 = Signal()
+        st.d.comb += a_big0.eq((a != 0) & ((bm == 0) | (ha >= hb)))
+        xa, xb, ha, hb, sb, s_c, a_big = self._cut(m, "p3", xa, xb, ha, hb, sb, s_c, a_big0)
 
-        # ---- swap: big has the larger MSB exponent (a zero operand is never big) -----------------
+        # ---- swap: big has the larger MSB exponent; exponent difference ---------------------------
         st = self._stage(m, "swap")
-        a_big = Signal()
-        st.d.comb += a_big.eq((a != 0) & ((bm == 0) | (ha >= hb)))
         xbig, xsm = Signal(W), Signal(W)
         sbig, ssm = Signal(), Signal()
         hbig, hsm = Signal(xs), Signal(xs)
@@ -143,28 +170,29 @@ class FloatCellUnit(wiring.Component):
             sbig.eq(Mux(a_big, s_c, sb)), ssm.eq(Mux(a_big, sb, s_c)),
             hbig.eq(Mux(a_big, ha, hb)), hsm.eq(Mux(a_big, hb, ha)),
         ]
-
-        # ---- align the small operand (sticky) and add -----------------------------------------------
-        st = self._stage(m, "align")
         dmax = W + 3
         d = Signal(range(dmax + 1))
         diff = Signal(xs)
         st.d.comb += [diff.eq(hbig - hsm), d.eq(_clamp(diff, 0, dmax))]
+        xbig, xsm, sbig, ssm, hbig, d = self._cut(m, "p4", xbig, xsm, sbig, ssm, hbig, d)
+
+        # ---- align the small operand (sticky), then add -----------------------------------------------
+        st = self._stage(m, "align")
         ys = Signal(W + 1)
         st.d.comb += ys.eq(xsm << 1)
         shifted = Signal(W + 1)
         st.d.comb += shifted.eq(ys >> d)
         sticky = Signal()
         st.d.comb += sticky.eq((shifted << d) != ys)
+        xbig, shifted, sticky, sbig, ssm, hbig = self._cut(m, "p5", xbig, shifted, sticky, sbig, ssm, hbig)
+        st = self._stage(m, "add")
         nrel = Signal(signed(W + 4))
-        with st.If(sbig == ssm):
-            st.d.comb += nrel.eq((xbig << 1) + shifted)
-        with st.Else():
-            st.d.comb += nrel.eq((xbig << 1) - shifted - sticky)
+        st.d.comb += nrel.eq(Mux(sbig == ssm, (xbig << 1) + shifted, (xbig << 1) - shifted - sticky))
         neg = Signal()
         nm = Signal(W + 2)
         sign = Signal()
         st.d.comb += [neg.eq(nrel < 0), nm.eq(Mux(neg, -nrel, nrel)), sign.eq(sbig ^ neg)]
+        nm, sign, sticky, hbig = self._cut(m, "p6", nm, sign, sticky, hbig)
 
         # ---- normalise to the result LSB q = L + sh, L = hbig - W, and round -------------------------
         st = self._stage(m, "norm")
@@ -178,38 +206,45 @@ class FloatCellUnit(wiring.Component):
         # m + 2 zeros, right by t = sh + m + 1 in 0..W + m + 4
         t = Signal(range(W + mb + 5))
         st.d.comb += t.eq(sh + (mb + 1))
+        nm, sign, sticky, hbig, sh, t = self._cut(m, "p7", nm, sign, sticky, hbig, sh, t)
+        st = self._stage(m, "round")
         z2 = Signal(W + 2 + mb + 2)
         st.d.comb += z2.eq(nm << (mb + 2))
         kg = Signal(mb + 3)
         st.d.comb += kg.eq(z2 >> t)
         rest = Signal()
         st.d.comb += rest.eq((kg << t) != z2)
-        guard, kept = kg[0], kg[1:]
-        inc = Signal()
-        st.d.comb += inc.eq(self._round_increment(guard, rest | sticky, kept[0]))
+        guard, kept0 = kg[0], kg[1:]
+        inc0 = Signal()
+        st.d.comb += inc0.eq(self._round_increment(guard, rest | sticky, kept0[0]))
+        kept, inc, sign, hbig, sh = self._cut(m, "p8", kept0, inc0, sign, hbig, sh)
+        st = self._stage(m, "carry")
         sigr = Signal(mb + 2)
         st.d.comb += sigr.eq(kept + inc)
         carry = sigr[mb + 1]
-        sigf = Signal(mb + 1)
-        st.d.comb += sigf.eq(Mux(carry, 1 << mb, sigr[:mb + 1]))
+        sigf0 = Signal(mb + 1)
+        st.d.comb += sigf0.eq(Mux(carry, 1 << mb, sigr[:mb + 1]))
+        e_out0 = Signal(xs)
+        st.d.comb += e_out0.eq(hbig - W + sh + carry + (mb + bias))
+        sigf, e_out, sign = self._cut(m, "p9", sigf0, e_out0, sign)
         normal = sigf[mb]
-        e_out = Signal(xs)
-        st.d.comb += e_out.eq(hbig - W + sh + carry + (mb + bias))
 
         # ---- pack: subnormal E = 0, overflow saturates to max finite, zero is +0 ---------------------
         st = self._stage(m, "pack")
         e_field = Signal(e)
         mant = Signal(mb)
-        with st.If(normal & (e_out > fmt.e_max_field)):
-            st.d.comb += [e_field.eq(fmt.e_max_field), mant.eq((1 << mb) - 1)]
-        with st.Else():
-            st.d.comb += [e_field.eq(Mux(normal, e_out[:e], 0)), mant.eq(sigf[:mb])]
-        st.d.comb += self.c_new.eq(Cat(mant, e_field, sign & (sigf != 0)))
+        over = normal & (e_out > fmt.e_max_field)
+        st.d.comb += [e_field.eq(Mux(over, fmt.e_max_field, Mux(normal, e_out[:e], 0))),
+                      mant.eq(Mux(over, (1 << mb) - 1, sigf[:mb]))]
+        c_word = Signal(1 + e + mb)
+        st.d.comb += c_word.eq(Cat(mant, e_field, sign & (sigf != 0)))
+        cn = self._cut(m, "p10", c_word)
+        m.d.comb += self.c_new.eq(cn)
+        assert self._cuts == self.c_latency, (self._cuts, self.c_latency)
 
         # ---- sigmoid(c_new) LUT address: clamp(round_half_up(c_new * 2**z_frac)) + 2**(L-1) ------------
         st = self._stage(m, "addr")
         L = p.lut_bits
-        cn = self.c_new
         En = cn[mb:mb + e]
         sig_n = Signal(mb + 1)
         st.d.comb += sig_n.eq(Cat(cn[:mb], En != 0))
@@ -217,12 +252,18 @@ class FloatCellUnit(wiring.Component):
         st.d.comb += v.eq(Mux(cn[e + mb], -sig_n, sig_n))
         tt = Signal(xs)
         st.d.comb += tt.eq(Mux(En == 0, 1, En) - (bias + mb - p.z_frac))
-        tc = Signal(range(L + mb + 4))  # clamp(t, -(m+3), L) + m + 3
-        st.d.comb += tc.eq(_clamp(tt, -(mb + 3), L) + (mb + 3))
+        tc0 = Signal(range(L + mb + 4))  # clamp(t, -(m+3), L) + m + 3
+        st.d.comb += tc0.eq(_clamp(tt, -(mb + 3), L) + (mb + 3))
+        v, tc = self._cut(m, "p11", v, tc0)
+        st = self._stage(m, "addr_shift")
         wv = Signal(signed(mb + 2 + L + mb + 3))
         st.d.comb += wv.eq(v << tc)
-        y = Signal(signed(mb + 2 + L + 2))
-        st.d.comb += y.eq(((wv >> (mb + 2)) + 1) >> 1)  # floor(v * 2**t + 1/2)
+        y0 = Signal(signed(mb + 2 + L + 2))
+        st.d.comb += y0.eq(((wv >> (mb + 2)) + 1) >> 1)  # floor(v * 2**t + 1/2)
+        y = self._cut(m, "p12", y0)
+        st = self._stage(m, "addr_clamp")
         half = 1 << (L - 1)
-        st.d.comb += self.c_addr.eq((_clamp(y, -half, half - 1) + half)[:L])
+        addr = Signal(L)
+        st.d.comb += addr.eq((_clamp(y, -half, half - 1) + half)[:L])
+        m.d.comb += self.c_addr.eq(self._cut(m, "p13", addr))
         return m

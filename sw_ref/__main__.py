@@ -93,6 +93,8 @@ def build_parser():
     r.add_argument("--max-batches", type=int, help="stop this invocation after N batches (resume later)")
     r.add_argument("--min-lr", type=float)
     r.add_argument("--max-train-tokens", type=int)
+    r.add_argument("--eval-only", action="store_true",
+                   help="no training: evaluate the run directory as it stands and update its entry")
     _format_args(r)
 
     tb = sub.add_parser("table", help="markdown table of results/ptb.json beside the papers' numbers")
@@ -119,6 +121,13 @@ def build_parser():
     x.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
     x.add_argument("-o", "--output", default=None, help="output .npz (default: next to the checkpoint, layer.npz)")
     _format_args(x)
+
+    sh = sub.add_parser("ship", help="export a results entry's layer as hwrnn package data (rtl_gen's trained default)")
+    sh.add_argument("--entry", default="W4A2@450", help="entry of the results file (default W4A2@450)")
+    sh.add_argument("--results", default="results/ptb.json")
+    sh.add_argument("--run", help="run directory (default: the entry's run_dir)")
+    sh.add_argument("--name", default="ptb_w4a2_h450", help="file name stem in hwrnn/data/")
+    sh.add_argument("--data-dir", help="directory to write to (default: the installed hwrnn/data/)")
     return p
 
 
@@ -198,7 +207,7 @@ def cmd_experiment(args) -> int:
 
     e = run_experiment(args.data, args.out, wbits=args.wbits, abits=args.abits, hidden=args.hidden,
                        epochs=args.epochs, name=args.name, results=args.results, formats=_formats(args),
-                       **_train_extra(args))
+                       eval_only=args.eval_only, **_train_extra(args))
     print(json.dumps(e, indent=1))
     return 0
 
@@ -250,11 +259,44 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    """Export the layer of a results entry's run as hwrnn package data with its provenance."""
+    from pathlib import Path
+
+    from hwrnn import pretrained
+
+    from .experiment import load_results
+    from .export import layer_from_model
+    from .train import load_lm_checkpoint
+
+    d = load_results(args.results)
+    e = d["runs"].get(args.entry)
+    if e is None:
+        raise ValueError(f"{args.results} has no entry {args.entry!r} (entries: {', '.join(sorted(d['runs']))})")
+    if e.get("integer_ppw") is None:
+        raise ValueError(f"entry {args.entry} has no integer-model perplexity: a float run cannot be shipped")
+    ck = Path(args.run or e["run_dir"]) / e["evaluated"]
+    model, _vocab, meta = load_lm_checkpoint(ck)
+    if meta.get("epoch") != e.get("best_epoch"):
+        raise ValueError(f"{ck} holds epoch {meta.get('epoch')}, the entry measured epoch {e.get('best_epoch')}: "
+                         f"rerun `python -m sw_ref experiment` first")
+    layer = layer_from_model(model, **({"cell": e["cell"]} if e.get("cell") else {}))
+    prov = {"entry": args.entry, "run": Path(e["run_dir"]).name, "epochs_done": e["epochs_done"],
+            "best_epoch": e["best_epoch"], "finished": e["finished"], "recipe": e["recipe"],
+            "integer_test_ppw": e["integer_ppw"]["test"], "integer_valid_ppw": e["integer_ppw"]["valid"],
+            "model_test_ppw": e["model_ppw"]["test"], "gap_percent": e.get("gap_percent"),
+            "command": e["command"], "measured": e["date"]}
+    out = pretrained.write(layer, args.name, prov, args.data_dir)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.json').name}: "
+          f"{pretrained.describe({**prov, 'file': out.name})}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
-                "table": cmd_table, "search": cmd_search}[args.cmd](args)
+                "table": cmd_table, "search": cmd_search, "ship": cmd_ship}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:  # every project error is a ValueError subclass
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sw_ref {args.cmd}: error: {msg}", file=sys.stderr)

@@ -89,9 +89,40 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     return out
 
 
+#: training options that define the recipe (the rest only steer logging, threads and checkpoints)
+RECIPE_KEYS = ("batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from", "gamma",
+               "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
+               "min_lr", "max_train_tokens")
+
+
+def full_recipe(train_opts: dict, epochs: int) -> dict:
+    """Every recipe option as training resolves it (defaults filled in), so an entry states exactly
+    how its model was trained."""
+    from .train import DEFAULTS
+
+    r = {k: v for k, v in {**DEFAULTS, **{k: v for k, v in train_opts.items() if v is not None}}.items()
+         if k in RECIPE_KEYS}
+    if r.get("lr") is None:
+        r["lr"] = 20.0 if r.get("optimizer") == "sgd" else 1e-3
+    return r | {"epochs": epochs}
+
+
+def _run_state(out: Path, epochs: int) -> dict:
+    """epochs_done / interrupted of a run directory from its last.pt (for eval_only)."""
+    import torch
+
+    last = out / "last.pt"
+    if not last.is_file():
+        raise ValueError(f"{out} has no last.pt: nothing to evaluate")
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    done = int(ck.get("epoch", 0))
+    return {"epochs_done": done, "interrupted": done < epochs}
+
+
 def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, name=None, results="results/ptb.json",
-                   formats=None, command=None, **train_opts) -> dict:
-    """Train (or resume) into `out`, evaluate, upsert results[name]; returns the entry."""
+                   formats=None, command=None, eval_only=False, **train_opts) -> dict:
+    """Train (or resume) into `out`, evaluate, upsert results[name]; returns the entry.
+    ``eval_only``: no training, evaluate the run directory as it stands."""
     from .data import resolve_data_dir
     from .train import train
 
@@ -100,18 +131,21 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "experiment.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_s": 0.0, "invocations": 0}
-    t0 = time.time()
-    summary = train(data=str(data_dir), out=str(out), wbits=wbits, abits=abits, hidden=hidden, epochs=epochs,
-                    **train_opts)
-    state["wall_s"] += time.time() - t0
-    state["invocations"] += 1
-    state_path.write_text(json.dumps(state))
+    if eval_only:  # measure the run as it stands (e.g. while its training runs elsewhere)
+        summary = _run_state(out, epochs)
+    else:
+        t0 = time.time()
+        summary = train(data=str(data_dir), out=str(out), wbits=wbits, abits=abits, hidden=hidden, epochs=epochs,
+                        **train_opts)
+        state["wall_s"] += time.time() - t0
+        state["invocations"] += 1
+        state_path.write_text(json.dumps(state))
     ev = evaluate_run(out, data_dir, formats)
     name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"))
     epochs_done = summary["epochs_done"]
     entry = {
         "name": name, "wbits": wbits, "abits": abits, "hidden": hidden, "cell": ev.get("cell"),
-        "recipe": {k: v for k, v in train_opts.items() if v is not None} | {"epochs": epochs},
+        "recipe": full_recipe(train_opts, epochs),
         "epochs_done": epochs_done, "best_epoch": ev["best_epoch"], "evaluated": ev["checkpoint"],
         "finished": not summary["interrupted"],  # all epochs run, or stopped by min_lr
         "model_ppw": ev["model"], "integer_ppw": ev["integer"], "gap_percent": ev.get("gap_percent"),
@@ -119,21 +153,63 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
         "command": command or " ".join(shlex.quote(a) for a in ["python", "-m", "sw_ref", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    d = load_results(results)
-    d["runs"][name] = entry
-    save_results(d, results)
+    with _locked(results):  # several runs may record into one results file at once
+        d = load_results(results)
+        prev = d["runs"].get(name)
+        if eval_only:
+            entry["evaluated_by"] = entry["command"]
+            if prev is not None:  # the recipe and command stay those of the training invocations
+                entry["recipe"], entry["command"] = prev["recipe"], prev["command"]
+        d["runs"][name] = entry
+        save_results(d, results)
     return entry
+
+
+class _locked:
+    """An exclusive advisory lock (fcntl) on <results>.lock for a read-modify-write of the file."""
+
+    def __init__(self, path):
+        self.path = Path(str(path) + ".lock")
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
 
 
 def _fmt(v):
     return "-" if v is None else f"{v:.1f}"
 
 
+#: the entries issue 7 requires, and the integer-model test PPW targets (SPEC 5)
+REQUIRED_RUNS = ("float@300", "W4A4@300", "W4A4@450", "W4A2@450", "W2A2@300", "W2A2@450")
+TARGETS = {"W4A4@450": 108.8, "W4A2@450": 111.7, "W2A2@450": 148.0}
+
+
+def _target_cell(name: str, e: dict) -> str:
+    t = TARGETS.get(name)
+    if t is None:
+        return "-"
+    got = (e.get("integer_ppw") or {}).get("test")
+    if got is None:
+        return f"<= {t}"
+    return f"<= {t}: " + ("met" if got <= t else "not met" + ("" if e.get("finished") else " yet"))
+
+
 def results_table(d: dict) -> str:
     """Markdown table of results/ptb.json beside Kapur Table 2 and He Table 1."""
     lines = ["| run | W | A | hidden | cell | epochs | model valid | model test | integer valid | integer test "
-             "| gap % | Kapur T2 | He T1 | LSTM bits (of FP32) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| gap % | target | Kapur T2 | He T1 | LSTM bits (of FP32) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(d["runs"].items(), key=lambda kv: (kv[1]["wbits"] or 99, kv[1]["abits"] or 99,
                                                              kv[1]["hidden"])):
         key = (e["wbits"], e["abits"])
@@ -146,8 +222,17 @@ def results_table(d: dict) -> str:
         lines.append(
             f"| {name} | {e['wbits'] or 32} | {e['abits'] or 32} | {e['hidden']} | {e.get('cell') or '-'} | {ep} "
             f"| {_fmt(e['model_ppw']['valid'])} | {_fmt(e['model_ppw']['test'])} | {_fmt(ip.get('valid'))} "
-            f"| {_fmt(ip.get('test'))} | {gap} "
+            f"| {_fmt(ip.get('test'))} | {gap} | {_target_cell(name, e)} "
             f"| {_fmt(kapur)} | {_fmt(he)} | {bits['lstm_layer_bits']:,} ({100 * bits['lstm_layer_bits'] / bits['lstm_layer_fp32_bits']:.1f} %) |")
+    for name in REQUIRED_RUNS:
+        if name not in d["runs"]:
+            q, h = name.split("@")
+            w, a = (None, None) if q == "float" else (int(q[1]), int(q[3]))
+            kapur = KAPUR_BASELINE if w is None else KAPUR_TABLE2.get((w, a), {}).get(int(h))
+            he = HE_TABLE1_LSTM.get((w, a)) if h == "300" else None
+            t = TARGETS.get(name)
+            lines.append(f"| {name} | {w or 32} | {a or 32} | {h} | - | not run yet | - | - | - | - | - "
+                         f"| {'<= ' + str(t) if t else '-'} | {_fmt(kapur)} | {_fmt(he)} | - |")
     lines.append("")
     lines.append("Kapur et al. Table 2 (test PPW): " + "; ".join(
         f"W{w}A{a}: " + ", ".join(f"{h}: {v}" for h, v in row.items()) for (w, a), row in KAPUR_TABLE2.items())
@@ -165,8 +250,8 @@ def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_b
     of the widening in model size. `evaluate_hidden(h) -> (ppw, bits dict)`.
 
     The PTB model has one LSTM layer, so the paper's layer-by-layer evaluation reduces to this
-    single search; for a stack, call it per layer with the other layers fixed and widen the
-    layer whose search needs the smallest increase in bits."""
+    single search; for a stack, ``layerwise_widening`` evaluates the layers one by one and widens
+    the one that reaches the target with the fewest bits."""
     tried = []
     for h in sorted(hidden_sizes):
         ppw, bits = evaluate_hidden(h)
@@ -181,3 +266,57 @@ def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_b
                 res["size_vs_float_baseline_percent"] = 100.0 * bits["model_bits"] / baseline_bits
             return res
     return {"target_ppw": target_ppw, "chosen_hidden": None, "tried": tried, "reached": False}
+
+
+def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max_rounds: int = 8) -> dict:
+    """Kapur et al.'s neuron increase for a stack of LSTM layers: evaluate the layers one by one
+    (widen only layer i, the others at their current size, through the candidate `hidden_sizes`
+    above its current size) and widen the layer that reaches the target with the fewest model
+    bits; if no single widening reaches it, widen the layer whose best candidate gives the lowest
+    perplexity per added bit and repeat (at most `max_rounds` rounds).
+
+    `evaluate_stack(sizes: tuple) -> (ppw, bits dict with "model_bits")`; results are cached, so
+    each stack is evaluated (trained) once. Returns the chosen sizes, the rounds with every
+    (layer, size) tried, and whether the target was reached."""
+    cache = {}
+
+    def ev(sizes):
+        sizes = tuple(sizes)
+        if sizes not in cache:
+            ppw, bits = evaluate_stack(sizes)
+            cache[sizes] = (ppw, bits["model_bits"])
+        return cache[sizes]
+
+    sizes = tuple(base_sizes)
+    base_ppw, base_bits = ev(sizes)
+    rounds = []
+    if base_ppw <= target_ppw:
+        return {"sizes": sizes, "ppw": base_ppw, "model_bits": base_bits, "reached": True, "rounds": rounds,
+                "evaluated": len(cache)}
+    for _ in range(max_rounds):
+        cur_ppw, cur_bits = ev(sizes)
+        tried, reaching, best_rate = [], [], None
+        for layer in range(len(sizes)):
+            for h in sorted(x for x in hidden_sizes if x > sizes[layer]):
+                cand = sizes[:layer] + (h,) + sizes[layer + 1:]
+                ppw, bits = ev(cand)
+                tried.append({"layer": layer, "hidden": h, "ppw": ppw, "model_bits": bits})
+                if ppw <= target_ppw:
+                    reaching.append((bits, layer, cand, ppw))
+                    break  # larger sizes of this layer only cost more
+                rate = (cur_ppw - ppw) / max(bits - cur_bits, 1)
+                if best_rate is None or rate > best_rate[0]:
+                    best_rate = (rate, layer, cand, ppw)
+        if reaching:
+            bits, layer, cand, ppw = min(reaching)
+            rounds.append({"tried": tried, "widened_layer": layer, "sizes": cand})
+            return {"sizes": cand, "ppw": ppw, "model_bits": bits, "reached": True, "rounds": rounds,
+                    "widening_cost_bits": bits - base_bits, "evaluated": len(cache)}
+        if best_rate is None or best_rate[0] <= 0:
+            rounds.append({"tried": tried, "widened_layer": None, "sizes": sizes})
+            break
+        sizes = best_rate[2]
+        rounds.append({"tried": tried, "widened_layer": best_rate[1], "sizes": sizes})
+    ppw, bits = ev(sizes)
+    return {"sizes": sizes, "ppw": ppw, "model_bits": bits, "reached": False, "rounds": rounds,
+            "evaluated": len(cache)}

@@ -346,6 +346,7 @@ def train(args=None, **kwargs) -> dict:
 
     batches_run = 0
     interrupted = False
+    stop_after_epoch = False
     tok_per_s = None
     model.train()
     try:
@@ -400,9 +401,12 @@ def train(args=None, **kwargs) -> dict:
             if o.checkpoint_every and (b + 1) % o.checkpoint_every == 0:
                 save_last(epoch - 1, b + 1, hidden)
             if o.max_batches and batches_run >= o.max_batches:
-                save_last(epoch - 1, b + 1, hidden)
-                interrupted = True
-                break
+                if b + 1 == n_batches:
+                    stop_after_epoch = True  # the epoch's last batch: validate and checkpoint it first
+                else:
+                    save_last(epoch - 1, b + 1, hidden)
+                    interrupted = True
+                    break
         if pbar is not None:
             pbar.close()
         if tok_seg:
@@ -442,6 +446,10 @@ def train(args=None, **kwargs) -> dict:
         epoch += 1
         if o.min_lr is not None and lr < o.min_lr:
             log(f"lr {lr:g} < min_lr {o.min_lr:g}: stopping")
+            break
+        if stop_after_epoch and epoch <= o.epochs:
+            interrupted = True
+            log(f"stopped after {batches_run} batches (--max-batches), at the end of epoch {epoch - 1}")
             break
 
     summary = {"out": str(out), "best_valid_ppl": best_valid, "best_epoch": best_epoch,

@@ -44,3 +44,45 @@ def test_neuron_increase_search_picks_smallest_reaching():
     assert r["widening_cost_bits"] == 300 * 100 - 100 * 100
     r = neuron_increase_search(evaluate, [100, 200], 100.0)
     assert not r["reached"] and r["chosen_hidden"] is None
+
+
+def test_layerwise_widening_picks_the_cheaper_layer():
+    from sw_ref.experiment import layerwise_widening
+
+    # layer 1 is the bottleneck: widening it helps much more than widening layer 0
+    def evaluate(sizes):
+        a, b = sizes
+        ppw = 200.0 - 0.05 * a - 0.2 * b
+        return ppw, {"model_bits": 10 * (a + b)}
+
+    calls = []
+
+    def counted(sizes):
+        calls.append(sizes)
+        return evaluate(sizes)
+
+    r = layerwise_widening(counted, (300, 300), [300, 450, 600, 1000], target_ppw=95.0)
+    # widen layer 1 alone: 200 - 15 - 0.2*b <= 95 -> b >= 450; layer 0 alone needs a >= 1800 (not offered)
+    assert r["reached"] and r["sizes"] == (300, 450) and r["rounds"][0]["widened_layer"] == 1
+    assert r["widening_cost_bits"] == 10 * 150
+    assert len(calls) == len(set(calls))  # every stack trained once
+    # a target no single widening reaches: greedy rounds, then reached by the second layer
+    r2 = layerwise_widening(evaluate, (300, 300), [300, 450, 600, 1000], target_ppw=-30.0)
+    assert r2["reached"] and r2["sizes"] == (600, 1000) and len(r2["rounds"]) >= 2  # -30 exactly
+    # unreachable: reports not reached with the best stack found
+    r3 = layerwise_widening(evaluate, (300, 300), [300, 450], target_ppw=-1000.0)
+    assert not r3["reached"] and r3["sizes"] == (450, 450)
+
+
+def test_eval_only_measures_without_training_and_keeps_the_recipe(tiny_corpus, tmp_path):
+    res = tmp_path / "ptb.json"
+    e = run_experiment(str(tiny_corpus), tmp_path / "run", wbits=2, abits=2, hidden=8, epochs=2, results=res,
+                       command="train-cmd", max_batches=10 ** 6, **QUICK)
+    assert e["epochs_done"] == 2
+    before = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    e2 = run_experiment(str(tiny_corpus), tmp_path / "run", wbits=2, abits=2, hidden=8, epochs=2, results=res,
+                        command="eval-cmd", eval_only=True)
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == before  # nothing trained
+    assert e2["integer_ppw"] == e["integer_ppw"] and e2["epochs_done"] == 2 and e2["finished"]
+    assert e2["command"] == "train-cmd" and e2["evaluated_by"] == "eval-cmd" and e2["recipe"] == e["recipe"]
+    assert e2["wall_s"] == e["wall_s"]

@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 from hwrnn import LayerConfig
 from hwrnn import formats as fm
 from hwrnn.config import ConfigError
-from hwrnn.datapath import bitplane_dot, odd_dot
+from hwrnn.datapath import bitplane_dot, odd_dot, tree_registers
 from rtl_gen.blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, LookupTable,
                             ScaleBias)
 
@@ -28,16 +28,43 @@ def run_comb(dut, vectors, outputs):
     return got
 
 
+def run_pipe(dut, vectors, outputs, latency):
+    """Apply a new input vector every cycle; output k is read `latency` clock edges after vector k
+    was applied (latency 0: combinational). Checks the block's pipelining as well as its values."""
+    outputs = [outputs] if isinstance(outputs, str) else outputs
+    if latency == 0:
+        return run_comb(dut, vectors, outputs)
+    got = []
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def tb(ctx):
+        for t in range(len(vectors) + latency - 1):
+            if t < len(vectors):
+                for name, v in vectors[t].items():
+                    ctx.set(getattr(dut, name), int(v))
+            await ctx.tick()
+            if t >= latency - 1:
+                got.append({o: ctx.get(getattr(dut, o)) for o in outputs})
+
+    sim.add_testbench(tb)
+    sim.run()
+    return got
+
+
 def pack(values, width):
     return sum((int(v) & ((1 << width) - 1)) << (width * i) for i, v in enumerate(values))
 
 
+@pytest.mark.parametrize("per_stage", [None, 1, 3])
 @pytest.mark.parametrize("simd,wbits,abits,serial", [(1, 1, 1, False), (7, 4, 2, False), (16, 2, 3, False),
-                                                     (5, 8, 8, False), (9, 4, 2, True), (3, 8, 1, True)])
-def test_bitplane_dot_matches_reference(simd, wbits, abits, serial):
+                                                     (5, 8, 8, False), (9, 4, 2, True), (3, 8, 1, True),
+                                                     (32, 4, 2, False)])
+def test_bitplane_dot_matches_reference(simd, wbits, abits, serial, per_stage):
     rng = np.random.default_rng(simd * 100 + wbits * 10 + abits)
     planes = 1 if serial else wbits
-    dut = BitPlaneDot(simd, planes, abits, max_shift=wbits - 1 if serial else 0)
+    dut = BitPlaneDot(simd, planes, abits, max_shift=wbits - 1 if serial else 0, levels_per_stage=per_stage)
+    assert dut.latency == (0 if per_stage is None else tree_registers(dut.levels, per_stage))
     vecs, want = [], []
     for _ in range(60):
         n = rng.integers(0, 1 << wbits, simd)
@@ -58,7 +85,7 @@ def test_bitplane_dot_matches_reference(simd, wbits, abits, serial):
     if not serial:
         vecs.append({"w": (1 << (simd * wbits)) - 1, "a": pack(a, abits)})
         want.append(int(np.dot(n, a)))
-    got = run_comb(dut, vecs, ["dot"])
+    got = run_pipe(dut, vecs, ["dot"], dut.latency)
     assert [g["dot"] for g in got] == want
 
 
@@ -71,12 +98,13 @@ def test_odd_dot_identity():
         assert odd_dot(n, a, wbits) == int(np.dot(2 * n - K, a))
 
 
+@pytest.mark.parametrize("per_stage", [None, 1, 3])
 @pytest.mark.parametrize("simd,abits", [(1, 1), (6, 3), (32, 2)])
-def test_activation_sum(simd, abits):
+def test_activation_sum(simd, abits, per_stage):
     rng = np.random.default_rng(simd)
-    dut = ActivationSum(simd, abits)
+    dut = ActivationSum(simd, abits, levels_per_stage=per_stage)
     vals = [rng.integers(0, 1 << abits, simd) for _ in range(30)] + [np.full(simd, (1 << abits) - 1)]
-    got = run_comb(dut, [{"a": pack(v, abits)} for v in vals], ["sum"])
+    got = run_pipe(dut, [{"a": pack(v, abits)} for v in vals], ["sum"], dut.latency)
     assert [g["sum"] for g in got] == [int(v.sum()) for v in vals]
 
 
@@ -93,21 +121,9 @@ def test_scale_bias_matches_reference(cfg):
         dut = ScaleBias(cfg, aw, fm.unsigned_width(M), bw, R)
         accs = np.concatenate([rng.integers(-bound, bound + 1, 36), [-bound, bound, 0, 1]])
         want = fm.lut_address(cfg, fm.preactivation(accs, M, B, R))
-        got = []
-        sim = Simulator(dut)
-        sim.add_clock(1e-6)
-
-        async def tb(ctx):
-            for a, b in zip(accs, B):
-                ctx.set(dut.acc, int(a))
-                ctx.set(dut.bias, int(b))
-                ctx.set(dut.mult, M)
-                await ctx.tick()  # registered product
-                got.append(ctx.get(dut.addr))
-
-        sim.add_testbench(tb)
-        sim.run()
-        assert got == list(want)
+        got = run_pipe(dut, [{"acc": int(a), "bias": int(b), "mult": M} for a, b in zip(accs, B)], "addr",
+                       ScaleBias.latency)
+        assert [x["addr"] for x in got] == list(want)
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
@@ -153,10 +169,11 @@ def test_fixed_cell_unit_matches_reference(cfg):
     cw = cfg.cell_format.width
     vecs = [{"f": a, "i": b, "g": int(d) & ((1 << (G + 2)) - 1) if cfg.candidate == "tanh" else d,
              "c": int(e) & ((1 << cw) - 1)} for a, b, d, e in zip(f, i, g, c)]
-    got = run_comb(dut, vecs, ["c_new", "c_addr"])
+    got_c = run_pipe(dut, vecs, "c_new", dut.c_latency)
+    got_a = run_pipe(dut, vecs, "c_addr", dut.c_latency + dut.addr_latency)
     want_c = fm.cell_update(cfg, f, c, i, g)
-    assert [x["c_new"] for x in got] == list(want_c)  # ctx.get returns signed values
-    assert [x["c_addr"] for x in got] == list(fm.cell_lut_address(cfg, want_c))
+    assert [x["c_new"] for x in got_c] == list(want_c)  # ctx.get returns signed values
+    assert [x["c_addr"] for x in got_a] == list(fm.cell_lut_address(cfg, want_c))
     assert want_c.min() >= lo and want_c.max() <= hi
 
 
@@ -166,7 +183,7 @@ def test_h_requantizer_matches_reference(abits, G):
     rng = np.random.default_rng(abits)
     o = np.concatenate([rng.integers(0, (1 << G) + 1, 100), [0, 1 << G, 1 << G]])
     sc = np.concatenate([rng.integers(0, (1 << G) + 1, 100), [1 << G, 0, 1 << G]])
-    got = run_comb(HRequantizer(cfg), [{"o": a, "sc": b} for a, b in zip(o, sc)], ["h"])
+    got = run_pipe(HRequantizer(cfg), [{"o": a, "sc": b} for a, b in zip(o, sc)], ["h"], HRequantizer.latency)
     want = fm.h_code(cfg, o, sc)
     assert [x["h"] for x in got] == list(want)
     # h is exactly Q_a(o * sc) of the real values

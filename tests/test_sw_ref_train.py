@@ -188,6 +188,15 @@ def test_resume_is_exact(corpus_dir, tmp_path):
     assert not s3["interrupted"] and s3["epochs_done"] == 2
     assert s3["test_ppl"] == full["test_ppl"]
     assert _same_state(_state(part / "last.pt"), _state(tmp_path / "full" / "last.pt"))
+    # stopping exactly at an epoch's last batch validates and checkpoints that epoch first
+    from sw_ref.data import batchify, load_ptb, num_bptt_batches
+    nb = num_bptt_batches(batchify(load_ptb(corpus_dir).train, opts["batch_size"]), opts["bptt"])
+    ex = tmp_path / "exact"
+    s5 = train(out=str(ex), max_batches=nb, **opts)
+    assert s5["interrupted"] and s5["epochs_done"] == 1 and (ex / "best.pt").exists()
+    assert torch.load(ex / "last.pt", weights_only=True)["epoch"] == 1
+    s6 = train(out=str(ex), **opts)
+    assert s6["epochs_done"] == 2 and s6["test_ppl"] == full["test_ppl"]
     # epoch 1, then continue to epoch 2
     ep = tmp_path / "ep"
     train(out=str(ep), **dict(opts, epochs=1))

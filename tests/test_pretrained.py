@@ -1,0 +1,69 @@
+"""Shipped trained layers: `sw_ref ship` writes package data from a results entry, rtl_gen builds it
+by default for exactly its configuration (random weights with --random or for any other config),
+and the shipped W4A2 H=450 PTB layer agrees with its recorded provenance and results/ptb.json."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hwrnn import LayerConfig, pretrained
+from hwrnn.checkpoint import load_layer
+from rtl_gen.__main__ import parse_args, resolve
+from sw_ref.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = dict(batch_size=10, bptt=20, dropout=0.0, threads=1, checkpoint_every=0, log_every=0, progress=False)
+
+
+def test_ship_writes_layer_and_provenance_and_rtl_gen_uses_it(tiny_corpus, tmp_path, monkeypatch):
+    res = tmp_path / "ptb.json"
+    e = run_experiment(str(tiny_corpus), tmp_path / "run", wbits=2, abits=2, hidden=8, epochs=1, results=res,
+                       command="test", **QUICK)
+    data = tmp_path / "data"
+    from sw_ref.__main__ import main as sw_main
+    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "tiny", "--data-dir", str(data)]) == 0
+    rec = json.loads((data / "tiny.json").read_text())
+    assert rec["integer_test_ppw"] == e["integer_ppw"]["test"] and rec["epochs_done"] == 1
+    layer = load_layer(data / "tiny.npz")
+    assert LayerConfig.from_dict(rec["config"]) == layer.cfg
+    # rtl_gen: the shipped layer for exactly its config, random otherwise or with --random
+    monkeypatch.setattr(pretrained, "DATA_DIR", data)
+    got, _fold, source = resolve(parse_args(["--wbits", "2", "--abits", "2", "--hidden", "8"]))
+    assert np.array_equal(got.codes, layer.codes) and got.mult == layer.mult and "trained PTB layer" in source
+    rnd, _fold, source = resolve(parse_args(["--wbits", "2", "--abits", "2", "--hidden", "8", "--random"]))
+    assert not np.array_equal(rnd.codes, layer.codes) and source.startswith("random")
+    other, _fold, source = resolve(parse_args(["--wbits", "2", "--abits", "2", "--hidden", "8", "--cell", "fp16"]))
+    assert source.startswith("random")
+
+
+def test_ship_rejects_bad_entries(tiny_corpus, tmp_path, capsys):
+    res = tmp_path / "ptb.json"
+    run_experiment(str(tiny_corpus), tmp_path / "run", wbits=None, abits=None, hidden=8, epochs=1, results=res,
+                   command="test", **QUICK)
+    from sw_ref.__main__ import main as sw_main
+    assert sw_main(["ship", "--entry", "W4A2@450", "--results", str(res), "--data-dir", str(tmp_path)]) == 2
+    assert "has no entry 'W4A2@450'" in capsys.readouterr().err
+    assert sw_main(["ship", "--entry", "float@8", "--results", str(res), "--data-dir", str(tmp_path)]) == 2
+    assert "float run cannot be shipped" in capsys.readouterr().err
+
+
+def test_shipped_headline_layer_matches_its_provenance():
+    recs = {r["file"]: r for r in pretrained.shipped()}
+    if "ptb_w4a2_h450.npz" not in recs:
+        pytest.skip("no trained W4A2 H=450 layer shipped yet")
+    rec = recs["ptb_w4a2_h450.npz"]
+    layer = pretrained.load(rec)
+    c = layer.cfg
+    assert (c.wbits, c.abits, c.hidden, c.input) == (4, 2, 450, 450)
+    assert (pretrained.DATA_DIR / rec["file"]).stat().st_size < 2_000_000
+    # the same figures as the results entry it came from
+    entry = json.loads((ROOT / "results" / "ptb.json").read_text())["runs"][rec["entry"]]
+    assert rec["integer_test_ppw"] == entry["integer_ppw"]["test"]
+    # and rtl_gen's default for the headline config is this layer
+    got, _fold, source = resolve(parse_args(["--wbits", "4", "--abits", "2", "--hidden", "450"]))
+    assert np.array_equal(got.codes, layer.codes) and source == pretrained.describe(rec)
