@@ -53,7 +53,8 @@ def main():
             "folding": man["folding"], "cycles_per_step": man["latency"]["cycles_per_step"],
             "weight_bits": man["memory"]["weight_bits"],
             "targets": {"generate_s": 20, "verilator_lint_s": 60, "yosys_read_s": 60},
-            "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}",
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
+                       f"load average {os.getloadavg()[0]:.1f} at the end (other jobs inflate wall times)",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     finally:

@@ -412,9 +412,11 @@ def fixed_cell_regs(cfg: LayerConfig) -> dict[str, int]:
 
 
 def float_cell_regs(cfg: LayerConfig) -> dict[str, int]:
-    """Flip-flops of one pipelined FloatCellUnit: the declared widths of its 12 register cuts
-    (rtl_gen/float_cell.py ``_cut``). The calibration sweep has no float cell; one synth_ecp5 run of
-    W2A2 H=8 PE 4 SIMD 4 with fp16 cells had 1956 flip-flops in total against 1940 predicted."""
+    """Flip-flops of one pipelined FloatCellUnit: the declared widths of its 14 register cuts
+    (rtl_gen/float_cell.py ``_cut``: 11 to c_new, 3 to the sigmoid(c) address). The calibration
+    sweep has no float cell; a synth_ecp5 run of W2A2 H=8 PE 4 SIMD 4 with fp16 cells and a
+    one-stage address (an earlier version of the unit) had 1956 flip-flops in total against 1940
+    predicted for that version."""
     from .floatcell import cell_params  # noqa: PLC0415  (float formats only)
 
     p = cell_params(cfg)
@@ -435,7 +437,9 @@ def float_cell_regs(cfg: LayerConfig) -> dict[str, int]:
         "p8": mb + 2 + 2 + 2 * xw,
         "p9": mb + 1 + xw + 1,
         "c_new": p.fmt.width,
-        "c_addr": p.lut_bits,
+        "p11": mb + 2 + rb(p.lut_bits + mb + 4),   # the address: signed significand, clamped shift
+        "p12": mb + 2 + p.lut_bits + 2,           # shifted and rounded
+        "c_addr": p.lut_bits,                     # clamped + offset
     }
     return cuts
 
@@ -483,7 +487,8 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
     # ---- the core's own registers (state_and_control)
     controller = (sh.rf_bits + sh.cf_bits + sh.addr_bits * (sh.weights == "memory")
                   + (sh.p_bits if sh.serial else (1 if family == "ecp5" else 0))  # p: constant 0 unless serial
-                  + 32 + 32 + 2 + 1 + sh.mult_bits)                     # cycles, last_cycles, FSM, alive, mult
+                  + 32 + 32 + 2 + 1 + sh.mult_bits                      # cycles, last_cycles, FSM, idle, mult
+                  + (1 if sh.weights == "stream" else 0))               # alive (gates w.ready)
     state = (X + H) * A + H * A + g.padded_units * cw                   # act (x, h), h_next, c_all
     stream = g.word_bits if sh.weights == "stream" else 0               # the captured streamed word
     tail = 1 + 1 + SCALE_BIAS_STAGES + 2 + c_lat + a_lat + 2 + H_REQUANT_STAGES  # s3, fin, sb, lut, cell, sc, hq

@@ -3,8 +3,8 @@ the analytic model (hwrnn.resources; milliseconds per point), in parallel on the
 with a table (CSV), Pareto fronts of resources vs latency (PNG) and, only for the points asked
 for, real synthesis (rtl_gen.synth).
 
-    python -m rtl_gen.sweep --wbits 2,4 --abits 2,4 --hidden 450 --pe 8,16,28,32,64 \\
-        --simd 16,32,64 --planes parallel,serial --family ecp5 --name headline
+    python -m rtl_gen.sweep --wbits 2,4 --abits 2,4 --hidden 450 --pe 4,8,16,28,32,64,128 \\
+        --simd 8,16,32,64,128 --planes parallel,serial --family all --name headline
     python -m rtl_gen.sweep ... --synth-pareto --synth-max 3        # synthesize some Pareto points
     python -m rtl_gen.sweep ... --synth-points 0,5                  # synthesize rows 0 and 5
 
