@@ -18,33 +18,17 @@ from hwrnn.datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, H_REQUANT
 from hwrnn.quant import levels
 
 
-def adder_tree(values):
-    """Balanced sum of a list of Values (widths grow as Amaranth's + does)."""
-    vals = list(values)
-    if not vals:
-        return Const(0, 1)
-    while len(vals) > 1:
-        nxt = [vals[i] + vals[i + 1] for i in range(0, len(vals) - 1, 2)]
-        if len(vals) % 2:
-            nxt.append(vals[-1])
-        vals = nxt
-    return vals[0]
-
-
-def popcount(value, width: int):
-    """Number of ones of ``value[0:width]`` as a balanced adder tree."""
-    return adder_tree([value[i] for i in range(width)])
-
-
 class TreePipeline:
     """Builds balanced pairwise adder trees level by level in module ``m``, with a register stage
     after every ``per_stage`` levels (None: combinational). ``registers`` counts the stages added;
-    ``delay`` carries a side signal along them. The last level is never registered here."""
+    ``delay`` carries a side signal along them. The last level is never registered here.
+    With per_stage None it is a plain combinational balanced adder tree."""
 
     def __init__(self, m: Module, per_stage: int | None, name: str):
         self.m, self.per_stage, self.name = m, per_stage, name
         self.levels = 0
         self.registers = 0
+        self._nreg = 0  # registers made so far (unique names)
         self._delayed = []
 
     def delay(self, value, name: str):
@@ -73,7 +57,7 @@ class TreePipeline:
         return out
 
     def _register(self, v):
-        self._nreg = getattr(self, "_nreg", 0) + 1
+        self._nreg += 1
         r = Signal(v.shape(), name=f"{self.name}_r{self.registers + 1}_{self._nreg}")
         self.m.d.sync += r.eq(v)
         return r
