@@ -86,3 +86,26 @@ def test_eval_only_measures_without_training_and_keeps_the_recipe(tiny_corpus, t
     assert e2["integer_ppw"] == e["integer_ppw"] and e2["epochs_done"] == 2 and e2["finished"]
     assert e2["command"] == "train-cmd" and e2["evaluated_by"] == "eval-cmd" and e2["recipe"] == e["recipe"]
     assert e2["wall_s"] == e["wall_s"]
+
+
+def test_ptb_run_script_runs_epoch_by_epoch_to_the_end(tiny_corpus, tmp_path):
+    """scripts/ptb_run.sh: one `experiment` invocation per EPOCH_BATCHES batches, each resuming the
+    last checkpoint and recording the entry, until the entry is finished."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    res, out = tmp_path / "ptb.json", tmp_path / "run"
+    env = dict(os.environ, PYTHON=sys.executable, RESULTS=str(res), EPOCH_BATCHES="20", NICE="0",
+               HWRNN_PTB=str(tiny_corpus))
+    r = subprocess.run([str(root / "scripts" / "ptb_run.sh"), str(out), "--wbits", "2", "--abits", "2",
+                        "--hidden", "8", "--epochs", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ptb_run: W2A2@8 finished" in r.stdout
+    e = load_results(res)["runs"]["W2A2@8"]
+    assert e["finished"] and e["epochs_done"] == 2 and e["recipe"]["epochs"] == 2
+    assert e["integer_ppw"]["test"] > 1 and abs(e["gap_percent"]) < 1.0
+    # 2 epochs of ~28 batches at 20 batches per invocation: the run resumed more than once
+    assert (r.stdout + r.stderr).count("resuming") >= 2
