@@ -54,6 +54,7 @@ def run(name: str, args: list[str]) -> dict:
         "critical_path": {k: (pnr.get("critical_path") or {}).get(k)
                           for k in ("delay_ns", "logic_ns", "from", "to", "blocks")},
         "synth_s": syn.get("synth_seconds"), "pnr_s": pnr.get("seconds"),
+        "dsp_mapping": syn.get("dsp_mapping"),
     })
     if entry["fmax_mhz"] is None:
         entry["error"] = pnr.get("note") or "no Fmax reported"

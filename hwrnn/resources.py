@@ -462,6 +462,29 @@ def _dsp_absorbs(family: str, sh: CoreShape) -> dict[str, bool]:
     }
 
 
+def _ecp5_fits(a_bits: int, a_signed: bool, b_bits: int, b_signed: bool) -> bool:
+    """rtl_gen.multiplier.ecp5_fits: the product fits one MULT18X18D (mixed signedness: + 1 bit)."""
+    if a_signed != b_signed:
+        a_bits, b_bits = a_bits + (not a_signed), b_bits + (not b_signed)
+    return a_bits <= 18 and b_bits <= 18
+
+
+def _ecp5_packed(sh: CoreShape) -> dict[str, bool]:
+    """Which registered multipliers rtl_gen.synth builds as MULT18X18D with internal operand and
+    product registers (rtl_gen.multiplier, dsp="ecp5"): those flip-flops are not fabric ones. The
+    scale-and-bias product is split over two DSPs when acc is wider than 18 bits (up to 36)."""
+    cfg = sh.cfg
+    G1, cw = gate_width(cfg), sh.cw
+    tanh = cfg.candidate == "tanh"
+    aw, mw = sh.acc_width, sh.mult_bits
+    sb = _ecp5_fits(aw, True, mw, False) or (aw > 18 and _ecp5_fits(aw - 18, True, mw, False))
+    fixed = cfg.cell_format.kind == "fixed"
+    return {"scale_bias": sb,
+            "fc": fixed and _ecp5_fits(G1, False, cw, True),
+            "ig": _ecp5_fits(G1, False, candidate_width(cfg), tanh),
+            "h_requant": _ecp5_fits(G1, False, G1, False)}
+
+
 def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
     """Flip-flops per block as a hierarchical synthesis (one module per block) keeps them: every
     register of rtl_gen/core.py, rtl_gen/blocks.py and rtl_gen/float_cell.py at its width, without
@@ -491,6 +514,7 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
                   + (1 if sh.weights == "stream" else 0))               # alive (gates w.ready)
     state = (X + H) * A + H * A + g.padded_units * cw                   # act (x, h), h_next, c_all
     stream = g.word_bits if sh.weights == "stream" else 0               # the captured streamed word
+    wload = (1 + sh.addr_bits + g.word_bits) if sh.weights == "memory" else 0  # registered weight write
     tail = 1 + 1 + SCALE_BIAS_STAGES + 2 + c_lat + a_lat + 2 + H_REQUANT_STAGES  # s3, fin, sb, lut, cell, sc, hq
     control = (3 * (3 + dl)                                             # valid, first, last to the accumulators
                + sh.rf_bits * (3 + dl + tail)                           # row fold to h_next
@@ -506,21 +530,28 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
            + PE * sh.acc_width)                                         # fin
     gates = U * (3 * G1 + cand) + U * cw                                # gate registers, c_old
     o_path = U * G1 * (c_lat + a_lat + 2) + U * G1                      # o delayed to the requantizer, sc
-    state += controller + stream + control + mac + gates + o_path
+    state += controller + stream + wload + control + mac + gates + o_path
     state += mem_ff(mems["bmem"], PE * sh.bias_bits, max(g.row_folds, 2))
 
     sb = scale_bias_regs(sh)
     sb_lane = sum(sb.values())
     if absorb["scale_bias"]:
         sb_lane -= sb["acc"] + sb["mult"] + sb["prod"] + sb["total"]
+    packed = _ecp5_packed(sh) if family == "ecp5" else {}
+    if packed.get("scale_bias"):
+        sb_lane -= sb["acc"] + sb["mult"] + sb["prod"]
     cell = float_cell_regs(cfg) if cfg.cell_format.kind == "float" else fixed_cell_regs(cfg)
     cell_unit = sum(cell.values())
     if absorb["cell"]:
         cell_unit -= cell["operands"] + cell["fc"] + cell["ig"] + cell["s"]
+    if packed.get("fc"):
+        cell_unit -= G1 + cw + cell["fc"]                      # f, c and f*c
+    if packed.get("ig") and cfg.cell_format.kind == "fixed":
+        cell_unit -= G1 + cand + cell["ig"]                    # i, g and i*g
     # o_in, sc_in, o*sc, h; with Ka = 1 (abits 1) h = bit 2G of o*sc + 2^(2G-1): two product bits are read
     hq_prod = 2 if A == 1 else min(2 * G1, 2 * cfg.gate_frac + A)
     hq_unit = 2 * G1 + hq_prod + A
-    if absorb["h_requant"]:
+    if absorb["h_requant"] or packed.get("h_requant"):
         hq_unit -= 2 * G1 + hq_prod
     shift_w = _bits_of_range(W) if sh.serial and W > 1 else 0            # the plane shift travels along the tree
     wm = mem_ff(mems["wmem"], g.word_bits, g.depth) if sh.weights == "memory" else 0
@@ -539,18 +570,16 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
 
 
 def _dsp(sh: CoreShape, family: str) -> dict[str, int]:
-    """Multipliers of the core: acc * M per lane; f * c and i * g per cell unit; o * sc and * Ka per
-    requantizer; Kw * sum(a) once (shared by all lanes, before the accumulator)."""
+    """Multipliers of the core: acc * M per lane; f * c and i * g per cell unit; o * sc per
+    requantizer. The constant factors Ka and Kw (2**k - 1) are a shift and a subtraction in
+    rtl_gen, no DSP."""
     cfg = sh.cfg
     G1 = gate_width(cfg)
-    Ka, Kw = levels(sh.A), levels(sh.W)
     sb = dsp_tiles(family, sh.acc_width, sh.mult_bits)
     cell = dsp_tiles(family, G1, sh.cw) + dsp_tiles(family, G1, candidate_width(cfg))
-    hq = dsp_tiles(family, G1, G1) + (dsp_tiles(family, 2 * G1, unsigned_width(Ka)) if Ka > 1 else 0)
-    asum_out = unsigned_width(sh.S * levels(sh.A))
-    fin = dsp_tiles(family, asum_out, unsigned_width(Kw)) if Kw > 1 else 0  # non-negative: unsigned widths
+    hq = dsp_tiles(family, G1, G1)
     return {"scale_bias": sh.PE * sb, "cell_units": sh.U * cell, "h_requant": sh.U * hq,
-            "state_and_control": fin}
+            "state_and_control": 0}
 
 
 def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
@@ -558,24 +587,22 @@ def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
     * identical registers in different blocks are merged: the PE scale-and-bias lanes' copies of the
       multiplier M (one is left), and in bit-serial mode the PE lanes' copies of the plane shift
       delayed along the popcount trees (all of them: the core delays the plane alongside anyway);
-    * when both the weight and the bias memory get read-old-data emulation, both register the same
-      load data and address bits, and yosys merges them;
+    * (the weight memory's write port is fed from the core's own write register, so read-old-data
+      emulation registers of the weight and the bias memory no longer see the same load data);
     * 7-series: registers of the core right before a DSP block's ports are packed into it too
       (its second operand register stage): fin (acc port of the scale-and-bias product), the gate
       registers f, i, g and c_old (cell-unit products), the last o delay and sc (requantizer)."""
     saving = 0
     g, cfg = sh.g, sh.cfg
     absorb = _dsp_absorbs(family, sh)
-    if not absorb["scale_bias"]:
+    if family == "ecp5" and _ecp5_packed(sh)["scale_bias"]:
+        pass  # the lanes' copies of M are the DSP blocks' own operand registers
+    elif not absorb["scale_bias"]:
         saving += (sh.PE - 1) * sh.mult_bits
     else:
         saving += sh.PE * sh.acc_width
     if sh.serial and sh.W > 1:
         saving += sh.PE * _bits_of_range(sh.W) * dot_tree_ff(sh)[1]
-    if sh.weights == "memory" and mems["wmem"].emulation and mems["bmem"].emulation:
-        waddr = max(1, (g.depth - 1).bit_length())
-        baddr = max(1, (max(g.row_folds, 2) - 1).bit_length())
-        saving += 2 * min(g.word_bits, sh.PE * sh.bias_bits) + min(waddr, baddr)
     G1 = gate_width(cfg)
     if absorb["cell"]:
         saving += sh.U * (2 * G1 + candidate_width(cfg) + sh.cw)  # f, i, g, c_old

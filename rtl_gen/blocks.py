@@ -17,6 +17,8 @@ from hwrnn.datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, H_REQUANT
                              tree_levels, tree_registers)
 from hwrnn.quant import levels
 
+from .multiplier import ECP5_WIDTH, RegisteredMultiplier, check_dsp, ecp5_fits
+
 
 class TreePipeline:
     """Builds balanced pairwise adder trees level by level in module ``m``, with a register stage
@@ -165,18 +167,30 @@ class ScaleBias(wiring.Component):
     ``addr = clamp(rshift_round(acc * mult + bias, R), -2**(L-1), 2**(L-1)-1) + 2**(L-1)``;
     acc, mult and bias are sampled in the same cycle, addr follows 4 cycles later.
     ``mult`` is an input (loadable multiplier register), R is fixed at generation.
+    ``dsp``: elaboration of the operand/product registers and the multiplier (rtl_gen.multiplier:
+    None behavioural, "ecp5" MULT18X18D with internal registers; an acc wider than 18 bits is then
+    split into two products, 18 low bits and the rest, added in the sum stage); same latency.
     Reference: hwrnn.formats.preactivation + lut_address.
     """
 
     latency = SCALE_BIAS_STAGES
 
-    def __init__(self, cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int):
+    def __init__(self, cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int,
+                 dsp: str | None = None):
+        self.dsp = check_dsp(dsp)
         _check_pos("acc_width", acc_width)
         _check_pos("mult_width", mult_width)
         _check_pos("bias_width", bias_width)
         _check_pos("shift", shift)
         self.cfg, self.shift_r = cfg, shift
         self.acc_w, self.mult_w, self.bias_w = acc_width, mult_width, bias_width
+        # with DSP primitives, an acc wider than one multiplier's operand is split in two
+        # (``split_at`` low bits); None: one multiplier (behavioural, or fits, or no split fits)
+        self.split_at = None
+        if dsp is not None and not ecp5_fits(signed(acc_width), unsigned(mult_width)):
+            k = ECP5_WIDTH
+            if 0 < acc_width - k and ecp5_fits(signed(acc_width - k), unsigned(mult_width)):
+                self.split_at = k
         super().__init__({
             "acc": In(signed(acc_width)),
             "mult": In(unsigned(mult_width)),
@@ -187,17 +201,32 @@ class ScaleBias(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         prod_w = max(self.acc_w + self.mult_w + 2, self.bias_w + 2, self.shift_r + 2)
-        # operands registered next to the multiplier (DSP) first: the placer puts these flip-flops
-        # beside the DSP block, so neither route into nor out of it has to cross the chip
-        acc = Signal(signed(self.acc_w))
-        mult = Signal(unsigned(self.mult_w))
+        # operands registered next to the multiplier (DSP) first, product registered: with
+        # dsp="ecp5" both registers are the DSP block's own, otherwise the placer puts these
+        # flip-flops beside it; the bias travels alongside
+        rnd = 1 << (self.shift_r - 1)
         bias0 = Signal(signed(self.bias_w))
-        m.d.sync += [acc.eq(self.acc), mult.eq(self.mult), bias0.eq(self.bias)]
-        prod = Signal(signed(self.acc_w + self.mult_w + 1))
-        bias = Signal(signed(self.bias_w))
-        m.d.sync += [prod.eq(acc * mult), bias.eq(bias0)]
+        m.d.sync += bias0.eq(self.bias)
         total = Signal(signed(prod_w))
-        m.d.sync += total.eq(prod + (bias + (1 << (self.shift_r - 1))))
+        k = self.split_at
+        if k is None:
+            m.submodules.mul = mul = RegisteredMultiplier(signed(self.acc_w), unsigned(self.mult_w),
+                                                          signed(self.acc_w + self.mult_w + 1), dsp=self.dsp)
+            m.d.comb += [mul.a.eq(self.acc), mul.b.eq(self.mult)]
+            bias = Signal(signed(self.bias_w))
+            m.d.sync += bias.eq(bias0)
+            m.d.sync += total.eq(mul.p + (bias + rnd))
+        else:
+            # acc too wide for one DSP: acc = hi * 2**k + lo (lo the unsigned low k bits), two
+            # registered products, summed with the bias (+ rounding constant, added a stage early)
+            m.submodules.mul_lo = lo = RegisteredMultiplier(unsigned(k), unsigned(self.mult_w), dsp=self.dsp)
+            m.submodules.mul_hi = hi = RegisteredMultiplier(signed(self.acc_w - k), unsigned(self.mult_w),
+                                                            dsp=self.dsp)
+            m.d.comb += [lo.a.eq(self.acc[:k]), lo.b.eq(self.mult), hi.a.eq(self.acc[k:].as_signed()),
+                         hi.b.eq(self.mult)]
+            bias = Signal(signed(max(self.bias_w, self.shift_r + 1) + 1))
+            m.d.sync += bias.eq(bias0 + rnd)
+            m.d.sync += total.eq((hi.p << k) + (lo.p + bias))
         z = Signal(signed(prod_w))
         m.d.comb += z.eq(total >> self.shift_r)
         half = 1 << (self.cfg.lut_bits - 1)
@@ -238,13 +267,15 @@ class FixedCellUnit(wiring.Component):
     ``c_addr = lut_address(rshift_round(c_new, F - z_frac))``.
     Interface shared with every cell-state unit: inputs f, i, g, c (cell word), outputs c_new
     (cell word) and c_addr; ``c_latency``/``addr_latency`` as in hwrnn.datapath.pipeline_stages.
+    ``dsp``: elaboration of the two registered multipliers (rtl_gen.multiplier), same latency.
     Reference: hwrnn.formats.cell_update / cell_lut_address.
     """
 
     c_latency = FIXED_CELL_STAGES
     addr_latency = FIXED_CELL_ADDR_STAGES
 
-    def __init__(self, cfg: LayerConfig):
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.dsp = check_dsp(dsp)
         if cfg.cell_format.kind != "fixed":
             raise ConfigError(f"FixedCellUnit needs a fixed:I.F cell format, got {cfg.cell}")
         self.cfg = cfg
@@ -265,11 +296,11 @@ class FixedCellUnit(wiring.Component):
         G, F = cfg.gate_frac, cfg.cell_format.frac_bits
         P = max(G + F, 2 * G)
         cw = cfg.cell_format.width
-        f, i, g, c = (Signal.like(getattr(self, n), name=f"{n}_in") for n in ("f", "i", "g", "c"))
-        m.d.sync += [f.eq(self.f), i.eq(self.i), g.eq(self.g), c.eq(self.c)]  # next to the DSPs
-        fc = Signal(signed(cw + G + 2))
-        ig = Signal(signed(2 * G + 4))
-        m.d.sync += [fc.eq(f * c), ig.eq(i * g)]
+        # operands registered next to the multipliers (DSPs), products registered
+        m.submodules.fc = fcm = RegisteredMultiplier(self.f.shape(), self.c.shape(), signed(cw + G + 2), dsp=self.dsp)
+        m.submodules.ig = igm = RegisteredMultiplier(self.i.shape(), self.g.shape(), signed(2 * G + 4), dsp=self.dsp)
+        m.d.comb += [fcm.a.eq(self.f), fcm.b.eq(self.c), igm.a.eq(self.i), igm.b.eq(self.g)]
+        fc, ig = fcm.p, igm.p
         sh = P - F
         s = Signal(signed(cw + 2 * G + 8 + (P - G - F) + (P - 2 * G)))
         rnd = (1 << (sh - 1)) if sh else 0
@@ -292,12 +323,13 @@ class FixedCellUnit(wiring.Component):
 
 class HRequantizer(wiring.Component):
     """h = rshift_round(Ka * o * sc, 2G), an abits code (latency 3: operands | o*sc | *Ka + rounding,
-    shift).
+    shift). ``dsp``: elaboration of the registered multiplier o*sc (rtl_gen.multiplier).
     Reference: hwrnn.formats.h_code."""
 
     latency = H_REQUANT_STAGES
 
-    def __init__(self, cfg: LayerConfig):
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.dsp = check_dsp(dsp)
         self.cfg = cfg
         super().__init__({
             "o": In(unsigned(fm.gate_width(cfg))),
@@ -309,11 +341,15 @@ class HRequantizer(wiring.Component):
         m = Module()
         G = self.cfg.gate_frac
         Ka = levels(self.cfg.abits)
-        o, sc = Signal.like(self.o, name="o_in"), Signal.like(self.sc, name="sc_in")
-        m.d.sync += [o.eq(self.o), sc.eq(self.sc)]  # next to the DSP
-        prod = Signal(2 * (G + 1))
-        m.d.sync += prod.eq(o * sc)
+        # operands registered next to the multiplier (DSP), product registered
+        m.submodules.prod = mul = RegisteredMultiplier(self.o.shape(), self.sc.shape(), unsigned(2 * (G + 1)),
+                                                       dsp=self.dsp)
+        m.d.comb += [mul.a.eq(self.o), mul.b.eq(self.sc)]
+        prod = mul.p
         p = Signal(2 * (G + 1) + self.cfg.abits + 1)
-        m.d.comb += p.eq(prod * Ka + (1 << (2 * G - 1)))
+        # prod * Ka as (prod << abits) - prod (Ka = 2**abits - 1): a constant multiply would become
+        # a combinational DSP block after the product register (the critical path on ECP5)
+        assert Ka == (1 << self.cfg.abits) - 1
+        m.d.comb += p.eq((prod << self.cfg.abits) - prod + (1 << (2 * G - 1)))
         m.d.sync += self.h.eq(p >> (2 * G))
         return m

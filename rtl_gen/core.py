@@ -17,6 +17,10 @@ Ports (Amaranth streams, valid/ready):
 A step starts when x is accepted (idle, no load or reset_state pending); h_t/c_t become valid
 exactly ``hwrnn.datapath.latency`` cycles later and stay until taken; the next x is accepted from
 the following cycle on.
+
+``dsp`` selects how the registered multipliers (scale-and-bias, cell update, h requantization) are
+elaborated: None = behavioural Amaranth (the emitted Verilog), "ecp5" = MULT18X18D primitives
+with their internal input and output registers (rtl_gen.synth for ECP5); the latency is the same.
 """
 from __future__ import annotations
 
@@ -35,14 +39,17 @@ from hwrnn.quant import levels
 from .blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, LookupTable, ScaleBias)
 from .float_cell import FloatCellUnit
 from .memory import WeightMemory
+from .multiplier import check_dsp
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
 WEIGHT_MODES = ("memory", "stream")
 
 
 class LstmCore(wiring.Component):
-    def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory"):
+    def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory",
+                 dsp: str | None = None):
         fold.check_against(layer.cfg)
+        self.dsp = check_dsp(dsp)
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
         self.weights = weights
@@ -128,10 +135,18 @@ class LstmCore(wiring.Component):
         with m.If(self.load.valid & idle):
             pl = self.load.payload
             m.d.comb += [b_wr.en.eq(pl.sel == LOAD_BIAS), b_wr.addr.eq(pl.addr), b_wr.data.eq(pl.data)]
-            if not streamed:
-                m.d.comb += [wmem.we.eq(pl.sel == LOAD_WEIGHT), wmem.waddr.eq(pl.addr), wmem.wdata.eq(pl.data)]
             with m.If(pl.sel == LOAD_MULT):
                 m.d.sync += mult.eq(pl.data)
+        if not streamed:
+            # weight writes are registered (one cycle later): the write enables of a wide LUT-RAM
+            # weight memory then hang off one flip-flop, not off the load handshake (that path
+            # was critical on ECP5). The word is in place before any read of it: x is accepted
+            # the cycle after the last load word at the earliest, the first read a cycle later.
+            pl = self.load.payload
+            w_we, w_waddr, w_wdata = Signal(), Signal(self.addr_w), Signal(g.word_bits)
+            m.d.sync += [w_we.eq(self.load.valid & idle & (pl.sel == LOAD_WEIGHT)), w_waddr.eq(pl.addr),
+                         w_wdata.eq(pl.data)]
+            m.d.comb += [wmem.we.eq(w_we), wmem.waddr.eq(w_waddr), wmem.wdata.eq(w_wdata)]
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 m.d.sync += idle.eq(1)
@@ -226,7 +241,10 @@ class LstmCore(wiring.Component):
         _, _, _, _, p_tree = unpack(ctl_tree)
         # (2^k - 1) * sum(a), the odd-weight correction's term, formed before it is accumulated
         s2_asum = Signal(fm.unsigned_width((2 ** A - 1) * S * Kw))
-        m.d.sync += s2_asum.eq((Mux(p_tree == 0, asum_al, 0) if serial else asum_al) * Kw)
+        asum_sel = Mux(p_tree == 0, asum_al, 0) if serial else asum_al
+        # * Kw as (x << wbits) - x (Kw = 2**wbits - 1): shifts and a subtraction, not a DSP block
+        assert Kw == (1 << cfg.wbits) - 1
+        m.d.sync += s2_asum.eq((asum_sel << cfg.wbits) - asum_sel)
         ctl_acc = delayed(ctl_tree, 1, "ctl_part")
         s2_valid, s2_first, s2_last, s2_rf, _ = unpack(ctl_acc)
 
@@ -260,7 +278,7 @@ class LstmCore(wiring.Component):
         addrs = []
         sb_latency = None
         for lane in range(PE):
-            sb = ScaleBias(cfg, aw, self.mult_w, bw, layer.shift)
+            sb = ScaleBias(cfg, aw, self.mult_w, bw, layer.shift, dsp=self.dsp)
             m.submodules[f"sb{lane}"] = sb
             m.d.comb += [sb.acc.eq(fins[lane]), sb.mult.eq(mult),
                          sb.bias.eq(b_reg[lane * bw:(lane + 1) * bw].as_signed())]
@@ -289,7 +307,7 @@ class LstmCore(wiring.Component):
         float_cell = cfg.cell_format.kind == "float"
         c_addrs, c_new_all, os_ = [], [], []
         for k in range(U):
-            cu = FloatCellUnit(cfg, pipelined=True) if float_cell else FixedCellUnit(cfg)
+            cu = FloatCellUnit(cfg, pipelined=True, dsp=self.dsp) if float_cell else FixedCellUnit(cfg, dsp=self.dsp)
             m.submodules[f"cell{k}"] = cu
             i_, f_, g_, o_ = gate_vals[4 * k:4 * k + 4]
             m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_old[k * cw:(k + 1) * cw])]
@@ -312,7 +330,7 @@ class LstmCore(wiring.Component):
             m.d.comb += lut.addr.eq(c_addrs[k])
             sc = Signal(lut.data.shape(), name=f"sc{k}")
             m.d.sync += sc.eq(lut.data)
-            hq = HRequantizer(cfg)
+            hq = HRequantizer(cfg, dsp=self.dsp)
             m.submodules[f"hq{k}"] = hq
             m.d.comb += [hq.o.eq(delayed(os_[k], c_lat + a_lat + 2, f"o{k}")), hq.sc.eq(sc)]
             hs.append(hq.h)

