@@ -112,6 +112,8 @@ def build_parser():
     s.add_argument("--baseline", default="float@300", help="results entry of the float baseline")
     s.add_argument("--results", default="results/ptb.json")
     s.add_argument("--runs", default="runs", help="directory for the search's run directories")
+    s.add_argument("--from-results", action="store_true",
+                   help="no training: search over the runs already recorded in --results (hidden sizes as recorded)")
     s.add_argument("--epochs", type=int, default=40)
     s.add_argument("--init-from")
     s.add_argument("--threads", type=int)
@@ -240,6 +242,11 @@ def cmd_search(args) -> int:
             raise ValueError(f"no entry {args.baseline!r} in {args.results}: run the float baseline first or pass --target")
         target = base["model_ppw"]["test"] * (1 + args.tolerance / 100.0)
         baseline_bits = base["bits"]["model_bits"]
+    if args.from_results:
+        from .experiment import recorded_search
+
+        print(json.dumps(recorded_search(results, args.wbits, args.abits, target, baseline_bits), indent=1))
+        return 0
     sizes = [int(s) for s in args.hidden_sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--hidden-sizes must be positive integers, got {args.hidden_sizes!r}")

@@ -241,6 +241,7 @@ def results_table(d: dict) -> str:
         f"W{w or 32}A{a or 32}: {v}" for (w, a), v in HE_TABLE1_LSTM.items()) + ".")
     lines.append("Every number above was measured by `python -m sw_ref experiment` (command in results/ptb.json); "
                  "unfinished runs are marked with the epochs they had.")
+    lines.extend(search_table(d))
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +267,59 @@ def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_b
                 res["size_vs_float_baseline_percent"] = 100.0 * bits["model_bits"] / baseline_bits
             return res
     return {"target_ppw": target_ppw, "chosen_hidden": None, "tried": tried, "reached": False}
+
+
+def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None) -> dict:
+    """``neuron_increase_search`` over the runs already recorded in results `d` (no training):
+    the entries of bit widths (wbits, abits) with the default cell format, by hidden size, each
+    scored by its integer-model test PPW. Every tried size carries its run's ``epochs_done`` and
+    ``finished``; ``provisional`` is True when the answer could still change because a run that
+    missed the target is unfinished (or no entry reached it yet)."""
+    entries = {e["hidden"]: e for e in d["runs"].values()
+               if e["wbits"] == wbits and e["abits"] == abits and e.get("integer_ppw")
+               and e["name"] == _entry_name(wbits, abits, e["hidden"])}
+
+    def evaluate_hidden(h):
+        return entries[h]["integer_ppw"]["test"], entries[h]["bits"]
+
+    res = neuron_increase_search(evaluate_hidden, list(entries), target_ppw, baseline_bits)
+    for t in res["tried"]:
+        e = entries[t["hidden"]]
+        t.update(epochs_done=e["epochs_done"], finished=bool(e.get("finished")))
+    res["provisional"] = not res["tried"] or any(not t["finished"] and t["ppw"] > target_ppw for t in res["tried"])
+    res["from_results"] = True
+    return res
+
+
+def search_table(d: dict, baseline: str = "float@300") -> list[str]:
+    """Markdown lines: the neuron-increase search over the recorded entries for every bit-width
+    pair, target = the float baseline entry's test PPW (or Kapur's baseline if none recorded)."""
+    base = d["runs"].get(baseline)
+    if base is not None and base["model_ppw"].get("test") is not None:
+        target, bbits = base["model_ppw"]["test"], base["bits"]["model_bits"]
+        src = (f"our float baseline {baseline}, test PPW {target:.1f}"
+               + ("" if base.get("finished") else f", itself unfinished at epoch {base['epochs_done']}"))
+    else:
+        target, bbits, src = KAPUR_BASELINE, None, f"Kapur et al.'s float baseline {KAPUR_BASELINE}"
+    pairs = sorted({(e["wbits"], e["abits"]) for e in d["runs"].values() if e["wbits"] is not None})
+    lines = ["", "## Neuron-increase search over the recorded runs", "",
+             f"`python -m sw_ref search --from-results` (Kapur et al.: the smallest hidden size whose integer-model "
+             f"test PPW reaches the target); target: {src}.", "",
+             "| bits | tried (hidden: integer test PPW, epochs) | smallest hidden reaching the target | "
+             "widening cost (model bits) | model size vs float |", "|---|---|---|---|---|"]
+    for w, a in pairs:
+        r = recorded_search(d, w, a, target, bbits)
+        tried = "; ".join(f"{t['hidden']}: {t['ppw']:.1f} ({t['epochs_done']} ep{'' if t['finished'] else ', unfinished'})"
+                          for t in r["tried"]) or "-"
+        if r["reached"]:
+            chosen = f"{r['chosen_hidden']}"
+            cost = f"+{r['widening_cost_bits']:,} (+{r['widening_cost_percent']:.1f} %)"
+            size = "-" if bbits is None else f"{r['size_vs_float_baseline_percent']:.1f} %"
+        else:
+            chosen = "not reached" + (" yet (unfinished runs)" if r["provisional"] else " by the sizes tried")
+            cost = size = "-"
+        lines.append(f"| W{w}A{a} | {tried} | {chosen} | {cost} | {size} |")
+    return lines
 
 
 def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max_rounds: int = 8) -> dict:

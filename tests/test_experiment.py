@@ -109,3 +109,50 @@ def test_ptb_run_script_runs_epoch_by_epoch_to_the_end(tiny_corpus, tmp_path):
     assert e["integer_ppw"]["test"] > 1 and abs(e["gap_percent"]) < 1.0
     # 2 epochs of ~28 batches at 20 batches per invocation: the run resumed more than once
     assert (r.stdout + r.stderr).count("resuming") >= 2
+
+
+def _entry(w, a, h, test, epochs, finished, model_bits):
+    from sw_ref.experiment import _entry_name
+
+    return {"name": _entry_name(w, a, h), "wbits": w, "abits": a, "hidden": h, "cell": None if w is None else "fixed:3.10",
+            "epochs_done": epochs, "finished": finished, "recipe": {"epochs": 40},
+            "model_ppw": {"valid": test + 5, "test": test},
+            "integer_ppw": None if w is None else {"valid": test + 5, "test": test},
+            "gap_percent": None if w is None else 0.0,
+            "bits": {"lstm_layer_bits": model_bits // 10, "lstm_layer_fp32_bits": model_bits, "model_bits": model_bits,
+                     "model_fp32_bits": 4 * model_bits}}
+
+
+def test_search_over_recorded_runs_and_its_table(tmp_path):
+    import subprocess
+    import sys
+
+    from sw_ref.experiment import recorded_search
+
+    runs = [_entry(None, None, 300, 110.0, 40, True, 1000),
+            _entry(4, 2, 300, 125.0, 40, True, 300), _entry(4, 2, 450, 109.5, 40, True, 400),
+            _entry(4, 2, 1000, 108.0, 40, True, 900),
+            _entry(2, 2, 300, 150.0, 40, True, 200), _entry(2, 2, 450, 140.0, 12, False, 250)]
+    d = {"runs": {e["name"]: e for e in runs}}
+    # a W4A2 entry with another cell format is a different design: not a candidate size
+    other = dict(_entry(4, 2, 375, 100.0, 40, True, 350), name="W4A2@375_fp16")
+    d["runs"]["W4A2@375_fp16"] = other
+    r = recorded_search(d, 4, 2, 110.0, baseline_bits=1000)
+    assert r["reached"] and r["chosen_hidden"] == 450 and not r["provisional"]
+    assert [t["hidden"] for t in r["tried"]] == [300, 450] and r["widening_cost_bits"] == 100
+    assert r["size_vs_float_baseline_percent"] == 40.0
+    r = recorded_search(d, 2, 2, 110.0)
+    assert not r["reached"] and r["provisional"] and r["tried"][1] == {
+        "hidden": 450, "ppw": 140.0, "lstm_layer_bits": 25, "model_bits": 250, "epochs_done": 12, "finished": False}
+    r = recorded_search(d, 2, 4, 110.0)
+    assert not r["reached"] and r["tried"] == [] and r["provisional"]
+    table = results_table(d)
+    assert "| W4A2 | 300: 125.0 (40 ep); 450: 109.5 (40 ep) | 450 | +100 (+33.3 %) | 40.0 % |" in table
+    assert "| W2A2 | 300: 150.0 (40 ep); 450: 140.0 (12 ep, unfinished) | not reached yet (unfinished runs) |" in table
+    assert "target: our float baseline float@300, test PPW 110.0." in table
+    # the CLI: no training, the same answer
+    res = tmp_path / "ptb.json"
+    res.write_text(json.dumps(d))
+    out = subprocess.run([sys.executable, "-m", "sw_ref", "search", "--wbits", "4", "--abits", "2", "--tolerance", "0",
+                          "--from-results", "--results", str(res)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["chosen_hidden"] == 450
