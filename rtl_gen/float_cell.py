@@ -13,6 +13,11 @@ Datapath (each step mirrors hwrnn.floatcell._fused_update):
   collecting a sticky bit, add or subtract (ceil for the shifted operand when subtracting),
   take the magnitude, leading-one detect, shift to the result LSB q = max(msb - m, q_min),
   round to nearest even with guard / rest / sticky, carry into the exponent, saturate, pack.
+For 150 MHz on ECP5 no stage chains two carry-chain operations after wide logic: |g| is taken
+before the multiplier, the sum's magnitude comes from three adders side by side (no negation after
+the subtraction), leading-one detectors are log-depth, "bits shifted out" and "bits above t" are
+mask tests rather than second shifters or comparators, and constants are folded into registered
+exponent terms (eb, thr) off the significand path.
 Each step is a named submodule (dec, opa, opb, swap, align, norm, pack, addr): the natural places
 for pipeline registers. The long path is multiplier -> leading-one detector -> shifter -> adder ->
 leading-one detector -> shifter -> incrementer -> pack -> address shifter. Size (yosys generic
@@ -21,7 +26,7 @@ about 660).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,15 +39,35 @@ from .multiplier import RegisteredMultiplier, check_dsp
 
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
-    """bit_length(x) of an unsigned value: a priority encoder (the last matching If wins)."""
+    """bit_length(x) of an unsigned value of `width` bits (0 for x == 0): a log-depth leading-one
+    detector (x padded to a power of two; each level picks the upper half when it is non-zero, so
+    the MSB index is built bit by bit, MSB first), clog2(width) mux levels deep.
+    Continuous assignments only (an ``always @*`` block whose inputs never change after time 0
+    would stay X in Icarus)."""
+    size = 1 << max(0, (width - 1).bit_length())
+    bits = [x[k] if k < width else Const(0, 1) for k in range(size)]
+
+    def lead(lo: int, n: int):
+        """(non-zero, index of the leading one within bits[lo:lo+n]) for n a power of two."""
+        if n == 2:
+            return bits[lo] | bits[lo + 1], bits[lo + 1]
+        half = n // 2
+        nz_lo, i_lo = lead(lo, half)
+        nz_hi, i_hi = lead(lo + half, half)
+        return nz_lo | nz_hi, Cat(Mux(nz_hi, i_hi, i_lo), nz_hi)
+
+    if size == 1:
+        nz, idx = bits[0], Const(0, 1)
+    else:
+        nz, idx = lead(0, size)
     bl = Signal(range(width + 1), name=name)
-    # a Mux chain, not m.If: it becomes a continuous assignment, which Icarus evaluates at time 0
-    # (an `always @*` block whose inputs never change after time 0 would stay X there)
-    v = 0
-    for k in range(width):
-        v = Mux(x[k], k + 1, v)
-    m.d.comb += bl.eq(v)
+    m.d.comb += bl.eq(Mux(nz, idx + 1, 0))
     return bl
+
+
+def _below(n, width: int):
+    """A `width`-bit mask with ones at the bit positions k < n (a thermometer code of n)."""
+    return Cat(*(n > k for k in range(width)))
 
 
 def _clamp(v, lo: int, hi: int):
@@ -126,16 +151,27 @@ class FloatCellUnit(wiring.Component):
         self._cuts = 0
         # ---- decode c, the two exact products ----------------------------------------------------
         st = self._stage(m, "dec")
+        # B = i * g as sign and magnitude: i >= 0, so |i * g| = i * |g| and the sign is g's (a zero
+        # product is positive); taking |g| before the multiplier keeps the negation off the
+        # product's path
+        if p.candidate == "tanh":
+            g_neg = Signal()
+            g_mag = Signal(unsigned(self.g.shape().width))
+            sb0 = Signal()
+            st.d.comb += [g_neg.eq(self.g < 0), g_mag.eq(Mux(g_neg, -self.g, self.g)),
+                          sb0.eq(g_neg & (self.i != 0))]
+        else:
+            g_mag, sb0 = self.g, Const(0, 1)
         if self.pipelined:
             # operands registered next to the multipliers (DSP blocks), products registered (p0 | p1);
             # the significand is decoded before the operand register
             sig = Signal(mb + 1)
             st.d.comb += sig.eq(Cat(self.c[:mb], self.c[mb:mb + e] != 0))
             m.submodules.mul_a = mul_a = RegisteredMultiplier(self.f.shape(), sig.shape(), unsigned(wa), dsp=self.dsp)
-            m.submodules.mul_b = mul_b = RegisteredMultiplier(self.i.shape(), self.g.shape(), signed(wb + 1),
+            m.submodules.mul_b = mul_b = RegisteredMultiplier(self.i.shape(), g_mag.shape(), unsigned(wb),
                                                               dsp=self.dsp)
-            m.d.comb += [mul_a.a.eq(self.f), mul_a.b.eq(sig), mul_b.a.eq(self.i), mul_b.b.eq(self.g)]
-            c_in = self._cut(m, "p0", self.c)
+            m.d.comb += [mul_a.a.eq(self.f), mul_a.b.eq(sig), mul_b.a.eq(self.i), mul_b.b.eq(g_mag)]
+            c_in, sb_p0 = self._cut(m, "p0", self.c, sb0)
         else:
             c_in = self.c
         s_c0 = c_in[e + mb]
@@ -143,31 +179,27 @@ class FloatCellUnit(wiring.Component):
         e_eff0 = Signal(range(1 << e))
         st.d.comb += e_eff0.eq(Mux(E == 0, 1, E))
         if self.pipelined:
-            a, b = mul_a.p, mul_b.p
-            e_eff, s_c = self._cut(m, "p1", e_eff0, s_c0)
+            a, bm = mul_a.p, mul_b.p
+            e_eff, s_c, sb = self._cut(m, "p1", e_eff0, s_c0, sb_p0)
         else:
             sig = Signal(mb + 1)
             st.d.comb += sig.eq(Cat(c_in[:mb], E != 0))
-            a, b = Signal(wa), Signal(signed(wb + 1))
-            st.d.comb += [a.eq(self.f * sig), b.eq(self.i * self.g)]
-            e_eff, s_c = e_eff0, s_c0
+            a, bm = Signal(wa), Signal(wb)
+            st.d.comb += [a.eq(self.f * sig), bm.eq(self.i * g_mag)]
+            e_eff, s_c, sb = e_eff0, s_c0, sb0
 
-        # ---- operand A = f * c: a * 2**(e_eff - bias - m - G); B = i * g: b * 2**-2G, sign-magnitude
+        # ---- operand A = f * c: a * 2**(e_eff - bias - m - G); B = i * g: bm * 2**-2G, sign sb -------
+        # (the leading-one detectors right after the multipliers; the exponents are formed next stage)
         st = self._stage(m, "opa")
         bla = _bitlen(st, a, wa, "bla")
-        ha = Signal(xs)
-        st.d.comb += ha.eq(e_eff + bla - (bias + mb + G + 1))
         st = self._stage(m, "opb")
-        sb = Signal()
-        bm = Signal(wb)
-        st.d.comb += [sb.eq(b < 0), bm.eq(Mux(sb, -b, b))]
         blb = _bitlen(st, bm, wb, "blb")
-        hb = Signal(xs)
-        st.d.comb += hb.eq(blb - (1 + 2 * G))
-        a, bla, ha, bm, blb, hb, sb, s_c = self._cut(m, "p2", a, bla, ha, bm, blb, hb, sb, s_c)
+        a, bla, e_eff, bm, blb, sb, s_c = self._cut(m, "p2", a, bla, e_eff, bm, blb, sb, s_c)
 
         # ---- normalise both operands to W bits; which one is big (a zero operand never is) ----------
         st = self._stage(m, "normab")
+        ha, hb = Signal(xs), Signal(xs)  # MSB exponents of A and B
+        st.d.comb += [ha.eq(e_eff + bla - (bias + mb + G + 1)), hb.eq(blb - (1 + 2 * G))]
         la = Signal(range(W + 1))
         xa = Signal(W)
         st.d.comb += [la.eq(W - bla), xa.eq((a << la)[:W])]
@@ -201,41 +233,58 @@ class FloatCellUnit(wiring.Component):
         shifted = Signal(W + 1)
         st.d.comb += shifted.eq(ys >> d)
         sticky = Signal()
-        st.d.comb += sticky.eq((shifted << d) != ys)
+        # the bits shifted out are those of ys below bit d: a mask compare, not a second shifter
+        st.d.comb += sticky.eq((ys & _below(d, W + 1)) != 0)
         xbig, shifted, sticky, sbig, ssm, hbig = self._cut(m, "p5", xbig, shifted, sticky, sbig, ssm, hbig)
         st = self._stage(m, "add")
-        nrel = Signal(signed(W + 4))
-        st.d.comb += nrel.eq(Mux(sbig == ssm, (xbig << 1) + shifted, (xbig << 1) - shifted - sticky))
+        # the magnitude of x2 +- shifted (x2 = xbig << 1) with three adders side by side, no negation
+        # after the subtraction: x2 - shifted - sticky < 0 only when d = 0 (then sticky = 0 and the
+        # magnitude is shifted - x2); for d >= 1 x2 >= 2**W > shifted
+        x2 = Signal(W + 1)
+        st.d.comb += x2.eq(xbig << 1)
+        total, diff, rdiff = Signal(W + 2), Signal(signed(W + 3)), Signal(W + 1)
+        st.d.comb += [total.eq(x2 + shifted), diff.eq(x2 - shifted - sticky), rdiff.eq(shifted - x2)]
         neg = Signal()
         nm = Signal(W + 2)
         sign = Signal()
-        st.d.comb += [neg.eq(nrel < 0), nm.eq(Mux(neg, -nrel, nrel)), sign.eq(sbig ^ neg)]
-        nm, sign, sticky, hbig = self._cut(m, "p6", nm, sign, sticky, hbig)
+        st.d.comb += [neg.eq((sbig != ssm) & (diff < 0)),
+                      nm.eq(Mux(sbig == ssm, total, Mux(neg, rdiff, diff[:W + 1]))), sign.eq(sbig ^ neg)]
+        # from hbig alone (off the nm path): thr = clamp(sh_min, -(m+1), W+3) + m + 1 with
+        # sh_min = q_min + W - hbig, the smallest shift the format allows; eb = hbig - W + bias - 1
+        sh_min = Signal(signed(xw + 2))
+        st.d.comb += sh_min.eq(q_min + W - hbig)
+        thr0 = Signal(range(W + mb + 5))
+        st.d.comb += thr0.eq(_clamp(sh_min, -(mb + 1), W + 3) + (mb + 1))
+        eb0 = Signal(signed(xw + 2))
+        st.d.comb += eb0.eq(hbig + (bias - 1 - W))
+        nm, sign, sticky, thr, eb = self._cut(m, "p6", nm, sign, sticky, thr0, eb0)
 
         # ---- normalise to the result LSB q = L + sh, L = hbig - W, and round -------------------------
+        # sh = clamp(max(bln - (m+1), sh_min), -(m+1), W+3) = max(bln - (m+1), clamp(sh_min, ...))
+        # because bln - (m+1) lies in [-(m+1), W+1-m]; the shift used below is t = sh + m + 1
         st = self._stage(m, "norm")
         bln = _bitlen(st, nm, W + 2, "bln")
-        sh_n = Signal(xs)
-        sh_min = Signal(xs)
-        sh = Signal(xs)
-        st.d.comb += [sh_n.eq(bln - (1 + mb)), sh_min.eq(q_min + W - hbig)]
-        st.d.comb += sh.eq(_clamp(Mux(sh_n > sh_min, sh_n, sh_min), -(mb + 1), W + 3))
         # kg = floor(nm * 2**-(sh-1)) (the kept bits and the guard bit): shift nm, padded with
         # m + 2 zeros, right by t = sh + m + 1 in 0..W + m + 4
         t = Signal(range(W + mb + 5))
-        st.d.comb += t.eq(sh + (mb + 1))
-        nm, sign, sticky, hbig, sh, t = self._cut(m, "p7", nm, sign, sticky, hbig, sh, t)
+        # bln > thr  <=>  nm has a one at a bit position >= thr: a mask test, no comparator after
+        # the leading-one detector
+        above = Signal()
+        st.d.comb += above.eq((nm & ~_below(thr, W + 2)) != 0)
+        st.d.comb += t.eq(Mux(above, bln, thr))
+        nm, sign, sticky, eb, t = self._cut(m, "p7", nm, sign, sticky, eb, t)
         st = self._stage(m, "round")
-        z2 = Signal(W + 2 + mb + 2)
+        zw = W + 2 + mb + 2
+        z2 = Signal(zw)
         st.d.comb += z2.eq(nm << (mb + 2))
         kg = Signal(mb + 3)
         st.d.comb += kg.eq(z2 >> t)
         rest = Signal()
-        st.d.comb += rest.eq((kg << t) != z2)
+        st.d.comb += rest.eq((z2 & _below(t, zw)) != 0)
         guard, kept0 = kg[0], kg[1:]
         inc0 = Signal()
         st.d.comb += inc0.eq(self._round_increment(guard, rest | sticky, kept0[0]))
-        kept, inc, sign, hbig, sh = self._cut(m, "p8", kept0, inc0, sign, hbig, sh)
+        kept, inc, sign, eb, t = self._cut(m, "p8", kept0, inc0, sign, eb, t)
         st = self._stage(m, "carry")
         sigr = Signal(mb + 2)
         st.d.comb += sigr.eq(kept + inc)
@@ -243,7 +292,8 @@ class FloatCellUnit(wiring.Component):
         sigf0 = Signal(mb + 1)
         st.d.comb += sigf0.eq(Mux(carry, 1 << mb, sigr[:mb + 1]))
         e_out0 = Signal(xs)
-        st.d.comb += e_out0.eq(hbig - W + sh + carry + (mb + bias))
+        # hbig - W + sh + carry + m + bias, with sh = t - (m + 1)
+        st.d.comb += e_out0.eq(eb + t + carry)
         sigf, e_out, sign = self._cut(m, "p9", sigf0, e_out0, sign)
         normal = sigf[mb]
 

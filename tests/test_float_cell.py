@@ -921,3 +921,30 @@ def test_emulation_speed():
         fc.float_cell_lut_address(p, c)
     rate = steps * B * H / (time.perf_counter() - t)
     assert rate > 5e5, f"{rate:.0f} cell updates per second"
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 11, 16, 29])
+def test_bitlen_leading_one_detector(width):
+    """rtl_gen.float_cell._bitlen (log-depth) equals int.bit_length, exhaustively up to 11 bits."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from rtl_gen.float_cell import _bitlen
+
+    m = Module()
+    x = Signal(width)
+    bl = _bitlen(m, x, width, "bl")
+    rng = np.random.default_rng(width)
+    vals = range(1 << width) if width <= 11 else \
+        [0, (1 << width) - 1] + [int(rng.integers(0, 1 << width)) >> int(rng.integers(0, width)) for _ in range(2000)]
+    got = []
+
+    async def tb(ctx):
+        for v in vals:
+            ctx.set(x, v)
+            got.append(ctx.get(bl))
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [v.bit_length() for v in vals]
