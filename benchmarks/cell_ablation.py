@@ -8,6 +8,7 @@ Writes results/cell_ablation.json and results/cell_ablation.md.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,12 @@ from rtl_gen.float_cell import FloatCellUnit  # noqa: E402
 
 
 def cell_unit_resources(cfg: LayerConfig) -> dict:
-    """LUT4/FF/carry/DSP of one cell unit after synth_ecp5 (combinational unit: FFs are 0)."""
-    unit = FloatCellUnit(cfg) if cfg.cell_format.kind == "float" else FixedCellUnit(cfg)
+    """LUT4/FF/carry/DSP of one cell unit after synth_ecp5, built as LstmCore builds it for ECP5
+    (pipelined, multipliers as MULT18X18D with their own registers: dsp="ecp5"), and its latency
+    in cycles (c_new, then the sigmoid(c) address)."""
+    unit = FloatCellUnit(cfg, pipelined=True, dsp="ecp5") if cfg.cell_format.kind == "float" \
+        else FixedCellUnit(cfg, dsp="ecp5")
+    latency = unit.c_latency + unit.addr_latency
     text = rtlil.convert(unit, name="cell")
     work = tempfile.mkdtemp(prefix="cell-synth-", dir=ROOT)  # YoWASP tools cannot see /tmp
     try:
@@ -42,7 +47,8 @@ def cell_unit_resources(cfg: LayerConfig) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     cells = stat["design"]["num_cells_by_type"]
     return {"LUT4": cells.get("LUT4", 0), "CCU2C": cells.get("CCU2C", 0), "MULT18X18D": cells.get("MULT18X18D", 0),
-            "FF": sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")), "cells": stat["design"]["num_cells"]}
+            "FF": sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")), "cells": stat["design"]["num_cells"],
+            "latency_cycles": latency}
 
 
 def main():
@@ -52,6 +58,7 @@ def main():
     p.add_argument("--cells", default="fixed:3.10,fp16,bf16,e4m3,e5m2")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--out", default=os.path.join(ROOT, "results", "cell_ablation"))
+    p.add_argument("--note", default="", help="how the checkpoint was trained (printed under the table)")
     args = p.parse_args()
     import torch
 
@@ -63,9 +70,9 @@ def main():
     model, vocab, meta = load_lm_checkpoint(args.checkpoint)
     corpus = load_ptb(resolve_data_dir(args.data))
     data = getattr(corpus, args.split)
-    res = {"command": "python benchmarks/cell_ablation.py " + " ".join(sys.argv[1:]),
+    res = {"command": "python benchmarks/cell_ablation.py " + shlex.join(sys.argv[1:]),
            "checkpoint": args.checkpoint, "model": f"W{model.cfg.wbits}A{model.cfg.abits} H={model.cfg.hidden}",
-           "trained_epochs": meta.get("epoch"), "split": args.split,
+           "trained_epochs": meta.get("epoch"), "split": args.split, "note": args.note,
            "training_model_ppw": evaluate(model, data), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "formats": {}}
     for cell in args.cells.split(","):
@@ -84,11 +91,17 @@ def main():
              f"Trained model: {res['checkpoint']} (completed epochs: {res['trained_epochs']}"
              + (", a mid-epoch checkpoint" if os.path.basename(res['checkpoint']) == "last.pt" else "") + "); "
              f"training-model PPW {res['training_model_ppw']:.2f}.", "",
-             "| cell | bits | integer-model PPW | LUT4 | CCU2C | MULT18X18D | (one cell unit, yosys synth_ecp5) |",
-             "|---|---|---|---|---|---|---|"]
+             "| cell | bits | integer-model PPW | LUT4 | CCU2C | FF | MULT18X18D | latency (cycles) |",
+             "|---|---|---|---|---|---|---|---|"]
     for cell, e in res["formats"].items():
         u = e["unit_ecp5"]
-        lines.append(f"| {cell} | {e['cell_bits']} | {e['integer_ppw']:.2f} | {u['LUT4']} | {u['CCU2C']} | {u['MULT18X18D']} | |")
+        lines.append(f"| {cell} | {e['cell_bits']} | {e['integer_ppw']:.2f} | {u['LUT4']} | {u['CCU2C']} | {u['FF']} "
+                     f"| {u['MULT18X18D']} | {u['latency_cycles']} |")
+    lines += ["", "Resources: one cell unit as the core builds it for ECP5 (pipelined, MULT18X18D with their own "
+              "operand and product registers, which the FF column does not count), yosys synth_ecp5; latency: "
+              "c_new plus the sigmoid(c) address."]
+    if args.note:
+        lines += ["", args.note]
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
