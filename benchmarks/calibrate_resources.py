@@ -354,7 +354,7 @@ def _cache_note(families):
     if not times:
         return "--reuse: no cached synthesis results"
     fmt = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))  # noqa: E731
-    return (f"--reuse: synthesis results from build/calibration, written by `--synth-only` runs of this script "
+    return (f"--reuse: synthesis results from build/calibration, written by earlier synthesizing runs of this script "
             f"between {fmt(min(times))} and {fmt(max(times))} for this version of the core; per-point synthesis "
             "seconds in the table")
 
