@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,9 +150,14 @@ def check_fit(layer: QuantLayer, fold: Folding, spec: BoardSpec) -> dict:
 # ---- the tool run ----------------------------------------------------------------------------------
 
 def tool_env(base=None) -> dict:
+    """The build's environment: Amaranth's tool variables default to the YoWASP tools, and the
+    running interpreter's bin directory (a venv's, where pip puts them) leads PATH, so a build
+    started as `.venv/bin/python -m boards ...` finds them without an activated venv."""
     env = dict(os.environ if base is None else base)
     for k, v in YOWASP_ENV.items():
         env.setdefault(k, v)
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "") if env.get("PATH") else bindir
     return env
 
 
@@ -346,5 +352,6 @@ def report_text(r: dict) -> str:
         lines.append(r["note"])
     if "error" in r:
         lines.append(f"FAILED: {r['error']}")
-    lines.append(f"run: {r['run']}")
+    if "run" in r:
+        lines.append(f"run: {r['run']}")
     return "\n".join(lines) + "\n"

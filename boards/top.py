@@ -71,7 +71,7 @@ BOARDS = {
     "ulx3s": BoardSpec("ulx3s", "Radiona ULX3S (ECP5-85F)", "lfe5u-85f", "ecp5", True, 25e6,
                        "FIRE1 button (BTN1) + power-on reset", 115200, 8, 16),
     "icebreaker": BoardSpec("icebreaker", "1BitSquared iCEBreaker (iCE40UP5K)", "ice40up5k", "ice40", True, 12e6,
-                            "user button (BTN_N) + power-on reset", 115200, 4, 8, "/dev/ttyUSB1"),
+                            "user button (BTN_N) + power-on reset", 115200, 4, 4, "/dev/ttyUSB1"),
     "arty_a7_35": BoardSpec("arty_a7_35", "Digilent Arty A7-35T", "xc7a35t", "xilinx", False, 50e6,
                             "CK_RST button or MMCM unlocked", 115200, 16, 32, "/dev/ttyUSB1"),
     "arty_a7_100": BoardSpec("arty_a7_100", "Digilent Arty A7-100T", "xc7a100t", "xilinx", False, 50e6,

@@ -303,3 +303,19 @@ def test_arty_build_tree_for_vivado(tmp_path):
     assert "D10" in xdc and "A9" in xdc and "C2" in xdc  # UART pins, reset button
     v = (out / "hwrnn_board.v").read_text()
     assert "MMCME2_BASE" in v and "CLKFBOUT_MULT_F(10.0)" in v and "CLKOUT0_DIVIDE_F(20.0)" in v
+
+
+def test_build_finds_the_yowasp_tools_next_to_the_interpreter():
+    """`.venv/bin/python -m boards build` without an activated venv: the tools pip put next to the
+    interpreter are found even when PATH lacks that directory."""
+    import os
+    import sys
+
+    from boards.build import BOARDS, missing_tools, tool_env
+
+    env = tool_env({"PATH": "/nonexistent"})
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    for board in ("ulx3s", "icebreaker"):
+        assert missing_tools(BOARDS[board], {"PATH": "/nonexistent"}) == []
+    # a tool that is nowhere is still reported by its variable
+    assert missing_tools(BOARDS["ulx3s"], {"PATH": "/nonexistent", "YOSYS": "no-such-yosys"}) == ["YOSYS=no-such-yosys"]
