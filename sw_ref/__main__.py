@@ -231,17 +231,17 @@ def cmd_table(args) -> int:
 def cmd_search(args) -> int:
     import os
 
-    from .experiment import _entry_name, load_results, neuron_increase_search, run_experiment, save_results
+    from .experiment import (_entry_name, baseline_target, load_results, neuron_increase_search, run_experiment,
+                             save_results)
 
     results = load_results(args.results)
     target = args.target
     baseline_bits = None
     if target is None:
-        base = results["runs"].get(args.baseline)
-        if base is None:
+        bt = baseline_target(results, args.baseline, args.tolerance)
+        if bt is None:
             raise ValueError(f"no entry {args.baseline!r} in {args.results}: run the float baseline first or pass --target")
-        target = base["model_ppw"]["test"] * (1 + args.tolerance / 100.0)
-        baseline_bits = base["bits"]["model_bits"]
+        target, baseline_bits = bt
     if args.from_results:
         from .experiment import recorded_search
 

@@ -291,12 +291,22 @@ def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None) -> di
     return res
 
 
+def baseline_target(d: dict, baseline: str, tolerance: float = 0.0):
+    """(target test PPW, model bits) of the float baseline entry `baseline` in results `d`: its
+    test PPW plus `tolerance` percent; None when the entry (or its test PPW) is not recorded."""
+    base = d["runs"].get(baseline)
+    if base is None or base["model_ppw"].get("test") is None:
+        return None
+    return base["model_ppw"]["test"] * (1 + tolerance / 100.0), base["bits"]["model_bits"]
+
+
 def search_table(d: dict, baseline: str = "float@300") -> list[str]:
     """Markdown lines: the neuron-increase search over the recorded entries for every bit-width
     pair, target = the float baseline entry's test PPW (or Kapur's baseline if none recorded)."""
     base = d["runs"].get(baseline)
-    if base is not None and base["model_ppw"].get("test") is not None:
-        target, bbits = base["model_ppw"]["test"], base["bits"]["model_bits"]
+    bt = baseline_target(d, baseline)
+    if bt is not None:
+        target, bbits = bt
         src = (f"our float baseline {baseline}, test PPW {target:.1f}"
                + ("" if base.get("finished") else f", itself unfinished at epoch {base['epochs_done']}"))
     else:

@@ -285,14 +285,9 @@ module MULT18X18D(A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4
     reg sa_r = 1'b0, sb_r = 1'b0;
     always @(posedge CLK0) begin
         if (RST0) begin
-            a_r <= 18'd0; sa_r <= 1'b0;
+            a_r <= 18'd0; sa_r <= 1'b0; b_r <= 18'd0; sb_r <= 1'b0;
         end else if (CE0) begin
-            a_r <= A; sa_r <= SIGNEDA;
-        end
-        if (RST0) begin
-            b_r <= 18'd0; sb_r <= 1'b0;
-        end else if (CE0) begin
-            b_r <= B; sb_r <= SIGNEDB;
+            a_r <= A; sa_r <= SIGNEDA; b_r <= B; sb_r <= SIGNEDB;
         end
     end
     wire [17:0] a_q = (REG_INPUTA_CLK == "NONE") ? A : a_r;
