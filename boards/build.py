@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, bias_width, latency
 from hwrnn.devices import DEVICES
+from rtl_gen.synth import tool_search_path
 
 from .top import BOARDS, DEFAULT_FRAME_TIMEOUT_S, BoardSpec, BoardTop
 
@@ -156,8 +156,7 @@ def tool_env(base=None) -> dict:
     env = dict(os.environ if base is None else base)
     for k, v in YOWASP_ENV.items():
         env.setdefault(k, v)
-    bindir = os.path.dirname(sys.executable)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "") if env.get("PATH") else bindir
+    env["PATH"] = tool_search_path(env.get("PATH", ""))
     return env
 
 

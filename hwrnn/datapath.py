@@ -30,16 +30,20 @@ from .quant import levels
 #: sum (two levels of small carry-chain adders and their routing fit one 150 MHz ECP5 cycle; three
 #: measured 7.2 ns, 140 MHz, on W4A2 H=32 SIMD=32)
 TREE_LEVELS_PER_STAGE = 2
-#: fixed-point cell unit: operands | products | sum + rounding constant | shift + saturation -> c_new; then the
-#: sigmoid(c) address from the registered c_new. The float cell unit (rtl_gen.float_cell, pipelined):
-#: operands | products | leading ones | normalise + compare | swap + exponent difference | align | add + abs |
-#: leading one + shift amount | round | carry + exponent | pack -> c_new; then the address in three
-#: (decode | shift + round | clamp).
-FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = 4, 1
-FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = 11, 3
+#: fixed-point cell unit: operands | products | sum + rounding constant | shift + saturation -> c_new; the
+#: sigmoid(c) address (rounding shift, clamp) is formed from the registered c_new straight into the
+#: table's read-address register (no stage of its own). The float cell unit (rtl_gen.float_cell,
+#: pipelined): operands | products | leading ones | normalise + compare | swap + exponent difference |
+#: align | add + abs | leading one + shift amount | round | carry + exponent | pack -> c_new (the
+#: address's signed significand and clamped shift registered beside it); then the address in one
+#: (shift + round), clamped into the table's read-address register.
+FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = 4, 0
+FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = 11, 1
 # every multiplier (a DSP block) has its operands registered right before it and its product
-# registered right after it, so that the placer can keep both routes short
-SCALE_BIAS_STAGES = 4   # operands | product | + bias + rounding constant | shift, clamp, LUT address
+# registered right after it, so that the placer can keep both routes short; the odd-weight
+# correction 2*acc - (2^k - 1)*sum(a) is formed in front of the scale multiplier's operand register,
+# and the LUT address (shift, clamp, offset) in front of the table's read-address register
+SCALE_BIAS_STAGES = 3   # operands | product | + bias + rounding constant (-> shift, clamp, LUT address)
 H_REQUANT_STAGES = 3    # operands | o * sc | * Ka + rounding, shift -> h code
 
 
@@ -73,8 +77,7 @@ def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
         "weight_register": 1,        # the word registered next to its activation slice
         "popcount_tree": tree_registers(dot_levels(cfg, fold)),
         "partial": 1,                # popcount MAC lane result
-        "accumulate": 1,
-        "odd_correction": 1,         # 2*acc - (2^k - 1)*sum(a)
+        "accumulate": 1,             # then 2*acc - (2^k - 1)*sum(a) into the scale multiplier's operands
         "scale_bias": SCALE_BIAS_STAGES,
         "gate_lut_read": 1,
         "gate_register": 1,

@@ -389,17 +389,18 @@ def scale_bias_regs(sh: CoreShape) -> dict[str, int]:
     """Flip-flops of one ScaleBias lane by register: operands acc / mult / bias0, product prod (the
     sign-extension bit of a signed x unsigned product is a copy, merged), bias, the sum ``total``
     (only the bits at and above the shift are read; its effective width is one more than its widest
-    addend's), addr."""
+    addend's). The address goes combinationally into the gate table's read-address register."""
     aw, mw, bw, r = sh.acc_width, sh.mult_bits, sh.bias_bits, sh.shift
     prod = aw + mw
     total = min(sh.prod_width, max(prod, max(bw, r + 1) + 1) + 1)
-    return {"acc": aw, "mult": mw, "bias0": bw, "prod": prod, "bias": bw, "total": max(0, total - r), "addr": sh.L}
+    return {"acc": aw, "mult": mw, "bias0": bw, "prod": prod, "bias": bw, "total": max(0, total - r)}
 
 
 def fixed_cell_regs(cfg: LayerConfig) -> dict[str, int]:
     """Flip-flops of one FixedCellUnit by register (rtl_gen.blocks.FixedCellUnit): operands, the
     products f*c and i*g (LSBs that only meet zeros of the other, shifted addend below the rounding
-    position are unread), the sum s from the rounding position up, c_new, c_addr."""
+    position are unread), the sum s from the rounding position up, c_new (c_addr is combinational,
+    into the sigmoid(c) table's read-address register)."""
     G, F = cfg.gate_frac, cfg.cell_format.frac_bits
     P = max(G + F, 2 * G)
     cw, G1, cand = cfg.cell_format.width, gate_width(cfg), candidate_width(cfg)
@@ -408,15 +409,15 @@ def fixed_cell_regs(cfg: LayerConfig) -> dict[str, int]:
     fc = fc_w - max(0, min(b - a, sh - 1 - a)) if b > a else fc_w
     ig = ig_w - max(0, min(a - b, sh - 1 - b)) if a > b else ig_w
     s = max(a + fc_w, b + ig_w) + 1 - sh
-    return {"operands": cw + 2 * G1 + cand, "fc": fc, "ig": ig, "s": max(0, s), "c_new": cw, "c_addr": cfg.lut_bits}
+    return {"operands": cw + 2 * G1 + cand, "fc": fc, "ig": ig, "s": max(0, s), "c_new": cw}
 
 
 def float_cell_regs(cfg: LayerConfig) -> dict[str, int]:
-    """Flip-flops of one pipelined FloatCellUnit: the declared widths of its 14 register cuts
-    (rtl_gen/float_cell.py ``_cut``: 11 to c_new, 3 to the sigmoid(c) address). The calibration
-    sweep has no float cell; a synth_ecp5 run of W2A2 H=8 PE 4 SIMD 4 with fp16 cells and a
-    one-stage address (an earlier version of the unit) had 1956 flip-flops in total against 1940
-    predicted for that version."""
+    """Flip-flops of one pipelined FloatCellUnit: the declared widths of its 12 register cuts
+    (rtl_gen/float_cell.py ``_cut``: 11 to c_new, with the address's significand and shift beside
+    it, and 1 more to the sigmoid(c) address). The calibration sweep has no float cell; a synth_ecp5
+    run of W2A2 H=8 PE 4 SIMD 4 with fp16 cells and a one-stage address (an earlier version of the
+    unit) had 1956 flip-flops in total against 1940 predicted for that version."""
     from .floatcell import cell_params  # noqa: PLC0415  (float formats only)
 
     p = cell_params(cfg)
@@ -437,9 +438,8 @@ def float_cell_regs(cfg: LayerConfig) -> dict[str, int]:
         "p8": mb + 2 + 2 + 2 * xw,
         "p9": mb + 1 + xw + 1,
         "c_new": p.fmt.width,
-        "p11": mb + 2 + rb(p.lut_bits + mb + 4),   # the address: signed significand, clamped shift
-        "p12": mb + 2 + p.lut_bits + 2,           # shifted and rounded
-        "c_addr": p.lut_bits,                     # clamped + offset
+        "p10": mb + 2 + rb(p.lut_bits + mb + 4),   # beside c_new: the address's signed significand, clamped shift
+        "p11": mb + 2 + p.lut_bits + 2,           # shifted and rounded (then clamped + offset, combinational)
     }
     return cuts
 
@@ -515,7 +515,7 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
     state = (X + H) * A + H * A + g.padded_units * cw                   # act (x, h), h_next, c_all
     stream = g.word_bits if sh.weights == "stream" else 0               # the captured streamed word
     wload = (1 + sh.addr_bits + g.word_bits) if sh.weights == "memory" else 0  # registered weight write
-    tail = 1 + 1 + SCALE_BIAS_STAGES + 2 + c_lat + a_lat + 2 + H_REQUANT_STAGES  # s3, fin, sb, lut, cell, sc, hq
+    tail = 1 + SCALE_BIAS_STAGES + 2 + c_lat + a_lat + 2 + H_REQUANT_STAGES  # s3, sb, lut, cell, sc, hq
     control = (3 * (3 + dl)                                             # valid, first, last to the accumulators
                + sh.rf_bits * (3 + dl + tail)                           # row fold to h_next
                + tail                                                   # valid after the accumulators
@@ -525,9 +525,7 @@ def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
            + PE * sh.dot_width                                          # partials
            + (dl - asum_lat) * asum_out                                 # asum delayed to the dot latency
            + unsigned_width(levels(A) * S * levels(W))                  # Kw * sum(a)
-           + sh.asum_width + W + PE * sh.s1_width                       # acc_a, accumulators
-           + PE * sh.bias_bits                                          # b_reg
-           + PE * sh.acc_width)                                         # fin
+           + sh.asum_width + W + PE * sh.s1_width)                      # acc_a, accumulators
     gates = U * (3 * G1 + cand) + U * cw                                # gate registers, c_old
     o_path = U * G1 * (c_lat + a_lat + 2) + U * G1                      # o delayed to the requantizer, sc
     state += controller + stream + wload + control + mac + gates + o_path
@@ -590,8 +588,8 @@ def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
     * (the weight memory's write port is fed from the core's own write register, so read-old-data
       emulation registers of the weight and the bias memory no longer see the same load data);
     * 7-series: registers of the core right before a DSP block's ports are packed into it too
-      (its second operand register stage): fin (acc port of the scale-and-bias product), the gate
-      registers f, i, g and c_old (cell-unit products), the last o delay and sc (requantizer)."""
+      (its second operand register stage): the gate registers f, i, g and c_old (cell-unit products),
+      the last o delay and sc (requantizer)."""
     saving = 0
     g, cfg = sh.g, sh.cfg
     absorb = _dsp_absorbs(family, sh)
@@ -599,8 +597,6 @@ def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
         pass  # the lanes' copies of M are the DSP blocks' own operand registers
     elif not absorb["scale_bias"]:
         saving += (sh.PE - 1) * sh.mult_bits
-    else:
-        saving += sh.PE * sh.acc_width
     if sh.serial and sh.W > 1:
         saving += sh.PE * _bits_of_range(sh.W) * dot_tree_ff(sh)[1]
     G1 = gate_width(cfg)

@@ -161,11 +161,12 @@ class ActivationSum(wiring.Component):
 
 
 class ScaleBias(wiring.Component):
-    """Scale-and-bias unit plus LUT address (latency 4 = hwrnn.datapath.SCALE_BIAS_STAGES):
-    operands | product acc*mult | + bias + 2^(R-1) | shift, clamp, offset -> addr (each registered).
+    """Scale-and-bias unit plus LUT address (latency 3 = hwrnn.datapath.SCALE_BIAS_STAGES):
+    operands | product acc*mult | + bias + 2^(R-1), each registered; then shift, clamp and offset
+    combinationally to ``addr``, which is meant for a table's read-address register.
 
     ``addr = clamp(rshift_round(acc * mult + bias, R), -2**(L-1), 2**(L-1)-1) + 2**(L-1)``;
-    acc, mult and bias are sampled in the same cycle, addr follows 4 cycles later.
+    acc, mult and bias are sampled in the same cycle, addr is valid 3 cycles later.
     ``mult`` is an input (loadable multiplier register), R is fixed at generation.
     ``dsp``: elaboration of the operand/product registers and the multiplier (rtl_gen.multiplier:
     None behavioural, "ecp5" MULT18X18D with internal registers; an acc wider than 18 bits is then
@@ -231,7 +232,7 @@ class ScaleBias(wiring.Component):
         m.d.comb += z.eq(total >> self.shift_r)
         half = 1 << (self.cfg.lut_bits - 1)
         clamped = Mux(z < -half, -half, Mux(z > half - 1, half - 1, z))
-        m.d.sync += self.addr.eq((clamped + half)[:self.cfg.lut_bits])
+        m.d.comb += self.addr.eq((clamped + half)[:self.cfg.lut_bits])
         return m
 
 
@@ -261,7 +262,8 @@ class LookupTable(wiring.Component):
 class FixedCellUnit(wiring.Component):
     """Fixed-point cell-state update and the sigmoid(c) LUT address, pipelined:
     operands | products f*c, i*g | aligned sum + rounding constant | shift + saturation -> c_new
-    (``c_latency`` = 4 cycles after f, i, g, c) | rounding shift + clamp -> c_addr (``addr_latency`` = 1 more).
+    (``c_latency`` = 4 cycles after f, i, g, c), then rounding shift + clamp -> c_addr combinationally
+    from the registered c_new (``addr_latency`` = 0; c_addr is meant for a table's read-address register).
 
     ``c_new = sat(rshift_round(f*c << (P-G-F) + i*g << (P-2G), P-F))``;
     ``c_addr = lut_address(rshift_round(c_new, F - z_frac))``.
@@ -317,7 +319,7 @@ class FixedCellUnit(wiring.Component):
             m.d.comb += zc.eq(self.c_new)
         half = 1 << (cfg.lut_bits - 1)
         clamped = Mux(zc < -half, -half, Mux(zc > half - 1, half - 1, zc))
-        m.d.sync += self.c_addr.eq((clamped + half)[:cfg.lut_bits])
+        m.d.comb += self.c_addr.eq((clamped + half)[:cfg.lut_bits])
         return m
 
 

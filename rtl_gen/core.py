@@ -258,30 +258,28 @@ class LstmCore(wiring.Component):
         s3_valid = Signal()
         s3_rf = Signal.like(rf)
         m.d.sync += [s3_valid.eq(s2_valid & s2_last), s3_rf.eq(s2_rf)]
-        # bias word of the row fold: read while the last partial is accumulated, registered
+        # bias word of the row fold: read while the last partial is accumulated (valid with the sums)
         m.d.comb += b_rd.addr.eq(s2_rf)
-        b_reg = Signal.like(b_rd.data)
-        m.d.sync += b_reg.eq(b_rd.data)
+        b_word = b_rd.data
 
-        # odd-weight correction 2*acc - (2^k - 1)*sum(a), registered
+        # odd-weight correction 2*acc - (2^k - 1)*sum(a), into the scale multiplier's operand register
         aw = fm.acc_width(cfg)
         fins = []
         for lane in range(PE):
             fin = Signal(signed(aw), name=f"fin{lane}")
             twice = Cat(Const(0, 1), accs[lane], Const(0, 1)).as_signed()  # 2*acc, non-negative
-            m.d.sync += fin.eq(twice - Cat(acc_a, Const(0, 1)).as_signed())
+            m.d.comb += fin.eq(twice - Cat(acc_a, Const(0, 1)).as_signed())
             fins.append(fin)
-        s4_valid = delayed(s3_valid, 1, "v_fin")
-        s4_rf = delayed(s3_rf, 1, "rf_fin")
+        s4_valid, s4_rf = s3_valid, s3_rf
 
-        # scale and bias -> gate LUT address (ScaleBias.latency registers)
+        # scale and bias -> gate LUT address (ScaleBias.latency registers, the address into the LUT's)
         addrs = []
         sb_latency = None
         for lane in range(PE):
             sb = ScaleBias(cfg, aw, self.mult_w, bw, layer.shift, dsp=self.dsp)
             m.submodules[f"sb{lane}"] = sb
             m.d.comb += [sb.acc.eq(fins[lane]), sb.mult.eq(mult),
-                         sb.bias.eq(b_reg[lane * bw:(lane + 1) * bw].as_signed())]
+                         sb.bias.eq(b_word[lane * bw:(lane + 1) * bw].as_signed())]
             addrs.append(sb.addr)
             sb_latency = sb.latency
         s5_valid = delayed(s4_valid, sb_latency, "v_sb")

@@ -81,7 +81,7 @@ class FloatCellUnit(wiring.Component):
     c In(unsigned(1+e+m)) (cell word); c_new Out(unsigned(1+e+m)); c_addr Out(lut_bits), the
     address of sigmoid(c_new). ``cfg``: a LayerConfig with a float cell format, or a
     hwrnn.floatcell.FloatCellParams.
-    ``pipelined``: registers at the p0..p13 boundaries (``c_latency``/``addr_latency`` as in
+    ``pipelined``: registers at the p0..p11 boundaries (``c_latency``/``addr_latency`` as in
     hwrnn.datapath), the two products through rtl_gen.multiplier.RegisteredMultiplier (p0 | p1)
     elaborated as ``dsp`` says (None behavioural, "ecp5" MULT18X18D); combinational otherwise.
     """
@@ -301,37 +301,50 @@ class FloatCellUnit(wiring.Component):
         st = self._stage(m, "pack")
         e_field = Signal(e)
         mant = Signal(mb)
-        over = normal & (e_out > fmt.e_max_field)
+        over = Signal()
+        st.d.comb += over.eq(normal & (e_out > fmt.e_max_field))
         st.d.comb += [e_field.eq(Mux(over, fmt.e_max_field, Mux(normal, e_out[:e], 0))),
                       mant.eq(Mux(over, (1 << mb) - 1, sigf[:mb]))]
         c_word = Signal(1 + e + mb)
         st.d.comb += c_word.eq(Cat(mant, e_field, sign & (sigf != 0)))
-        cn = self._cut(m, "p10", c_word)
+
+        # ---- sigmoid(c_new) LUT address: clamp(round_half_up(c_new * 2**z_frac)) + 2**(L-1) ------------
+        # decoded from the unpacked fields beside the pack (not from the packed word): the packed
+        # significand is all ones on overflow, else sigf (a normal sigf has its hidden bit, a
+        # subnormal one has not); the effective exponent is e_max on overflow, e_out when normal
+        # (then 1 <= e_out <= e_max), 1 when subnormal. v = +-significand; tc = clamp(t, -(m+3), L)
+        # + m + 3 with t = E_eff - (bias + m - z_frac), as clamp(E_eff - k0, 0, L + m + 3), k0 =
+        # bias - z_frac - 3: the comparisons and the subtraction read e_out side by side
+        L = p.lut_bits
+        k0 = bias - p.z_frac - 3
+        tc_hi = L + mb + 3
+
+        def tc_of(x: int) -> int:
+            return min(max(x - k0, 0), tc_hi)
+
+        st = self._stage(m, "addr_dec")
+        v0 = Signal(signed(mb + 2))
+        top = (1 << (mb + 1)) - 1
+        st.d.comb += v0.eq(Mux(over, Mux(sign, -top, top), Mux(sign, -sigf, sigf)))
+        tc_n = Signal(range(tc_hi + 1))
+        st.d.comb += tc_n.eq(Mux(e_out < k0, 0, Mux(e_out > k0 + tc_hi, tc_hi, e_out - k0)))
+        tc0 = Signal(range(tc_hi + 1))
+        st.d.comb += tc0.eq(Mux(over, tc_of(fmt.e_max_field), Mux(normal, tc_n, tc_of(1))))
+        cn, v, tc = self._cut(m, "p10", c_word, v0, tc0)
         m.d.comb += self.c_new.eq(cn)
         assert self._cuts == self.c_latency, (self._cuts, self.c_latency)
 
-        # ---- sigmoid(c_new) LUT address: clamp(round_half_up(c_new * 2**z_frac)) + 2**(L-1) ------------
-        st = self._stage(m, "addr")
-        L = p.lut_bits
-        En = cn[mb:mb + e]
-        sig_n = Signal(mb + 1)
-        st.d.comb += sig_n.eq(Cat(cn[:mb], En != 0))
-        v = Signal(signed(mb + 2))
-        st.d.comb += v.eq(Mux(cn[e + mb], -sig_n, sig_n))
-        tt = Signal(xs)
-        st.d.comb += tt.eq(Mux(En == 0, 1, En) - (bias + mb - p.z_frac))
-        tc0 = Signal(range(L + mb + 4))  # clamp(t, -(m+3), L) + m + 3
-        st.d.comb += tc0.eq(_clamp(tt, -(mb + 3), L) + (mb + 3))
-        v, tc = self._cut(m, "p11", v, tc0)
         st = self._stage(m, "addr_shift")
         wv = Signal(signed(mb + 2 + L + mb + 3))
         st.d.comb += wv.eq(v << tc)
         y0 = Signal(signed(mb + 2 + L + 2))
         st.d.comb += y0.eq(((wv >> (mb + 2)) + 1) >> 1)  # floor(v * 2**t + 1/2)
-        y = self._cut(m, "p12", y0)
+        y = self._cut(m, "p11", y0)
+        assert self._cuts == self.c_latency + self.addr_latency, (self._cuts, self.addr_latency)
+        # clamped and offset into the table's read-address register (combinational here)
         st = self._stage(m, "addr_clamp")
         half = 1 << (L - 1)
         addr = Signal(L)
         st.d.comb += addr.eq((_clamp(y, -half, half - 1) + half)[:L])
-        m.d.comb += self.c_addr.eq(self._cut(m, "p13", addr))
+        m.d.comb += self.c_addr.eq(addr)
         return m

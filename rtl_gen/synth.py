@@ -110,10 +110,18 @@ class SynthError(RuntimeError):
 
 # ---- tools ----------------------------------------------------------------------------------------
 
+def tool_search_path(path: str | None = None) -> str:
+    """``path`` (default: $PATH) with the running interpreter's bin directory first: where pip puts
+    the YoWASP tools of a venv, so `.venv/bin/python -m ...` finds them without an activated venv.
+    Shared by the synthesis runs here and the board builds (boards.build.tool_env)."""
+    path = os.environ.get("PATH", "") if path is None else path
+    bindir = os.path.dirname(sys.executable)
+    return bindir + os.pathsep + path if path else bindir
+
+
 def tool_path(exe: str) -> str:
     """Absolute path of a YoWASP tool (the venv's bin directory first); SynthError if missing."""
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    found = shutil.which(exe, path=path)
+    found = shutil.which(exe, path=tool_search_path())
     if not found:
         raise SynthError(f"{exe} not found: install it with `pip install {TOOL_PACKAGES.get(exe, exe)}` "
                          f"(listed in hwrnn's test extras)")

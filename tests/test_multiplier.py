@@ -255,13 +255,15 @@ module tb;
 endmodule
 """)
         outs[dsp] = _run_icarus(str(work), ["tb.v", "sb.v", MODEL]).split()
-    # reference: hwrnn.formats-style arithmetic, addr of input k after edge k + 4
+    # reference: hwrnn.formats-style arithmetic; input k is sampled at edge k + 1 (the loop's k-th) and
+    # its addr (combinational after the last of ScaleBias.latency registers) is printed after edge k + latency
+    lat = ScaleBias.latency
     half = 1 << (cfg.lut_bits - 1)
     for k in range(n):
         z = (acc[k] * mult[k] + bias[k] + (1 << (shift - 1))) >> shift
         want = min(max(z, -half), half - 1) + half
-        assert int(outs[None][k + 3], 16) == want, k
-    assert outs[None][3:] == outs["ecp5"][3:]
+        assert int(outs[None][k + lat - 1], 16) == want, k
+    assert outs[None][lat - 1:] == outs["ecp5"][lat - 1:]
 
 
 # ---- whole core with dsp="ecp5" against the integer model (Icarus, cocotb) ----------------------

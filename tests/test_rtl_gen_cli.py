@@ -49,26 +49,26 @@ def test_outputs_and_manifest(small_build):
 def test_mac_cycles_formula_for_non_dividing_sizes():
     cfg = LayerConfig(wbits=3, abits=2, hidden=10, input=7)
     # PE 8 -> 2 units per fold -> 5 row folds; 17 columns / SIMD 5 -> 4 column folds
-    # tail: 22 fixed stages + popcount-tree registers, one every 2 adder levels (SIMD 5 -> 3 levels,
+    # tail: 19 fixed stages + popcount-tree registers, one every 2 adder levels (SIMD 5 -> 3 levels,
     # then 3*2 plane terms -> 3 more in parallel mode: 6 levels, 2 registers; 1 plane term x 2 -> 1
-    # more in serial mode: 4 levels, 1 register); the float cell unit adds 9 stages
-    assert latency(cfg, Folding(pe=8, simd=5)) == 5 * 4 + 24
-    assert latency(cfg, Folding(pe=8, simd=5, planes="serial")) == 5 * 4 * 3 + 23
-    assert latency(LayerConfig(wbits=3, abits=2, hidden=10, input=7, cell="fp16"), Folding(pe=8, simd=5)) == 5 * 4 + 33
+    # more in serial mode: 4 levels, 1 register); the float cell unit adds 8 stages
+    assert latency(cfg, Folding(pe=8, simd=5)) == 5 * 4 + 21
+    assert latency(cfg, Folding(pe=8, simd=5, planes="serial")) == 5 * 4 * 3 + 20
+    assert latency(LayerConfig(wbits=3, abits=2, hidden=10, input=7, cell="fp16"), Folding(pe=8, simd=5)) == 5 * 4 + 29
 
 
-@pytest.mark.parametrize("cell,lo,hi", [("fixed:3.10", 22, 29), ("fp16", 31, 38)])
-def test_pipeline_tail_bounds(cell, lo, hi):
-    """SPEC 5 allows a fixed tail of at most 32 cycles: fixed-point cells stay within it (22..29) for
-    every bit width and SIMD up to 512; the 14-stage float cell unit makes float tails 31..38 (over
-    by up to 6 cycles for the widest arrays, 4 at SIMD <= 64; README says so)."""
+@pytest.mark.parametrize("cell,lo,hi,hi_simd64", [("fixed:3.10", 19, 26, 24), ("fp16", 27, 34, 32)])
+def test_pipeline_tail_bounds(cell, lo, hi, hi_simd64):
+    """SPEC 5 allows a fixed tail of at most 32 cycles: fixed-point cells stay within it (19..26) for
+    every bit width and SIMD up to 512; float cells (12-stage unit) stay within it up to SIMD 64
+    (27..32) and go up to 2 over with SIMD 512 and wide bit-plane arrays (README says so)."""
     for wbits in range(1, 9):
         for abits in range(1, 9):
             cfg = LayerConfig(wbits=wbits, abits=abits, hidden=8, cell=cell)
             for simd in (1, 2, 7, 32, 64, 512):
                 for planes in ("parallel", "serial"):
                     tail = pipeline_depth(cfg, Folding(pe=4, simd=simd, planes=planes))
-                    assert lo <= tail <= hi, (wbits, abits, simd, planes, tail)
+                    assert lo <= tail <= (hi if simd > 64 else hi_simd64), (wbits, abits, simd, planes, tail)
 
 
 @pytest.mark.parametrize("args,msg", [
