@@ -45,6 +45,15 @@ LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
 WEIGHT_MODES = ("memory", "stream")
 
 
+def port_widths(layer: QuantLayer, fold: Folding) -> dict:
+    """Widths the core's ports and registers derive from the layer: bias words (bias_width + 1, a
+    spare bit of headroom for run-time loads), the multiplier M, the load stream's data field."""
+    g = Geometry(layer.cfg, fold)
+    bias_w = bias_width(layer) + 1
+    mult_w = max(fm.unsigned_width(layer.mult), layer.cfg.mult_bits)
+    return {"bias": bias_w, "mult": mult_w, "load_data": max(g.word_bits, fold.pe * bias_w, mult_w)}
+
+
 class LstmCore(wiring.Component):
     def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory",
                  dsp: str | None = None):
@@ -58,10 +67,10 @@ class LstmCore(wiring.Component):
         self.image_file = image_file
         cfg = self.cfg
         self.cell_width = cfg.cell_format.width
-        self.bias_w = bias_width(layer) + 1  # one spare bit of headroom for run-time loads
-        self.mult_w = max(fm.unsigned_width(layer.mult), cfg.mult_bits)
+        widths = port_widths(layer, fold)
+        self.bias_w, self.mult_w = widths["bias"], widths["mult"]
         self.addr_w = max(1, (g.depth - 1).bit_length())
-        self.load_data_w = max(g.word_bits, fold.pe * self.bias_w, self.mult_w)
+        self.load_data_w = widths["load_data"]
         self.load_addr_w = max(self.addr_w, max(1, (g.row_folds - 1).bit_length()))
         self.out_layout = data.StructLayout({"h": cfg.hidden * cfg.abits, "c": cfg.hidden * self.cell_width})
         self.load_layout = data.StructLayout({"data": self.load_data_w, "addr": self.load_addr_w, "sel": 2})
