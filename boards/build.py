@@ -25,8 +25,9 @@ from pathlib import Path
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
-from hwrnn.datapath import Geometry, bias_width, latency
+from hwrnn.datapath import Geometry, latency
 from hwrnn.devices import DEVICES
+from rtl_gen.core import port_widths
 from rtl_gen.synth import tool_search_path
 
 from .top import BOARDS, DEFAULT_FRAME_TIMEOUT_S, BoardSpec, BoardTop
@@ -77,7 +78,7 @@ def memory_inventory(layer: QuantLayer, fold: Folding) -> list[Memory]:
     """The memories of an LstmCore (rtl_gen.core): weights, biases, the gate and sigmoid(c) tables."""
     cfg = layer.cfg
     g = Geometry(cfg, fold)
-    bw = bias_width(layer) + 1  # as LstmCore.bias_w
+    bw = port_widths(layer, fold)["bias"]
     sig = fm.sigmoid_lut(cfg)
     cand = fm.candidate_lut(cfg)
 

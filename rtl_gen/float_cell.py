@@ -19,8 +19,9 @@ the subtraction), leading-one detectors are log-depth, "bits shifted out" and "b
 mask tests rather than second shifters or comparators, and constants are folded into registered
 exponent terms (eb, thr) off the significand path.
 Each step is a named submodule (dec, opa, opb, normab, swap, align, add, norm, round, carry, pack,
-addr_dec, addr_shift, addr_clamp): the natural places for pipeline registers. The long path is multiplier -> leading-one detector -> shifter -> adder ->
-leading-one detector -> shifter -> incrementer -> pack -> address shifter. Size (yosys generic
+addr_dec, addr_shift, addr_clamp): the natural places for pipeline registers. The long path is
+multiplier -> leading-one detector -> shifter -> adder -> leading-one detector -> shifter ->
+incrementer -> pack -> address shifter. Size (yosys generic
 synth, LUT4, multipliers included): about 1090 for e4m3, 1550-1600 for bf16/fp16 (fixed:3.10:
 about 660).
 """
