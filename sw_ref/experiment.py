@@ -205,11 +205,20 @@ def _target_cell(name: str, e: dict) -> str:
     return f"<= {t}: " + ("met" if got <= t else "not met" + ("" if e.get("finished") else " yet"))
 
 
+def _training_time(e: dict) -> str:
+    """'4.7 h (25.6 min/epoch)' from wall_s and epochs_done; '-' when not recorded."""
+    wall, ep = e.get("wall_s"), e.get("epochs_done") or 0
+    if wall is None:
+        return "-"
+    per = f" ({wall / 60 / ep:.1f} min/epoch)" if ep > 0 else ""
+    return f"{wall / 3600:.1f} h{per}"
+
+
 def results_table(d: dict) -> str:
     """Markdown table of results/ptb.json beside Kapur Table 2 and He Table 1."""
     lines = ["| run | W | A | hidden | cell | epochs | model valid | model test | integer valid | integer test "
-             "| gap % | target | Kapur T2 | He T1 | LSTM bits (of FP32) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| gap % | target | Kapur T2 | He T1 | LSTM bits (of FP32) | training time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(d["runs"].items(), key=lambda kv: (kv[1]["wbits"] or 99, kv[1]["abits"] or 99,
                                                              kv[1]["hidden"])):
         key = (e["wbits"], e["abits"])
@@ -223,7 +232,8 @@ def results_table(d: dict) -> str:
             f"| {name} | {e['wbits'] or 32} | {e['abits'] or 32} | {e['hidden']} | {e.get('cell') or '-'} | {ep} "
             f"| {_fmt(e['model_ppw']['valid'])} | {_fmt(e['model_ppw']['test'])} | {_fmt(ip.get('valid'))} "
             f"| {_fmt(ip.get('test'))} | {gap} | {_target_cell(name, e)} "
-            f"| {_fmt(kapur)} | {_fmt(he)} | {bits['lstm_layer_bits']:,} ({100 * bits['lstm_layer_bits'] / bits['lstm_layer_fp32_bits']:.1f} %) |")
+            f"| {_fmt(kapur)} | {_fmt(he)} | {bits['lstm_layer_bits']:,} ({100 * bits['lstm_layer_bits'] / bits['lstm_layer_fp32_bits']:.1f} %) "
+            f"| {_training_time(e)} |")
     for name in REQUIRED_RUNS:
         if name not in d["runs"]:
             q, h = name.split("@")
@@ -232,7 +242,7 @@ def results_table(d: dict) -> str:
             he = HE_TABLE1_LSTM.get((w, a)) if h == "300" else None
             t = TARGETS.get(name)
             lines.append(f"| {name} | {w or 32} | {a or 32} | {h} | - | not run yet | - | - | - | - | - "
-                         f"| {'<= ' + str(t) if t else '-'} | {_fmt(kapur)} | {_fmt(he)} | - |")
+                         f"| {'<= ' + str(t) if t else '-'} | {_fmt(kapur)} | {_fmt(he)} | - | - |")
     lines.append("")
     lines.append("Kapur et al. Table 2 (test PPW): " + "; ".join(
         f"W{w}A{a}: " + ", ".join(f"{h}: {v}" for h, v in row.items()) for (w, a), row in KAPUR_TABLE2.items())
@@ -240,7 +250,9 @@ def results_table(d: dict) -> str:
     lines.append("He et al. Table 1 (LSTM, 300 units, balanced): " + ", ".join(
         f"W{w or 32}A{a or 32}: {v}" for (w, a), v in HE_TABLE1_LSTM.items()) + ".")
     lines.append("Every number above was measured by `python -m sw_ref experiment` (command in results/ptb.json); "
-                 "unfinished runs are marked with the epochs they had.")
+                 "unfinished runs are marked with the epochs they had. Training time: wall clock of the run's own "
+                 "training invocations (`wall_s`; evaluation and an `--init-from` checkpoint's training excluded) "
+                 "on the machine that ran it, shared with the other runs, and per epoch.")
     lines.extend(search_table(d))
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,8 @@ def test_experiment_records_model_and_integer_perplexity(tiny_corpus, tmp_path):
     assert e2["integer_ppw"] == e["integer_ppw"] and e2["wall_s"] >= e["wall_s"]
     table = results_table(load_results(res))
     assert "W2A2@8" in table and "148.0" in table and "Kapur" in table
+    row = next(r for r in table.splitlines() if r.startswith("| W2A2@8 |"))
+    assert row.endswith(f"| {e2['wall_s'] / 3600:.1f} h ({e2['wall_s'] / 60:.1f} min/epoch) |")
 
 
 def test_unfinished_run_is_marked(tiny_corpus, tmp_path):
@@ -150,6 +152,7 @@ def test_search_over_recorded_runs_and_its_table(tmp_path):
     assert "| W4A2 | 300: 125.0 (40 ep); 450: 109.5 (40 ep) | 450 | +100 (+33.3 %) | 40.0 % |" in table
     assert "| W2A2 | 300: 150.0 (40 ep); 450: 140.0 (12 ep, unfinished) | not reached yet (unfinished runs) |" in table
     assert "target: our float baseline float@300, test PPW 110.0." in table
+    assert "| W4A2@300 |" in table and table.count("| - |\n") >= 6  # no wall_s recorded: no training time
     # the CLI: no training, the same answer
     res = tmp_path / "ptb.json"
     res.write_text(json.dumps(d))
