@@ -46,8 +46,11 @@ def load_results(path) -> dict:
     p = Path(path)
     if not p.exists():
         return {"runs": {}}
-    with open(p) as fh:
-        d = json.load(fh)
+    try:
+        with open(p) as fh:
+            d = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not an hwrnn PTB results file (not valid JSON: {exc})") from None
     if not isinstance(d, dict) or not isinstance(d.get("runs"), dict):
         raise ValueError(f"{path} is not an hwrnn PTB results file")
     return d
@@ -109,12 +112,12 @@ def full_recipe(train_opts: dict, epochs: int) -> dict:
 
 def _run_state(out: Path, epochs: int) -> dict:
     """epochs_done / interrupted of a run directory from its last.pt (for eval_only)."""
-    import torch
+    from .train import _read_checkpoint
 
     last = out / "last.pt"
     if not last.is_file():
         raise ValueError(f"{out} has no last.pt: nothing to evaluate")
-    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = _read_checkpoint(last)
     done = int(ck.get("epoch", 0))
     return {"epochs_done": done, "interrupted": done < epochs}
 

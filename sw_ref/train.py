@@ -57,6 +57,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,6 +107,9 @@ def _read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load's own error is a page
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                              "(no zip archive: corrupt, truncated or another kind of file)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a readable checkpoint"

@@ -159,3 +159,16 @@ def test_search_over_recorded_runs_and_its_table(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sw_ref", "search", "--wbits", "4", "--abits", "2", "--tolerance", "0",
                           "--from-results", "--results", str(res)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["chosen_hidden"] == 450
+
+
+def test_bad_results_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "ptb.json"
+    bad.write_text('{"runs": ')
+    for cmd in ("table", "ship"):
+        r = subprocess.run([sys.executable, "-m", "sw_ref", cmd, "--results", str(bad)], capture_output=True, text=True)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{bad} is not an hwrnn PTB results file (not valid JSON" in lines[0], r.stderr

@@ -235,9 +235,14 @@ def test_checkpoint_errors(tmp_path, corpus_dir):
         load_lm_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint") as ei:
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*not a PyTorch checkpoint") as ei:
         load_lm_checkpoint(junk)
     assert "\n" not in str(ei.value)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"weights": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-300])  # the zip's central directory cut off
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*not a PyTorch checkpoint"):
+        load_lm_checkpoint(truncated)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(CheckpointError, match="not an hwrnn LM checkpoint"):
