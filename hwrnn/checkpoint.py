@@ -98,9 +98,11 @@ class QuantLayer:
     @classmethod
     def random(cls, cfg: LayerConfig, seed: int = 0) -> "QuantLayer":
         """Weights drawn like a freshly initialised layer (U(-1/sqrt(H), 1/sqrt(H)), as torch's LSTM),
-        quantized with the config's quantizer; biases drawn the same way."""
+        quantized with the config's quantizer; biases drawn the same way. ``seed``: an integer >= 0."""
         from .quant import weight_codes
 
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(cfg.hidden)
         w = rng.uniform(-k, k, size=(cfg.rows, cfg.columns))

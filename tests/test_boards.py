@@ -273,6 +273,17 @@ def test_fit_check_refuses_with_numbers_before_any_tool(tmp_path, capsys):
     assert not out.exists()  # refused before the build tree or any tool
 
 
+def test_bad_seed_is_one_line(tmp_path, capsys):
+    from boards.__main__ import main
+
+    out = tmp_path / "b"
+    rc = main(["build", "--board", "icebreaker", "--wbits", "2", "--abits", "2", "--hidden", "8", "--seed", "-1",
+               "--no-tools", "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1] == "boards: error: seed must be a non-negative integer, got -1"
+    assert not out.exists()
+
+
 def test_fit_check_counts_blocks():
     from boards.build import fit_check
     from boards.top import BOARDS

@@ -145,6 +145,12 @@ def layer():
     return QuantLayer.random(LayerConfig(wbits=3, abits=2, hidden=6, input=5), seed=4)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3"])
+def test_random_layer_rejects_bad_seed(seed):
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+        QuantLayer.random(LayerConfig(wbits=2, abits=2, hidden=4), seed=seed)
+
+
 def test_checkpoint_round_trip(tmp_path, layer):
     p = tmp_path / "l.npz"
     layer.save(p)

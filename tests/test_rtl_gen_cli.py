@@ -81,6 +81,7 @@ def test_pipeline_tail_bounds(cell, lo, hi, hi_simd64):
     (["--wbits", 2, "--abits", 2, "--hidden", 8, "--cell", "fixed:1.2"], "fraction bits"),
     (["--wbits", 2, "--abits", 2], "--hidden"),
     (["--wbits", 2, "--abits", 2, "--hidden", 8, "--name", "9bad"], "--name"),
+    (["--wbits", 2, "--abits", 2, "--hidden", 8, "--seed", -1], "seed must be a non-negative integer, got -1"),
 ])
 def test_rejections_leave_nothing(tmp_path, args, msg):
     out = tmp_path / "o"

@@ -51,6 +51,7 @@ def test_flipped_weight_bit_is_caught(tmp_path):
 
 def test_bad_options_one_line(tmp_path):
     for args in (["--wbits", 0, "--abits", 2, "--hidden", 4], ["--wbits", 2, "--abits", 2, "--hidden", 4, "--pe", 3],
-                 ["--checkpoint", tmp_path / "missing.npz"], ["--wbits", 2, "--abits", 2, "--hidden", 4, "--steps", 0]):
+                 ["--checkpoint", tmp_path / "missing.npz"], ["--wbits", 2, "--abits", 2, "--hidden", 4, "--steps", 0],
+                 ["--wbits", 2, "--abits", 2, "--hidden", 4, "--seed", -1]):
         r = sim_cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
