@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
+from hwrnn.cli import os_error_line
 from hwrnn.config import ConfigError, Folding, LayerConfig
 
 
@@ -247,6 +248,9 @@ def main(argv=None) -> int:
         return {"list": cmd_list, "fit": cmd_fit, "build": cmd_build, "run": cmd_run, "sim": cmd_sim}[args.cmd](args)
     except (ConfigError, CheckpointError) as e:
         print(f"boards: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read, made or written
+        print(f"boards: error: {os_error_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,7 @@ import time
 
 from hwrnn import pretrained
 from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
+from hwrnn.cli import check_output_dir, os_error_line
 from hwrnn.config import DEFAULT_CELL, ConfigError, Folding, LayerConfig
 
 
@@ -129,6 +130,9 @@ def report_main(argv) -> int:
     except (ConfigError, CheckpointError, ReportError) as e:
         print(f"rtl_gen: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"rtl_gen: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     print(text, end="")
     for e in errors:
         print(f"rtl_gen: error: {e}", file=sys.stderr)
@@ -172,6 +176,7 @@ def main(argv=None) -> int:
         if args.synth_timeout is not None and args.synth_timeout <= 0:
             raise ConfigError(f"--synth-timeout must be positive, got {args.synth_timeout}")
         layer, fold, source = resolve(args)
+        check_output_dir(args.out)
         print(f"rtl_gen: PE={fold.pe} SIMD={fold.simd} planes={fold.planes}"
               + ("" if args.pe and args.simd else " (defaults where not given)"))
         from .emit import generate, write_output  # amaranth import after validation
@@ -180,6 +185,9 @@ def main(argv=None) -> int:
         write_output(files, args.out)
     except (ConfigError, CheckpointError) as e:
         print(f"rtl_gen: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output path that cannot be made or written
+        print(f"rtl_gen: error: cannot write -o {args.out}: {os_error_line(e)}", file=sys.stderr)
         return 2
     report = files["report.txt"]
     errors = []

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
+from hwrnn.cli import os_error_line
 from hwrnn.config import ConfigError, Folding, LayerConfig
 
 
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
                              weights=args.weights)
     except (ConfigError, CheckpointError, SimulatorError) as e:
         print(f"sim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read, made or written
+        print(f"sim: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except SimulationFailed as e:
         print(f"FAIL {args.sim}: {str(e).splitlines()[0] if str(e) else 'simulation failed'} (seed {seed})")

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from hwrnn.cli import os_error_line
+
 DEFAULT_RUN = "runs/default"
 
 
@@ -304,9 +306,12 @@ def main(argv=None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
                 "table": cmd_table, "search": cmd_search, "ship": cmd_ship}[args.cmd](args)
-    except (ValueError, FileNotFoundError) as e:  # every project error is a ValueError subclass
+    except ValueError as e:  # every project error is a ValueError subclass
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sw_ref {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read, made or written
+        print(f"sw_ref {args.cmd}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sw_ref {args.cmd}: interrupted (a training run resumes from its last.pt)", file=sys.stderr)
