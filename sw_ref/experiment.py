@@ -112,13 +112,13 @@ def full_recipe(train_opts: dict, epochs: int) -> dict:
 
 def _run_state(out: Path, epochs: int) -> dict:
     """epochs_done / interrupted of a run directory from its last.pt (for eval_only)."""
-    from .train import _read_checkpoint
+    from .train import load_lm_checkpoint
 
     last = out / "last.pt"
     if not last.is_file():
         raise ValueError(f"{out} has no last.pt: nothing to evaluate")
-    ck = _read_checkpoint(last)
-    done = int(ck.get("epoch", 0))
+    _model, _vocab, meta = load_lm_checkpoint(last)
+    done = int(meta.get("epoch", 0))
     return {"epochs_done": done, "interrupted": done < epochs}
 
 
@@ -255,7 +255,7 @@ def results_table(d: dict) -> str:
     lines.append("Every number above was measured by `python -m sw_ref experiment` (command in results/ptb.json); "
                  "unfinished runs are marked with the epochs they had. Training time: wall clock of the run's own "
                  "training invocations (`wall_s`; evaluation and an `--init-from` checkpoint's training excluded) "
-                 "on the machine that ran it, shared with the other runs, and per epoch.")
+                 "on the machine that ran it (shared with any other runs of the time), and per epoch.")
     lines.extend(search_table(d))
     return "\n".join(lines) + "\n"
 
