@@ -1,6 +1,6 @@
 """Host driver of the hwrnn board link: transports, the request/reply client with retries and step
 recovery, run-time loading of a layer checkpoint, and a sequence run checked against the integer
-model (sw_ref.integer_model.IntegerLSTM).
+model (hwrnn.integer_model.IntegerLSTM).
 
 Transports move bytes and know nothing of frames:
 
@@ -379,7 +379,7 @@ def run_sequence(link: BoardLink, layer: QuantLayer, xs, *, load: bool = True, r
 
     reset_before: steps preceded by a RESET_STATE. on_step(t, link): called before step t (tests
     use it to inject faults)."""
-    from sw_ref.integer_model import IntegerLSTM
+    from hwrnn.integer_model import IntegerLSTM
 
     t0 = time.perf_counter()
     info = link._need_info()

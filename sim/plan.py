@@ -1,7 +1,7 @@
 """The plan of one cocotb regression run, and its expected results from the integer model.
 
 A plan is JSON: manifest path, baked layer checkpoint, optional run-time-loaded checkpoint, x_t
-codes, reset points, seed and stall probabilities. numpy + hwrnn + sw_ref.integer_model only (no
+codes, reset points, seed and stall probabilities. numpy + hwrnn + hwrnn.integer_model only (no
 torch), so the simulator process imports it cheaply.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from hwrnn.checkpoint import load_layer
 from hwrnn.config import Folding
 from hwrnn.datapath import bias_image, weight_image
-from sw_ref.integer_model import IntegerLSTM
+from hwrnn.integer_model import IntegerLSTM
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2  # same as rtl_gen.core (checked by a test)
 

@@ -4,7 +4,7 @@ Reads a plan (JSON, path in $HWRNN_SIM_PLAN, written by sim.plan.write_plan): th
 layer checkpoint baked into the memory image, optionally a second checkpoint to load at run time
 through the ``load`` stream, the x_t codes, the points where ``reset_state`` or ``rst`` is pulsed,
 the random seed and the stall probabilities. Expected h_t/c_t come from the integer model
-(sw_ref.integer_model) and are compared exactly; the cycles from accepting x_t to h_t valid are
+(hwrnn.integer_model) and are compared exactly; the cycles from accepting x_t to h_t valid are
 compared with the manifest's latency. A summary JSON is written to $HWRNN_SIM_RESULT.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import LayerConfig
 from hwrnn.quant import activation_codes, levels, weight_codes
 
-from .integer_model import IntegerLSTM
+from hwrnn.integer_model import IntegerLSTM
 
 #: LayerConfig fields that are hardware number formats (not part of the trained model)
 FORMAT_FIELDS = ("z_frac", "lut_bits", "gate_frac", "mult_bits", "cell")

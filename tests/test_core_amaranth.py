@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 from hwrnn import Folding, LayerConfig, QuantLayer
 from hwrnn.datapath import bias_image, latency, weight_image
 from rtl_gen.core import LOAD_BIAS, LOAD_MULT, LOAD_WEIGHT, LstmCore
-from sw_ref.integer_model import IntegerLSTM
+from hwrnn.integer_model import IntegerLSTM
 
 
 def unpack(v, width, n, signed=False):

@@ -18,7 +18,7 @@ import torch
 from hwrnn import load_layer
 from hwrnn.quant import activation_codes, levels
 from sw_ref.export import IntegerLM, layer_from_model
-from sw_ref.integer_model import IntegerLSTM
+from hwrnn.integer_model import IntegerLSTM
 from sw_ref.train import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

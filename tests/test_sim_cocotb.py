@@ -91,7 +91,7 @@ def _flip_lut_entry(module, addr, mask):
 def test_broken_design_is_caught(tmp_path):
     """Flip a bit of the sigmoid-table entry that lane 0 (gate i of unit 0) reads at step 0."""
     from hwrnn import formats as fm
-    from sw_ref.integer_model import IntegerLSTM
+    from hwrnn.integer_model import IntegerLSTM
 
     cfg = LayerConfig(wbits=2, abits=2, hidden=8, input=4)
     layer = QuantLayer.random(cfg, seed=0)

@@ -190,7 +190,7 @@ async def corrupted_frames(dut):
     tr = await _setup(dut, plan)
 
     def host():
-        from sw_ref.integer_model import IntegerLSTM
+        from hwrnn.integer_model import IntegerLSTM
         import numpy as np
 
         log = dut._log.info

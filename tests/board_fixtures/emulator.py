@@ -14,7 +14,7 @@ from boards import protocol as P
 from boards.host import Transport
 from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, bias_width, latency
-from sw_ref.integer_model import IntegerLSTM
+from hwrnn.integer_model import IntegerLSTM
 
 
 class EmulatedBoard(Transport):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwrnn import formats as fm
-from hwrnn.checkpoint import QuantLayer
-from hwrnn.quant import levels, odd_from_code
+from . import formats as fm
+from .checkpoint import QuantLayer
+from .quant import levels, odd_from_code
 
 TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")
 
