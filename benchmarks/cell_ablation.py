@@ -21,16 +21,14 @@ sys.path.insert(0, ROOT)
 from amaranth.back import rtlil  # noqa: E402
 
 from hwrnn.config import LayerConfig  # noqa: E402
-from rtl_gen.blocks import FixedCellUnit  # noqa: E402
-from rtl_gen.float_cell import FloatCellUnit  # noqa: E402
+from rtl_gen.units import cell_state_unit  # noqa: E402
 
 
 def cell_unit_resources(cfg: LayerConfig) -> dict:
     """LUT4/FF/carry/DSP of one cell unit after synth_ecp5, built as LstmCore builds it for ECP5
     (pipelined, multipliers as MULT18X18D with their own registers: dsp="ecp5"), and its latency
     in cycles (c_new, then the sigmoid(c) address)."""
-    unit = FloatCellUnit(cfg, pipelined=True, dsp="ecp5") if cfg.cell_format.kind == "float" \
-        else FixedCellUnit(cfg, dsp="ecp5")
+    unit = cell_state_unit(cfg, dsp="ecp5")
     latency = unit.c_latency + unit.addr_latency
     text = rtlil.convert(unit, name="cell")
     work = tempfile.mkdtemp(prefix="cell-synth-", dir=ROOT)  # YoWASP tools cannot see /tmp

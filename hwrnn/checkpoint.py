@@ -28,7 +28,6 @@ import numpy as np
 
 from .config import ConfigError, LayerConfig
 from .formats import bias_fixed, scale_shift
-from .quant import levels
 
 FORMAT_NAME = "hwrnn-layer"
 FORMAT_VERSION = 1
@@ -57,7 +56,7 @@ class QuantLayer:
             raise CheckpointError(
                 f"weight codes have shape {codes.shape}, expected {(cfg.rows, cfg.columns)} for "
                 f"hidden={cfg.hidden} input={cfg.input}")
-        K = levels(cfg.wbits)
+        K = cfg.weight_coding.max_code
         if codes.size and (codes.min() < 0 or codes.max() > K):
             raise CheckpointError(f"weight codes out of range 0..{K} for wbits={cfg.wbits} "
                                   f"(found {codes.min()}..{codes.max()})")
@@ -99,15 +98,13 @@ class QuantLayer:
     def random(cls, cfg: LayerConfig, seed: int = 0) -> "QuantLayer":
         """Weights drawn like a freshly initialised layer (U(-1/sqrt(H), 1/sqrt(H)), as torch's LSTM),
         quantized with the config's quantizer; biases drawn the same way. ``seed``: an integer >= 0."""
-        from .quant import weight_codes
-
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(cfg.hidden)
         w = rng.uniform(-k, k, size=(cfg.rows, cfg.columns))
         b = rng.uniform(-k, k, size=(cfg.rows,))
-        codes, s = weight_codes(w, cfg.wbits, cfg.gamma, cfg.weight_tanh)
+        codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)
         return cls(cfg, codes, s, b)
 
     def save(self, path) -> None:

@@ -24,76 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 
+from .cell_state import DEFAULT_CELL, CellState
+from .gates import DEFAULT_CELL_TYPE, GateSet
+from .weight_code import DEFAULT_WEIGHT_CODE, WeightCode
 from .quant import MAX_BITS, default_gamma
+from .validation import CANDIDATES, INIT_STATES, ConfigError, int_in as _int_in, one_of
 
-CANDIDATES = ("sigmoid", "tanh")
-INIT_STATES = ("zero", "half")
 PLANE_MODES = ("parallel", "serial")
 
+#: the parsed cell-state format class (kept under its earlier name for importers)
+CellFormat = CellState
 
-class ConfigError(ValueError):
-    """An invalid configuration; the message is one line naming the problem."""
-
-
-def _int_in(name, value, lo, hi=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name} must be in {rng}, got {value}")
-
-
-@dataclass(frozen=True)
-class CellFormat:
-    """Number format of the cell state c_t.
-
-    ``fixed:I.F``: signed two's complement, 1 sign + I integer + F fraction bits, value = n / 2**F,
-    saturating to [-2**I, 2**I - 2**-F].
-    ``fp16`` (e5m10), ``bf16`` (e8m7), ``eXmY``: IEEE-754-like floating point (X in 2..8, Y in
-    1..23), fused update with round to nearest even, subnormals, saturation: hwrnn.floatcell.
-    """
-
-    kind: str  # "fixed" or "float"
-    int_bits: int = 0  # fixed: I
-    frac_bits: int = 0  # fixed: F
-    exp_bits: int = 0  # float: exponent bits
-    man_bits: int = 0  # float: mantissa bits
-
-    @property
-    def width(self) -> int:
-        if self.kind == "fixed":
-            return 1 + self.int_bits + self.frac_bits
-        return 1 + self.exp_bits + self.man_bits
-
-    def __str__(self) -> str:
-        if self.kind == "fixed":
-            return f"fixed:{self.int_bits}.{self.frac_bits}"
-        if (self.exp_bits, self.man_bits) == (5, 10):
-            return "fp16"
-        if (self.exp_bits, self.man_bits) == (8, 7):
-            return "bf16"
-        return f"e{self.exp_bits}m{self.man_bits}"
-
-    @classmethod
-    def parse(cls, text: str) -> "CellFormat":
-        t = str(text).strip().lower()
-        if t == "fp16":
-            return cls("float", exp_bits=5, man_bits=10)
-        if t == "bf16":
-            return cls("float", exp_bits=8, man_bits=7)
-        m = re.fullmatch(r"e(\d+)m(\d+)", t)
-        if m:
-            return cls("float", exp_bits=int(m.group(1)), man_bits=int(m.group(2)))
-        m = re.fullmatch(r"fixed:(\d+)\.(\d+)", t)
-        if m:
-            return cls("fixed", int_bits=int(m.group(1)), frac_bits=int(m.group(2)))
-        raise ConfigError(f"cell format {text!r} not understood: use fixed:I.F, fp16, bf16 or eXmY")
-
-
-DEFAULT_CELL = "fixed:3.10"
+__all__ = ["CANDIDATES", "INIT_STATES", "PLANE_MODES", "DEFAULT_CELL", "CellFormat", "ConfigError",
+           "LayerConfig", "Folding"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +51,9 @@ class LayerConfig:
                 [-2**(lut_bits-1-z_frac), 2**(lut_bits-1-z_frac)) with saturation outside
       gate_frac G: gate outputs are unsigned (tanh: signed) fixed point value q / 2**G, |q| <= 2**G
       mult_bits significant bits of the integer multiplier that applies the weight scale
-      cell      cell state format (CellFormat string)
+      cell      cell-state format (hwrnn.cell_state text form, e.g. fixed:3.10, fp16)
+      cell_type gate set (hwrnn.gates: lstm)
+      weight_code weight coding (hwrnn.weight_code: balanced)
     """
 
     wbits: int
@@ -122,6 +69,8 @@ class LayerConfig:
     gate_frac: int = 8
     mult_bits: int = 16
     cell: str = DEFAULT_CELL
+    cell_type: str = DEFAULT_CELL_TYPE
+    weight_code: str = DEFAULT_WEIGHT_CODE
 
     def __post_init__(self):
         _int_in("wbits", self.wbits, 1, MAX_BITS)
@@ -137,32 +86,35 @@ class LayerConfig:
         object.__setattr__(self, "gamma", float(self.gamma))
         if not isinstance(self.weight_tanh, bool):
             raise ConfigError(f"weight_tanh must be true or false, got {self.weight_tanh!r}")
-        if self.candidate not in CANDIDATES:
-            raise ConfigError(f"candidate must be one of {CANDIDATES}, got {self.candidate!r}")
-        if self.init_state not in INIT_STATES:
-            raise ConfigError(f"init_state must be one of {INIT_STATES}, got {self.init_state!r}")
+        one_of("candidate", self.candidate, CANDIDATES)
+        one_of("init_state", self.init_state, INIT_STATES)
         _int_in("z_frac", self.z_frac, 0, 16)
         _int_in("lut_bits", self.lut_bits, 2, 16)
         if self.lut_bits - 1 - self.z_frac < 0:
             raise ConfigError(f"lut_bits={self.lut_bits} with z_frac={self.z_frac} covers less than [-1, 1)")
         _int_in("gate_frac", self.gate_frac, 1, 16)
         _int_in("mult_bits", self.mult_bits, 2, 32)
-        cf = CellFormat.parse(self.cell) if not isinstance(self.cell, CellFormat) else self.cell
-        object.__setattr__(self, "cell", str(cf))
-        if cf.kind == "float":
-            from .floatcell import FloatFormat  # validates the exponent and mantissa widths
-
-            FloatFormat(cf.exp_bits, cf.man_bits)
-            return
-        _int_in("cell integer bits", cf.int_bits, 1, 16)
-        _int_in("cell fraction bits", cf.frac_bits, 0, 24)
-        if cf.frac_bits < self.z_frac:
-            raise ConfigError(
-                f"cell {cf} has fewer fraction bits than z_frac={self.z_frac}; sigmoid(c) needs F >= z_frac")
+        cell = CellState.parse(self.cell)
+        cell.check(self)
+        object.__setattr__(self, "cell", str(cell))
+        object.__setattr__(self, "_cell_state", cell)  # parsed once; not a field (JSON and == use `cell`)
+        object.__setattr__(self, "_gate_set", GateSet.named(self.cell_type))
+        object.__setattr__(self, "_weight_coding", WeightCode.named(self.weight_code, self.wbits))
 
     @property
-    def cell_format(self) -> CellFormat:
-        return CellFormat.parse(self.cell)
+    def cell_format(self) -> CellState:
+        """The cell-state format object (hwrnn.cell_state) that ``cell`` names."""
+        return self._cell_state
+
+    @property
+    def gate_set(self) -> GateSet:
+        """The cell type's gate set (hwrnn.gates) that ``cell_type`` names."""
+        return self._gate_set
+
+    @property
+    def weight_coding(self) -> WeightCode:
+        """The weight coding (hwrnn.weight_code) that ``weight_code`` names, at wbits bits."""
+        return self._weight_coding
 
     @property
     def columns(self) -> int:
@@ -171,8 +123,8 @@ class LayerConfig:
 
     @property
     def rows(self) -> int:
-        """Rows of the weight matrix: 4 * hidden (gates i, f, g, o)."""
-        return 4 * self.hidden
+        """Rows of the weight matrix: one block of hidden rows per gate (LSTM: i, f, g, o)."""
+        return self.gate_set.n_gates * self.hidden
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,8 +155,9 @@ class LayerConfig:
 class Folding:
     """How the hardware schedules one time step.
 
-    pe:     weight-matrix rows computed in parallel; a multiple of 4, because the four gate rows of a
-            unit are computed together (pe // 4 units per row fold).
+    pe:     weight-matrix rows computed in parallel; a multiple of the layer's gate count (LSTM: 4),
+            because the gate rows of a unit are computed together (pe // gates units per row fold;
+            checked against the layer by ``check_against``).
     simd:   columns of [x_t ; h_{t-1}] consumed per cycle.
     planes: "parallel" (all weight bit planes per cycle) or "serial" (one plane per cycle).
     """
@@ -214,14 +167,18 @@ class Folding:
     planes: str = "parallel"
 
     def __post_init__(self):
-        _int_in("pe", self.pe, 4, 4096)
-        if self.pe % 4:
-            raise ConfigError(f"pe must be a multiple of 4 (the four gates of a unit share a row fold), got {self.pe}")
+        _int_in("pe", self.pe, 1, 4096)
         _int_in("simd", self.simd, 1, 4096)
         if self.planes not in PLANE_MODES:
             raise ConfigError(f"planes must be one of {PLANE_MODES}, got {self.planes!r}")
 
     def check_against(self, cfg: LayerConfig) -> None:
+        """ConfigError unless this folding schedules cfg: pe a multiple of the gate count, pe and
+        simd within the matrix."""
+        n = cfg.gate_set.n_gates
+        if self.pe % n:
+            raise ConfigError(f"pe must be a multiple of {n} (the {n} gates of a {cfg.cell_type} unit share a row fold), "
+                              f"got {self.pe}")
         if self.pe > cfg.rows:
             raise ConfigError(f"pe={self.pe} exceeds the {cfg.rows} rows of a hidden={cfg.hidden} layer")
         if self.simd > cfg.columns:
@@ -233,7 +190,8 @@ class Folding:
     @classmethod
     def default_for(cls, cfg: LayerConfig) -> "Folding":
         """Defaults: about 1/64 of the rows and 1/32 of the columns per cycle, clipped to the layer."""
-        pe = max(4, min(cfg.rows, 4 * max(1, round(cfg.hidden / 64))))
-        pe = min(pe, 64)
+        n = cfg.gate_set.n_gates
+        pe = max(n, min(cfg.rows, n * max(1, round(cfg.hidden / 64))))
+        pe = min(pe, 64 - 64 % n)
         simd = max(1, min(cfg.columns, 32))
         return cls(pe=pe, simd=simd, planes="parallel")

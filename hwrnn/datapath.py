@@ -3,8 +3,9 @@ and the exact latency formula. Shared by rtl_gen (which builds it) and sim/tests
 
 Schedule of one time step (Folding: PE rows, SIMD columns per cycle, planes parallel/serial):
 
-* rows are taken unit-major: row fold rf holds units u = rf*U .. rf*U + U - 1 (U = PE/4) and lane
-  l = 4k + gate (gate order i, f, g, o) computes matrix row gate*H + (rf*U + k);
+* rows are taken unit-major: row fold rf holds units u = rf*U .. rf*U + U - 1 (U = PE/n, n the gate
+  set's gate count, 4 for the LSTM) and lane l = n*k + gate (gate order of hwrnn.gates, LSTM i, f,
+  g, o) computes matrix row gate*H + (rf*U + k);
 * columns are [x_t ; h_{t-1}] zero-padded to Cf*SIMD; column fold cf takes columns cf*SIMD.. ;
 * one weight-memory word per cycle; address = (rf*Cf + cf)*P + p, P = wbits (serial) or 1;
 * word bit (l*PW + p)*SIMD + s holds bit p of the code of lane l, column s (PW = wbits in
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cell_state import FixedPointCell, FloatingPointCell
 from .checkpoint import QuantLayer
+from .gates import LstmGates
 from .config import Folding, LayerConfig
 from .formats import signed_width, unsigned_width
 from .quant import levels
@@ -30,21 +33,15 @@ from .quant import levels
 #: sum (two levels of small carry-chain adders and their routing fit one 150 MHz ECP5 cycle; three
 #: measured 7.2 ns, 140 MHz, on W4A2 H=32 SIMD=32)
 TREE_LEVELS_PER_STAGE = 2
-#: fixed-point cell unit: operands | products | sum + rounding constant | shift + saturation -> c_new; the
-#: sigmoid(c) address (rounding shift, clamp) is formed from the registered c_new straight into the
-#: table's read-address register (no stage of its own). The float cell unit (rtl_gen.float_cell,
-#: pipelined): operands | products | leading ones | normalise + compare | swap + exponent difference |
-#: align | add + abs | leading one + shift amount | round | carry + exponent | pack -> c_new (the
-#: address's signed significand and clamped shift registered beside it); then the address in one
-#: (shift + round), clamped into the table's read-address register.
-FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = 4, 0
-FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = 11, 1
+# the cell-state unit's registers are its format's: hwrnn.cell_state (update_stages, address_stages)
+FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = FixedPointCell.update_stages, FixedPointCell.address_stages
+FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = FloatingPointCell.update_stages, FloatingPointCell.address_stages
 # every multiplier (a DSP block) has its operands registered right before it and its product
 # registered right after it, so that the placer can keep both routes short; the odd-weight
 # correction 2*acc - (2^k - 1)*sum(a) is formed in front of the scale multiplier's operand register,
 # and the LUT address (shift, clamp, offset) in front of the table's read-address register
 SCALE_BIAS_STAGES = 3   # operands | product | + bias + rounding constant (-> shift, clamp, LUT address)
-H_REQUANT_STAGES = 3    # operands | o * sc | * Ka + rounding, shift -> h code
+H_REQUANT_STAGES = LstmGates.H_REQUANT_STAGES
 
 
 def clog2(n: int) -> int:
@@ -71,7 +68,6 @@ def dot_levels(cfg: LayerConfig, fold: Folding) -> int:
 def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
     """Registers from the cycle a weight word is issued to the cycle h_t is valid, stage by stage
     (in order). rtl_gen.core builds exactly these; the cocotb regression measures their sum."""
-    fixed = cfg.cell_format.kind == "fixed"
     return {
         "weight_read": 1,            # memory read (or the streamed word captured)
         "weight_register": 1,        # the word registered next to its activation slice
@@ -81,11 +77,7 @@ def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
         "scale_bias": SCALE_BIAS_STAGES,
         "gate_lut_read": 1,
         "gate_register": 1,
-        "cell_update": FIXED_CELL_STAGES if fixed else FLOAT_CELL_STAGES,
-        "cell_address": FIXED_CELL_ADDR_STAGES if fixed else FLOAT_CELL_ADDR_STAGES,
-        "sigmoid_c_read": 1,
-        "sigmoid_c_register": 1,
-        "h_requant": H_REQUANT_STAGES,
+        **cfg.gate_set.stages(cfg),  # the gate set's unit: gate values -> h_t (LSTM: cell, sigmoid(c), h)
         "h_write": 1,                # h_t written; output valid
     }
 
@@ -101,8 +93,13 @@ class Geometry:
     fold: Folding
 
     @property
+    def gates(self) -> int:
+        """Rows per unit: the gate set's gate count."""
+        return self.cfg.gate_set.n_gates
+
+    @property
     def units_per_fold(self) -> int:
-        return self.fold.pe // 4
+        return self.fold.pe // self.gates
 
     @property
     def row_folds(self) -> int:
@@ -147,10 +144,10 @@ class Geometry:
 
     def lane_row(self, rf: int, lane: int) -> int | None:
         """Matrix row of lane `lane` in row fold rf, or None for a padding lane."""
-        unit = rf * self.units_per_fold + lane // 4
+        unit = rf * self.units_per_fold + lane // self.gates
         if unit >= self.cfg.hidden:
             return None
-        return (lane % 4) * self.cfg.hidden + unit
+        return (lane % self.gates) * self.cfg.hidden + unit
 
 
 def weight_image(layer: QuantLayer, fold: Folding) -> list[int]:

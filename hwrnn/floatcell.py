@@ -53,11 +53,12 @@ z_frac, lut_bits, candidate, init_state and cell/cell_format (see ``cell_params`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CANDIDATES, INIT_STATES, CellFormat, ConfigError, _int_in
+from .validation import CANDIDATES, INIT_STATES, ConfigError, int_in as _int_in
 
 EXP_BITS_RANGE = (2, 8)
 MAN_BITS_RANGE = (1, 23)
@@ -109,16 +110,32 @@ class FloatFormat:
         return 1 << (self.exp_bits + self.man_bits)
 
     def __str__(self) -> str:
-        return str(CellFormat("float", exp_bits=self.exp_bits, man_bits=self.man_bits))
+        if (self.exp_bits, self.man_bits) == (5, 10):
+            return "fp16"
+        if (self.exp_bits, self.man_bits) == (8, 7):
+            return "bf16"
+        return f"e{self.exp_bits}m{self.man_bits}"
+
+    @staticmethod
+    def fields_of(text: str) -> tuple[int, int] | None:
+        """(exponent bits, mantissa bits) that the text fp16, bf16 or eXmY names, else None."""
+        t = str(text).strip().lower()
+        named = {"fp16": (5, 10), "bf16": (8, 7)}
+        if t in named:
+            return named[t]
+        m = re.fullmatch(r"e(\d+)m(\d+)", t)
+        return (int(m.group(1)), int(m.group(2))) if m else None
 
     @classmethod
     def parse(cls, text) -> "FloatFormat":
+        """A FloatFormat from itself (any FloatFormat, e.g. a hwrnn.cell_state.FloatingPointCell,
+        is returned as it is) or from its text form fp16, bf16 or eXmY; ConfigError otherwise."""
         if isinstance(text, FloatFormat):
             return text
-        cf = text if isinstance(text, CellFormat) else CellFormat.parse(text)
-        if cf.kind != "float":
-            raise ConfigError(f"cell format {cf} is not a floating-point format (fp16, bf16, eXmY)")
-        return cls(cf.exp_bits, cf.man_bits)
+        fields = cls.fields_of(text)
+        if fields is None:
+            raise ConfigError(f"cell format {text} is not a floating-point format (fp16, bf16, eXmY)")
+        return cls(*fields)
 
 
 @dataclass(frozen=True)
@@ -179,10 +196,10 @@ def cell_params(cfg) -> FloatCellParams:
 
 
 def as_format(x) -> FloatFormat:
-    """FloatFormat from a FloatFormat, FloatCellParams, LayerConfig-like, CellFormat or string."""
+    """FloatFormat from a FloatFormat, FloatCellParams, LayerConfig-like or string."""
     if isinstance(x, FloatFormat):
         return x
-    if isinstance(x, (str, CellFormat)):
+    if isinstance(x, str):
         return FloatFormat.parse(x)
     if isinstance(x, tuple) and len(x) == 2:
         return FloatFormat(*x)

@@ -11,28 +11,35 @@ Taps of one time step, with Kw = 2**wbits - 1, Ka = 2**abits - 1, N = input + hi
 tap        format
 =========  ======================================================================================
 x, h       activation codes, unsigned abits, value n / Ka
-w          weight codes n, unsigned wbits; odd form m = 2n - Kw; value m * s / (2 Kw)
-acc        sum_j m_j * n_j, exact signed integer, |acc| <= N * Kw * Ka (width from this bound)
+w          stored weight codes in the layer's weight coding (hwrnn.weight_code); balanced: codes n,
+           unsigned wbits; MAC value (odd form) m = 2n - Kw; value m * s / (2 Kw)
+acc        sum_j m_j * n_j, exact signed integer, |acc| <= N * max|m| * Ka (width from this bound)
 z          pre-activation, signed fixed point, value zq / 2**z_frac:
            zq = rshift_round(acc * M + B, R), with M = round(s / (2 Kw Ka) * 2**(z_frac + R)) and
            B = round(b * 2**(z_frac + R)) (R chosen so that M has mult_bits significant bits)
 addr       LUT address, unsigned lut_bits: clamp(zq, -2**(L-1), 2**(L-1) - 1) + 2**(L-1)
 i, f, o    sigmoid LUT output, unsigned, value q / 2**G, q in 0..2**G  (G + 1 bits)
 g          candidate: sigmoid as above, or tanh LUT output, signed, q in -2**G..2**G (G + 2 bits)
-c          cell state, fixed:I.F signed, value n / 2**F, saturating to I + F + 1 bits:
-           c' = sat(rshift_round(f*c * 2**(P-G-F) + i*g * 2**(P-2G), P - F)), P = max(G+F, 2G)
-sc         sigmoid(c) from the same sigmoid LUT: address from rshift_round(c, F - z_frac)
+c          cell state in the layer's cell-state format (hwrnn.cell_state), e.g. fixed:I.F signed,
+           value n / 2**F, saturating to I + F + 1 bits:
+           c' = sat(rshift_round(f*c * 2**(P-G-F) + i*g * 2**(P-2G), P - F)), P = max(G+F, 2G);
+           or a floating-point word (fp16, bf16, eXmY: one fused RNE rounding, hwrnn.floatcell)
+sc         sigmoid(c) from the same sigmoid LUT, at the format's address (fixed point:
+           rshift_round(c, F - z_frac), clamped)
 h          new activation code: rshift_round(Ka * o * sc, 2G)  (exactly Q_a(o * sigmoid(c)))
 =========  ======================================================================================
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import LayerConfig
 from .quant import levels, round_half_up
+
+if TYPE_CHECKING:  # annotations only: hwrnn.config imports this module's users
+    from .config import LayerConfig
 
 
 def rshift_round(v, r: int):
@@ -56,8 +63,8 @@ def unsigned_width(hi: int) -> int:
 
 
 def acc_bound(cfg: LayerConfig) -> int:
-    """Largest |acc| = N * Kw * Ka (every m = +-Kw, every n_a = Ka)."""
-    return cfg.columns * levels(cfg.wbits) * levels(cfg.abits)
+    """Largest |acc| = N * max|MAC value| * Ka (balanced: N * Kw * Ka, every m = +-Kw, n_a = Ka)."""
+    return cfg.columns * cfg.weight_coding.max_mac_value * levels(cfg.abits)
 
 
 def acc_width(cfg: LayerConfig) -> int:
@@ -66,12 +73,13 @@ def acc_width(cfg: LayerConfig) -> int:
 
 
 def scale_shift(cfg: LayerConfig, scale: float) -> tuple[int, int]:
-    """(M, R): the integer multiplier and shift that apply S = s / (2 Kw Ka) to acc.
+    """(M, R): the integer multiplier and shift that apply S = s / (D Ka) to acc, with D the weight
+    coding's unit divisor (a MAC value m weighs m * s / D; balanced: D = 2 Kw, so S = s / (2 Kw Ka)).
 
     R is the smallest value >= 1 with M = round(S * 2**(z_frac + R)) >= 2**(mult_bits - 1)."""
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"weight scale must be finite and positive, got {scale}")
-    S = scale / (2 * levels(cfg.wbits) * levels(cfg.abits)) * 2.0 ** cfg.z_frac
+    S = scale / (cfg.weight_coding.unit_divisor * levels(cfg.abits)) * 2.0 ** cfg.z_frac
     # S * 2**R >= 2**(mult_bits-1)  <=>  R >= mult_bits - 1 - log2(S)
     R = max(1, int(math.ceil(cfg.mult_bits - 1 - math.log2(S))))
     if R > 62:
@@ -135,34 +143,18 @@ def candidate_width(cfg: LayerConfig) -> int:
 
 
 def cell_limits(cfg: LayerConfig) -> tuple[int, int]:
-    cf = cfg.cell_format
-    top = 1 << (cf.int_bits + cf.frac_bits)
-    return -top, top - 1
+    """Saturation bounds of a fixed-point cell (hwrnn.cell_state.FixedPointCell.limits)."""
+    return cfg.cell_format.limits
 
 
 def cell_update(cfg: LayerConfig, f, c, i, g):
-    """Fixed point: c' = sat(rshift_round(f*c * 2**(P-G-F) + i*g * 2**(P-2G), P-F)), P = max(G+F, 2G).
-    Floating point: c' = RNE(f*c + i*g) on cell words (hwrnn.floatcell.float_cell_update)."""
-    if cfg.cell_format.kind == "float":
-        from .floatcell import float_cell_update
-
-        return float_cell_update(cfg, f, c, i, g)
-    G = cfg.gate_frac
-    F = cfg.cell_format.frac_bits
-    P = max(G + F, 2 * G)
-    s = (np.asarray(f, np.int64) * np.asarray(c, np.int64)) << (P - G - F)
-    s = s + ((np.asarray(i, np.int64) * np.asarray(g, np.int64)) << (P - 2 * G))
-    lo, hi = cell_limits(cfg)
-    return np.clip(rshift_round(s, P - F), lo, hi)
+    """c' = f*c + i*g in the layer's cell-state format (hwrnn.cell_state: the format's ``update``)."""
+    return cfg.cell_format.update(cfg, f, c, i, g)
 
 
 def cell_lut_address(cfg: LayerConfig, c):
-    """Address of sigmoid(c): c rounded half up to z_frac fraction bits, then saturated."""
-    if cfg.cell_format.kind == "float":
-        from .floatcell import float_cell_lut_address
-
-        return float_cell_lut_address(cfg, c)
-    return lut_address(cfg, rshift_round(c, cfg.cell_format.frac_bits - cfg.z_frac))
+    """Address of sigmoid(c) in the sigmoid table (the cell-state format's ``lut_address``)."""
+    return cfg.cell_format.lut_address(cfg, c)
 
 
 def h_code(cfg: LayerConfig, o, sc):
@@ -171,17 +163,9 @@ def h_code(cfg: LayerConfig, o, sc):
 
 
 def initial_state(cfg: LayerConfig):
-    """(h0 code, c0 integer or float word) of the reset state."""
-    if cfg.cell_format.kind == "float":
-        from .floatcell import float_initial_state_word
-
-        h0 = int(round_half_up(levels(cfg.abits) * 0.5)) if cfg.init_state == "half" else 0
-        return h0, float_initial_state_word(cfg)
-    if cfg.init_state == "half":
-        h0 = int(round_half_up(levels(cfg.abits) * 0.5))
-        c0 = 1 << (cfg.cell_format.frac_bits - 1) if cfg.cell_format.frac_bits > 0 else 0
-        return h0, c0
-    return 0, 0
+    """(h0 code, c0 cell word) of the reset state."""
+    from_half = int(round_half_up(levels(cfg.abits) * 0.5)) if cfg.init_state == "half" else 0
+    return from_half, cfg.cell_format.initial_word(cfg)
 
 
 def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=None) -> dict:
@@ -193,7 +177,7 @@ def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=
         "x": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka]},
         "h": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka],
               "rounding": "half up: floor(Ka*o*sigmoid(c) + 1/2)"},
-        "w": {"bits": cfg.wbits, "signed": False, "value": f"(2n - {Kw}) * s / {2 * Kw}", "range": [0, Kw]},
+        "w": cfg.weight_coding.tap_format(),
         "acc": {"bits": acc_width(cfg), "signed": True, "value": "sum_j m_j n_j (exact)",
                 "range": [-acc_bound(cfg), acc_bound(cfg)]},
         "z": {"frac": cfg.z_frac, "signed": True,
@@ -207,14 +191,7 @@ def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=
         "candidate": {"bits": candidate_width(cfg), "signed": cfg.candidate == "tanh", "frac": G,
                       "function": cfg.candidate},
     }
-    if cf.kind == "float":
-        from .floatcell import float_tap_format
-
-        d["cell"] = float_tap_format(cfg) | {"signed": False}
-    else:
-        d["cell"] = {"format": str(cf), "bits": cf.width, "signed": True, "frac": cf.frac_bits,
-                     "value": f"n / 2^{cf.frac_bits}", "range": list(cell_limits(cfg)),
-                     "rounding": "half up", "saturation": "clamp"}
+    d["cell"] = cf.tap_format(cfg)
     if M is not None:
         d["z"]["multiplier"] = int(M)
         d["z"]["shift"] = int(R)

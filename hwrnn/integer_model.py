@@ -1,14 +1,14 @@
-"""The bit-exact integer model of one quantized LSTM layer: exactly what the hardware computes.
+"""The bit-exact integer model of one quantized recurrent layer: exactly what the hardware computes.
 
 numpy only (no torch), vectorised over a batch of independent sequences. Every arithmetic step is
-the hwrnn.formats reference of one hardware block:
+the hwrnn reference of one hardware block:
 
-    acc  = codes_odd @ [x ; h]                    (exact integers; computed in float64 BLAS, which
-                                                  is exact because |acc| < 2**53, then cast)
-    zq   = rshift_round(acc * M + B, R)          scale-and-bias unit
-    gate = LUT[clamp(zq) + offset]                sigmoid / tanh tables
-    c'   = cell_update(f, c, i, g)                cell-state unit (fixed point, saturating)
-    h'   = rshift_round(Ka * o * sigmoid(c'), 2G) h requantizer
+    acc  = mac_values(codes) @ [x ; h]            MAC array (the weight code's integer weights;
+                                                  exact: float64 BLAS on integers below 2**53)
+    zq   = rshift_round(acc * M + B, R)          scale-and-bias unit (hwrnn.formats)
+    gate = table[clamp(zq) + offset]              the gate set's tables (hwrnn.gates)
+    h', c' = gate set's update                    LSTM: cell-state unit (hwrnn.cell_state), then
+                                                  h' = rshift_round(Ka * o * sigmoid(c'), 2G)
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import numpy as np
 
 from . import formats as fm
 from .checkpoint import QuantLayer
-from .quant import levels, odd_from_code
+from .quant import levels
 
-TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")
+TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")  # of the LSTM (the gate set's gates and taps)
 
 
 @dataclass
@@ -36,17 +36,18 @@ class IntState:
 
 
 class IntegerLSTM:
-    """Runs a QuantLayer step by step on integer activation codes."""
+    """Runs a QuantLayer step by step on integer activation codes (any gate set and cell-state
+    format of hwrnn.gates / hwrnn.cell_state; the name is the LSTM's, the first of them)."""
 
     def __init__(self, layer: QuantLayer):
         self.layer = layer
         self.cfg = cfg = layer.cfg
-        m = odd_from_code(layer.codes, cfg.wbits)
-        assert np.abs(m).max(initial=0) * cfg.columns * levels(cfg.abits) < 2 ** 53
-        self._mT = m.T.astype(np.float64)  # [N, 4H]
+        m = cfg.weight_coding.mac_values(layer.codes)
+        assert fm.acc_bound(cfg) < 2 ** 53
+        self._mT = m.T.astype(np.float64)  # [N, rows]
         self.M, self.R, self.B = layer.mult, layer.shift, layer.bias_int
-        self.sig = fm.sigmoid_lut(cfg)
-        self.cand = fm.candidate_lut(cfg)
+        self.gate_set = cfg.gate_set
+        self.tables = self.gate_set.tables(cfg)
 
     def initial_state(self, batch: int = 1) -> IntState:
         h0, c0 = fm.initial_state(self.cfg)
@@ -73,17 +74,12 @@ class IntegerLSTM:
         acc = np.rint(act @ self._mT).astype(np.int64)  # exact: integers below 2**53
         z = fm.preactivation(acc, self.M, self.B, self.R)
         addr = fm.lut_address(cfg, z)
-        i = self.sig[addr[:, 0:H]]
-        f = self.sig[addr[:, H:2 * H]]
-        g = self.cand[addr[:, 2 * H:3 * H]]
-        o = self.sig[addr[:, 3 * H:4 * H]]
-        c = fm.cell_update(cfg, f, state.c, i, g)
-        sc = self.sig[fm.cell_lut_address(cfg, c)]
-        h = fm.h_code(cfg, o, sc)
+        gates = {name: self.tables[name][addr[:, k * H:(k + 1) * H]] for k, name in enumerate(self.gate_set.gates)}
+        h, c, extra = self.gate_set.update(cfg, self.tables, gates, state.h, state.c)
         new = IntState(h, c)
         if not trace:
             return new, None
-        return new, {"acc": acc, "z": z, "i": i, "f": f, "g": g, "o": o, "c": c, "sc": sc, "h": h}
+        return new, {"acc": acc, "z": z, **gates, "c": c, **extra, "h": h}
 
     def run(self, xs, state: IntState | None = None, trace: bool = True):
         """xs: [T, X] (one sequence) codes. Returns (final state, list of per-step tap dicts for

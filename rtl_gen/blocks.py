@@ -13,8 +13,9 @@ from amaranth.lib.wiring import In, Out
 
 from hwrnn import formats as fm
 from hwrnn.config import ConfigError, LayerConfig
-from hwrnn.datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, H_REQUANT_STAGES, SCALE_BIAS_STAGES,
-                             tree_levels, tree_registers)
+from hwrnn.cell_state import FixedPointCell
+from hwrnn.datapath import SCALE_BIAS_STAGES, tree_levels, tree_registers
+from hwrnn.gates import LstmGates
 from hwrnn.quant import levels
 
 from .multiplier import ECP5_WIDTH, RegisteredMultiplier, check_dsp, ecp5_fits
@@ -270,15 +271,15 @@ class FixedCellUnit(wiring.Component):
     Interface shared with every cell-state unit: inputs f, i, g, c (cell word), outputs c_new
     (cell word) and c_addr; ``c_latency``/``addr_latency`` as in hwrnn.datapath.pipeline_stages.
     ``dsp``: elaboration of the two registered multipliers (rtl_gen.multiplier), same latency.
-    Reference: hwrnn.formats.cell_update / cell_lut_address.
+    Reference: hwrnn.cell_state.FixedPointCell.update / lut_address.
     """
 
-    c_latency = FIXED_CELL_STAGES
-    addr_latency = FIXED_CELL_ADDR_STAGES
+    c_latency = FixedPointCell.update_stages
+    addr_latency = FixedPointCell.address_stages
 
     def __init__(self, cfg: LayerConfig, dsp: str | None = None):
         self.dsp = check_dsp(dsp)
-        if cfg.cell_format.kind != "fixed":
+        if not isinstance(cfg.cell_format, FixedPointCell):
             raise ConfigError(f"FixedCellUnit needs a fixed:I.F cell format, got {cfg.cell}")
         self.cfg = cfg
         cw = cfg.cell_format.width
@@ -309,7 +310,7 @@ class FixedCellUnit(wiring.Component):
         m.d.sync += s.eq((fc << (P - G - F)) + ((ig << (P - 2 * G)) + rnd))
         r = Signal.like(s)
         m.d.comb += r.eq(s >> sh)
-        lo, hi = fm.cell_limits(cfg)
+        lo, hi = cfg.cell_format.limits
         m.d.sync += self.c_new.eq(Mux(r < lo, lo, Mux(r > hi, hi, r)))
         d = F - cfg.z_frac
         zc = Signal(signed(cw + 1))
@@ -328,7 +329,7 @@ class HRequantizer(wiring.Component):
     shift). ``dsp``: elaboration of the registered multiplier o*sc (rtl_gen.multiplier).
     Reference: hwrnn.formats.h_code."""
 
-    latency = H_REQUANT_STAGES
+    latency = LstmGates.H_REQUANT_STAGES
 
     def __init__(self, cfg: LayerConfig, dsp: str | None = None):
         self.dsp = check_dsp(dsp)

@@ -32,14 +32,12 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import ConfigError, Folding
-from hwrnn.datapath import (TREE_LEVELS_PER_STAGE, Geometry, asum_width, bias_image, bias_width, s1_width,
-                            weight_image)
-from hwrnn.quant import levels
+from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 
-from .blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, LookupTable, ScaleBias)
-from .float_cell import FloatCellUnit
+from .blocks import LookupTable, ScaleBias
 from .memory import WeightMemory
 from .multiplier import check_dsp
+from .units import gate_set_unit, mac_unit
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
 WEIGHT_MODES = ("memory", "stream")
@@ -94,7 +92,6 @@ class LstmCore(wiring.Component):
         U = g.units_per_fold
         Rf, Cf, P = g.row_folds, g.col_folds, g.plane_steps
         H, X = cfg.hidden, cfg.input
-        Kw = levels(cfg.wbits)
         cw = self.cell_width
         h0, c0 = fm.initial_state(cfg)
 
@@ -225,60 +222,21 @@ class LstmCore(wiring.Component):
         m.d.sync += act_slice.eq(act.word_select(cf, S * A))
         act_reg = delayed(act_slice, 1, "act_slice")
         ctl_dot = delayed(ctl, 2, "ctl_w")
-        _, _, _, _, p_dot = unpack(ctl_dot)
+        dot_valid, dot_first, dot_last, dot_rf, dot_p = unpack(ctl_dot)
 
-        # popcount trees (pipelined) and the partial register
-        PW = g.planes_per_word
-        serial = fold.planes == "serial"
-        partials = []
-        dot_latency = None
-        for lane in range(PE):
-            dot = BitPlaneDot(S, PW, A, max_shift=(cfg.wbits - 1) if serial else 0,
-                              levels_per_stage=TREE_LEVELS_PER_STAGE)
-            m.submodules[f"dot{lane}"] = dot
-            m.d.comb += [dot.w.eq(w_reg[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(act_reg)]
-            if serial:
-                m.d.comb += dot.shift.eq(p_dot)
-            pr = Signal(dot.out_width, name=f"partial{lane}")
-            m.d.sync += pr.eq(dot.dot)
-            partials.append(pr)
-            dot_latency = dot.latency
-        m.submodules.asum = asum = ActivationSum(S, A, levels_per_stage=TREE_LEVELS_PER_STAGE)
-        m.d.comb += asum.a.eq(act_reg)
-        asum_al = delayed(asum.sum, dot_latency - asum.latency, "asum")
-        ctl_tree = delayed(ctl_dot, dot_latency, "ctl_tree")
-        _, _, _, _, p_tree = unpack(ctl_tree)
-        # (2^k - 1) * sum(a), the odd-weight correction's term, formed before it is accumulated
-        s2_asum = Signal(fm.unsigned_width((2 ** A - 1) * S * Kw))
-        asum_sel = Mux(p_tree == 0, asum_al, 0) if serial else asum_al
-        # * Kw as (x << wbits) - x (Kw = 2**wbits - 1): shifts and a subtraction, not a DSP block
-        assert Kw == (1 << cfg.wbits) - 1
-        m.d.sync += s2_asum.eq((asum_sel << cfg.wbits) - asum_sel)
-        ctl_acc = delayed(ctl_tree, 1, "ctl_part")
-        s2_valid, s2_first, s2_last, s2_rf, _ = unpack(ctl_acc)
-
-        # accumulate
-        accs = [Signal(s1_width(cfg), name=f"acc{lane}") for lane in range(PE)]
-        acc_a = Signal(asum_width(cfg) + cfg.wbits)  # (2^k - 1) * sum of the row's activations
-        with m.If(s2_valid):
-            for lane in range(PE):
-                m.d.sync += accs[lane].eq(Mux(s2_first, partials[lane], accs[lane] + partials[lane]))
-            m.d.sync += acc_a.eq(Mux(s2_first, s2_asum, acc_a + s2_asum))
-        s3_valid = Signal()
+        # the weight coding's MAC array (popcount trees | partial | accumulate): per-lane acc
+        m.submodules.mac = mac = mac_unit(cfg, fold)
+        m.d.comb += [mac.w.eq(w_reg), mac.a.eq(act_reg), mac.valid.eq(dot_valid), mac.first.eq(dot_first),
+                     mac.last.eq(dot_last), mac.plane.eq(dot_p)]
+        s2_rf = delayed(dot_rf, mac.latency - 1, "rf_mac")
+        s3_valid = mac.done
         s3_rf = Signal.like(rf)
-        m.d.sync += [s3_valid.eq(s2_valid & s2_last), s3_rf.eq(s2_rf)]
+        m.d.sync += s3_rf.eq(s2_rf)
         # bias word of the row fold: read while the last partial is accumulated (valid with the sums)
         m.d.comb += b_rd.addr.eq(s2_rf)
         b_word = b_rd.data
-
-        # odd-weight correction 2*acc - (2^k - 1)*sum(a), into the scale multiplier's operand register
-        aw = fm.acc_width(cfg)
-        fins = []
-        for lane in range(PE):
-            fin = Signal(signed(aw), name=f"fin{lane}")
-            twice = Cat(Const(0, 1), accs[lane], Const(0, 1)).as_signed()  # 2*acc, non-negative
-            m.d.comb += fin.eq(twice - Cat(acc_a, Const(0, 1)).as_signed())
-            fins.append(fin)
+        aw = mac.acc_width
+        fins = [mac.acc[lane] for lane in range(PE)]
         s4_valid, s4_rf = s3_valid, s3_rf
 
         # scale and bias -> gate LUT address (ScaleBias.latency registers, the address into the LUT's)
@@ -294,12 +252,14 @@ class LstmCore(wiring.Component):
         s5_valid = delayed(s4_valid, sb_latency, "v_sb")
         s5_rf = delayed(s4_rf, sb_latency, "rf_sb")
 
-        # gate LUT read (1) and register (1); the old c of the row fold read alongside
-        sig = fm.sigmoid_lut(cfg)
-        cand = fm.candidate_lut(cfg)
+        # gate table read (1) and register (1): lane n*k + j reads gate j's table (hwrnn.gates);
+        # the old c of the row fold read alongside
+        gate_set = cfg.gate_set
+        n_gates = gate_set.n_gates
+        tables = gate_set.tables(cfg)
         gate_vals = []
         for lane in range(PE):
-            lut = LookupTable(cand if lane % 4 == 2 else sig, cfg.lut_bits)
+            lut = LookupTable(tables[gate_set.gates[lane % n_gates]], cfg.lut_bits)
             m.submodules[f"lut{lane}"] = lut
             m.d.comb += lut.addr.eq(addrs[lane])
             gv = Signal(lut.data.shape(), name=f"gate{lane}")
@@ -310,39 +270,24 @@ class LstmCore(wiring.Component):
         c_old = Signal(U * cw)
         m.d.sync += c_old.eq(c_all.word_select(delayed(s5_rf, 1, "rf_cread"), U * cw))
 
-        # cell update (c written back in place) and the sigmoid(c) address
-        float_cell = cfg.cell_format.kind == "float"
-        c_addrs, c_new_all, os_ = [], [], []
+        # the gate set's unit per unit of the fold (LSTM: cell update written back in place,
+        # sigmoid(c), h requantization)
+        hs, c_new_all = [], []
         for k in range(U):
-            cu = FloatCellUnit(cfg, pipelined=True, dsp=self.dsp) if float_cell else FixedCellUnit(cfg, dsp=self.dsp)
-            m.submodules[f"cell{k}"] = cu
-            i_, f_, g_, o_ = gate_vals[4 * k:4 * k + 4]
-            m.d.comb += [cu.i.eq(i_), cu.f.eq(f_), cu.g.eq(g_), cu.c.eq(c_old[k * cw:(k + 1) * cw])]
-            c_lat, a_lat = cu.c_latency, cu.addr_latency
-            c_new_all.append(cu.c_new)
-            c_addrs.append(cu.c_addr)
-            os_.append(o_)
+            unit = gate_set_unit(cfg, dsp=self.dsp)
+            m.submodules[f"unit{k}"] = unit
+            for j, name in enumerate(gate_set.gates):
+                m.d.comb += getattr(unit, name).eq(gate_vals[n_gates * k + j])
+            m.d.comb += unit.c.eq(c_old[k * cw:(k + 1) * cw])
+            c_new_all.append(unit.c_new)
+            hs.append(unit.h)
+            c_lat, unit_lat = unit.c_latency, unit.latency
         c_write = delayed(s6_valid, c_lat, "v_cell")
         c_write_rf = delayed(s6_rf, c_lat, "rf_cell")
         with m.If(c_write):
             m.d.sync += c_all.word_select(c_write_rf, U * cw).eq(Cat(*c_new_all))
-        s7_valid = delayed(s6_valid, c_lat + a_lat, "v_caddr")
-        s7_rf = delayed(s6_rf, c_lat + a_lat, "rf_caddr")
-
-        # sigmoid(c) LUT read (1) and register (1), then h requantization
-        hs = []
-        for k in range(U):
-            lut = LookupTable(sig, cfg.lut_bits)
-            m.submodules[f"clut{k}"] = lut
-            m.d.comb += lut.addr.eq(c_addrs[k])
-            sc = Signal(lut.data.shape(), name=f"sc{k}")
-            m.d.sync += sc.eq(lut.data)
-            hq = HRequantizer(cfg, dsp=self.dsp)
-            m.submodules[f"hq{k}"] = hq
-            m.d.comb += [hq.o.eq(delayed(os_[k], c_lat + a_lat + 2, f"o{k}")), hq.sc.eq(sc)]
-            hs.append(hq.h)
-        h_valid = delayed(s7_valid, 2 + HRequantizer.latency, "v_h")
-        h_rf = delayed(s7_rf, 2 + HRequantizer.latency, "rf_h")
+        h_valid = delayed(s6_valid, unit_lat, "v_h")
+        h_rf = delayed(s6_rf, unit_lat, "rf_h")
 
         # h_t written; the step is done
         with m.If(h_valid):

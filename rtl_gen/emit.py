@@ -60,7 +60,7 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
             "x": {"element_bits": cfg.abits, "elements": cfg.input},
             "out": {"h": {"offset": 0, "element_bits": cfg.abits, "elements": cfg.hidden},
                     "c": {"offset": cfg.hidden * cfg.abits, "element_bits": core.cell_width, "elements": cfg.hidden,
-                          "signed": cfg.cell_format.kind == "fixed"}},
+                          "signed": cfg.cell_format.signed_word}},
             "load": {"data": {"offset": 0, "bits": core.load_data_w},
                      "addr": {"offset": core.load_data_w, "bits": core.load_addr_w},
                      "sel": {"offset": core.load_data_w + core.load_addr_w, "bits": 2,

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn import floatcell as fc
 from hwrnn.config import ConfigError
-from hwrnn.datapath import FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES
+from hwrnn.cell_state import FloatingPointCell
 
 from .multiplier import RegisteredMultiplier, check_dsp
 
@@ -90,8 +90,8 @@ class FloatCellUnit(wiring.Component):
     def __init__(self, cfg, pipelined: bool = False, dsp: str | None = None):
         self.dsp = check_dsp(dsp)
         self.pipelined = bool(pipelined)
-        self.c_latency = FLOAT_CELL_STAGES if self.pipelined else 0
-        self.addr_latency = FLOAT_CELL_ADDR_STAGES if self.pipelined else 0
+        self.c_latency = FloatingPointCell.update_stages if self.pipelined else 0
+        self.addr_latency = FloatingPointCell.address_stages if self.pipelined else 0
         try:
             p = fc.cell_params(cfg)
         except (ConfigError, AttributeError, TypeError) as e:

@@ -13,7 +13,7 @@ import numpy as np
 
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import LayerConfig
-from hwrnn.quant import activation_codes, levels, weight_codes
+from hwrnn.quant import activation_codes, levels
 
 from hwrnn.integer_model import IntegerLSTM
 
@@ -45,7 +45,7 @@ def layer_from_model(model, **formats) -> QuantLayer:
     b = model.rnn.bias.detach().double().numpy()
     if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
         raise ExportError("the model's LSTM weights or biases contain NaN or inf")
-    codes, s = weight_codes(w, cfg.wbits, cfg.gamma, cfg.weight_tanh)
+    codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)
     return QuantLayer(cfg, codes, s, b)
 
 

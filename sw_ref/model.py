@@ -54,6 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwrnn import quant as hq
+from hwrnn.cell_state import CellState
+from hwrnn.validation import ConfigError
 from sw_ref.quantizers import normalize_bits, quantize_activation, quantize_weight
 
 CANDIDATES = ("sigmoid", "tanh")
@@ -108,16 +110,10 @@ class LMConfig:
         self.weight_tanh = bool(self.weight_tanh)
         self.quantize_output = bool(self.quantize_output)
         if self.cell is not None:
-            from hwrnn.config import CellFormat
-
-            cf = CellFormat.parse(self.cell)
-            if cf.kind == "float":
-                from hwrnn.floatcell import FloatFormat
-
-                FloatFormat(cf.exp_bits, cf.man_bits)
-            elif cf.int_bits < 1 or cf.frac_bits < 0:
-                raise ValueError(f"cell format {self.cell}: needs at least one integer bit")
-            self.cell = str(cf)
+            try:
+                self.cell = str(CellState.parse(self.cell))  # validates the format's own widths
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
 
     @property
     def is_float(self) -> bool:
@@ -148,6 +144,8 @@ class QuantLSTMLM(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.cfg = cfg
+        #: the hardware cell-state format emulated in training (hwrnn.cell_state), or None
+        self.cell_state = CellState.parse(cfg.cell) if cfg.cell is not None else None
         V, H, X = cfg.vocab, cfg.hidden, cfg.input
         self.embedding = nn.Embedding(V, X)
         self.rnn = _RNNParams(4 * H, X + H)
@@ -211,22 +209,10 @@ class QuantLSTMLM(nn.Module):
     def _cell_round(self, c):
         """Round c to the hardware cell format (straight-through gradient): fixed:I.F rounds half
         up to F fraction bits and saturates; float formats round to nearest even
-        (hwrnn.floatcell.round_to_format_torch). Training sees the cell the integer model uses."""
-        if self.cfg.cell is None:
+        (hwrnn.cell_state: the format's round_values). Training sees the cell the integer model uses."""
+        if self.cell_state is None:
             return c
-        from hwrnn.config import CellFormat
-
-        cf = CellFormat.parse(self.cfg.cell)
-        if cf.kind == "float":
-            from hwrnn.floatcell import _round64
-
-            # c itself is a float32 (float64 in traces) sum, so this is an approximation of the
-            # unit's single rounding (exact emulation: the integer model); values are exact
-            r = _round64(c.detach().to(torch.float64), cf.exp_bits, cf.man_bits).to(c.dtype)
-            return c + (r - c).detach()
-        scale = 2.0 ** cf.frac_bits
-        top = 2.0 ** cf.int_bits
-        q = torch.clamp(torch.floor(c * scale + 0.5) / scale, -top, top - 1.0 / scale)
+        q = self.cell_state.round_values(c)
         return c + (q - c).detach()
 
     @staticmethod

@@ -98,7 +98,7 @@ def test_config_unknown_field_rejected():
 def test_folding_validation():
     cfg = LayerConfig(wbits=2, abits=2, hidden=8, input=4)
     with pytest.raises(ConfigError, match="multiple of 4"):
-        Folding(pe=6)
+        Folding(pe=6).check_against(cfg)
     with pytest.raises(ConfigError, match="exceeds"):
         Folding(pe=36).check_against(cfg)
     with pytest.raises(ConfigError, match="exceeds"):

@@ -1,0 +1,128 @@
+"""Which RTL unit builds each contract class of hwrnn's axes of variation, and the units that are
+one gate set's part of the core.
+
+* cell-state formats (hwrnn.cell_state) -> ``CELL_STATE_UNITS``: a component with inputs f, i, g,
+  c (cell word) and outputs c_new (``c_latency`` cycles later) and c_addr, the sigmoid(c_new) table
+  address (``addr_latency`` cycles after c_new, for a table's read-address register);
+* gate sets (hwrnn.gates) -> ``GATE_SET_UNITS``: a component per unit with one input per gate
+  (the registered table outputs), the old state in and h (and c_new) out, latencies equal to the
+  gate set's ``stages``;
+* weight codings (hwrnn.weight_code) -> ``MAC_UNITS``: a MAC array (rtl_gen.mac) from weight
+  words and activation slices to per-lane accumulators acc = sum mac_value * a.
+
+The core looks its units up here and never branches on a format, cell type or coding itself.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hwrnn import formats as fm
+from hwrnn.cell_state import FixedPointCell, FloatingPointCell
+from hwrnn.config import ConfigError, Folding, LayerConfig
+from hwrnn.gates import LstmGates
+from hwrnn.weight_code import BalancedCode
+
+from .blocks import FixedCellUnit, HRequantizer, LookupTable
+from .float_cell import FloatCellUnit
+from .mac import BalancedMac
+from .multiplier import check_dsp
+
+#: cell-state format class -> unit constructor ``(cfg, dsp=...)`` (pipelined as the core needs it)
+CELL_STATE_UNITS = {
+    FixedPointCell: FixedCellUnit,
+    FloatingPointCell: partial(FloatCellUnit, pipelined=True),
+}
+
+
+def cell_state_unit(cfg: LayerConfig, dsp: str | None = None):
+    """The pipelined unit of cfg's cell-state format."""
+    try:
+        build = CELL_STATE_UNITS[type(cfg.cell_format)]
+    except KeyError:
+        raise ConfigError(f"no RTL unit for cell format {cfg.cell}") from None
+    return build(cfg, dsp=dsp)
+
+
+class LstmUnit(wiring.Component):
+    """One LSTM unit after the gate tables: the cell-state unit, the sigmoid(c) table and the h
+    requantizer (hwrnn.gates.LstmGates.update; stages LstmGates.stages).
+
+    Ports: i, f, o In(unsigned(G+1)), g In (candidate width, signed for tanh), c In(cell word);
+    c_new Out(cell word), valid ``c_latency`` cycles after the gates (the core writes it back);
+    h Out(abits), valid ``latency`` cycles after the gates.
+    """
+
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.cfg = cfg
+        self.dsp = check_dsp(dsp)
+        stages = LstmGates().stages(cfg)
+        self.c_latency = stages["cell_update"]
+        self.latency = sum(stages.values())
+        cw = cfg.cell_format.width
+        cell_shape = signed(cw) if cfg.cell_format.signed_word else unsigned(cw)
+        gs = signed(fm.candidate_width(cfg)) if cfg.candidate == "tanh" else unsigned(fm.candidate_width(cfg))
+        super().__init__({
+            "i": In(unsigned(fm.gate_width(cfg))),
+            "f": In(unsigned(fm.gate_width(cfg))),
+            "g": In(gs),
+            "o": In(unsigned(fm.gate_width(cfg))),
+            "c": In(cell_shape),
+            "c_new": Out(cell_shape),
+            "h": Out(cfg.abits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        m.submodules.cell = cu = cell_state_unit(cfg, dsp=self.dsp)
+        m.d.comb += [cu.i.eq(self.i), cu.f.eq(self.f), cu.g.eq(self.g), cu.c.eq(self.c), self.c_new.eq(cu.c_new)]
+        assert cu.c_latency == self.c_latency
+        # sigmoid(c) table read (1) and register (1)
+        m.submodules.clut = lut = LookupTable(fm.sigmoid_lut(cfg), cfg.lut_bits)
+        m.d.comb += lut.addr.eq(cu.c_addr)
+        sc = Signal(lut.data.shape(), name="sc")
+        m.d.sync += sc.eq(lut.data)
+        # o waits beside the cell update, the address and the sigmoid(c) read
+        o = self.o
+        for k in range(cu.c_latency + cu.addr_latency + 2):
+            r = Signal(o.shape(), name=f"o_d{k + 1}")
+            m.d.sync += r.eq(o)
+            o = r
+        m.submodules.hq = hq = HRequantizer(cfg, dsp=self.dsp)
+        m.d.comb += [hq.o.eq(o), hq.sc.eq(sc), self.h.eq(hq.h)]
+        assert cu.c_latency + cu.addr_latency + 2 + hq.latency == self.latency
+        return m
+
+
+#: gate set class -> unit constructor ``(cfg, dsp=...)``
+GATE_SET_UNITS = {
+    LstmGates: LstmUnit,
+}
+
+
+def gate_set_unit(cfg: LayerConfig, dsp: str | None = None):
+    """The per-unit component of cfg's gate set."""
+    try:
+        build = GATE_SET_UNITS[type(cfg.gate_set)]
+    except KeyError:
+        raise ConfigError(f"no RTL unit for cell type {cfg.cell_type}") from None
+    return build(cfg, dsp=dsp)
+
+
+#: weight coding class -> MAC array constructor ``(cfg, fold)``
+MAC_UNITS = {
+    BalancedCode: BalancedMac,
+}
+
+
+def mac_unit(cfg: LayerConfig, fold: Folding):
+    """The MAC array of cfg's weight coding."""
+    try:
+        build = MAC_UNITS[type(cfg.weight_coding)]
+    except KeyError:
+        raise ConfigError(f"no RTL MAC unit for weight code {cfg.weight_code}") from None
+    return build(cfg, fold)

@@ -1,0 +1,123 @@
+"""The RTL unit of each axis class (rtl_gen.units) in the Amaranth simulator against the contract
+class's reference functions in hwrnn (cell_state, gates, weight_code)."""
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hwrnn import LayerConfig
+from hwrnn import formats as fm
+from hwrnn.cell_state import FORMATS
+from hwrnn.checkpoint import QuantLayer
+from hwrnn.config import Folding
+from hwrnn.datapath import Geometry, weight_image
+from hwrnn.gates import GATE_SETS
+from hwrnn.weight_code import WEIGHT_CODES
+from rtl_gen.units import CELL_STATE_UNITS, GATE_SET_UNITS, MAC_UNITS, LstmUnit, mac_unit
+
+
+def test_every_axis_class_has_an_rtl_unit():
+    assert set(CELL_STATE_UNITS) == set(FORMATS)
+    assert set(GATE_SET_UNITS) == set(GATE_SETS)
+    assert set(MAC_UNITS) == set(WEIGHT_CODES)
+
+
+@pytest.mark.parametrize("cell,candidate", [("fixed:3.10", "sigmoid"), ("fixed:2.6", "tanh"), ("fp16", "tanh"),
+                                            ("e4m3", "sigmoid")])
+def test_lstm_unit_matches_the_gate_set_update(cell, candidate):
+    cfg = LayerConfig(wbits=2, abits=3, hidden=4, cell=cell, candidate=candidate)
+    rng = np.random.default_rng(7)
+    n = 40
+    top = 1 << cfg.gate_frac
+    gates = {"i": rng.integers(0, top + 1, n), "f": rng.integers(0, top + 1, n), "o": rng.integers(0, top + 1, n),
+             "g": rng.integers(-top if candidate == "tanh" else 0, top + 1, n)}
+    cf = cfg.cell_format
+    if cf.signed_word:
+        lo, hi = cf.limits
+        c = rng.integers(lo, hi + 1, n)
+    else:  # float words of moderate values (reserved exponent excluded)
+        c = np.array([int(w) for w in rng.integers(0, 1 << cf.width, n)])
+        c = np.where(((c >> cf.man_bits) & ((1 << cf.exp_bits) - 1)) == (1 << cf.exp_bits) - 1, 0, c)
+    gs = cfg.gate_set
+    h_ref, c_ref, _ = gs.update(cfg, gs.tables(cfg), gates, None, c)
+
+    dut = LstmUnit(cfg)
+    got_c, got_h = {}, {}
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def tb(ctx):
+        for t in range(n + dut.latency):
+            if t < n:
+                for name in gs.gates:
+                    ctx.set(getattr(dut, name), int(gates[name][t]))
+                ctx.set(dut.c, int(c[t]))
+            await ctx.tick()
+            k = t - dut.c_latency + 1
+            if 0 <= k < n:
+                got_c[k] = ctx.get(dut.c_new)
+            k = t - dut.latency + 1
+            if 0 <= k < n:
+                got_h[k] = ctx.get(dut.h)
+
+    sim.add_testbench(tb)
+    sim.run()
+    assert [got_c[k] for k in range(n)] == [int(v) for v in c_ref]
+    assert [got_h[k] for k in range(n)] == [int(v) for v in h_ref]
+    assert dut.latency == sum(gs.stages(cfg).values())
+
+
+@pytest.mark.parametrize("wbits,abits,hidden,inp,pe,simd,planes", [
+    (1, 1, 3, 5, 4, 3, "parallel"), (4, 2, 5, 6, 8, 4, "parallel"), (3, 3, 4, 7, 8, 5, "serial"),
+    (8, 2, 2, 3, 8, 2, "serial")])
+def test_mac_unit_matches_the_weight_coding(wbits, abits, hidden, inp, pe, simd, planes):
+    """One row fold's words through the coding's MAC array: acc per lane = acc_from_planes(sum n*a,
+    sum a) of hwrnn.weight_code (padding lanes included: code 0)."""
+    cfg = LayerConfig(wbits=wbits, abits=abits, hidden=hidden, input=inp)
+    fold = Folding(pe=pe, simd=simd, planes=planes)
+    layer = QuantLayer.random(cfg, seed=3)
+    g = Geometry(cfg, fold)
+    image = weight_image(layer, fold)
+    rng = np.random.default_rng(5)
+    act = np.zeros(g.padded_columns, np.int64)
+    act[:cfg.columns] = rng.integers(0, (1 << abits), cfg.columns)
+    rf = g.row_folds - 1  # the last row fold has padding lanes when PE does not divide the rows
+    codes = np.zeros((pe, g.padded_columns), np.int64)
+    for lane in range(pe):
+        r = g.lane_row(rf, lane)
+        if r is not None:
+            codes[lane, :cfg.columns] = layer.codes[r]
+    want = cfg.weight_coding.acc_from_planes(codes @ act, act.sum())
+
+    dut = mac_unit(cfg, fold)
+    words = []
+    for cf in range(g.col_folds):
+        a_slice = sum(int(v) << (abits * s) for s, v in enumerate(act[cf * simd:(cf + 1) * simd]))
+        for p in range(g.plane_steps):
+            addr = (rf * g.col_folds + cf) * g.plane_steps + p
+            words.append((image[addr], a_slice, cf == 0 and p == 0, cf == g.col_folds - 1 and p == g.plane_steps - 1, p))
+    got = {}
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def tb(ctx):
+        for t in range(len(words) + dut.latency + 2):
+            if t < len(words):
+                w, a, first, last, p = words[t]
+                ctx.set(dut.w, w)
+                ctx.set(dut.a, a)
+                ctx.set(dut.first, int(first))
+                ctx.set(dut.last, int(last))
+                ctx.set(dut.plane, p)
+                ctx.set(dut.valid, 1)
+            else:
+                ctx.set(dut.valid, 0)
+            await ctx.tick()
+            if ctx.get(dut.done):
+                got["t"] = t
+                got["acc"] = [ctx.get(dut.acc[lane]) for lane in range(pe)]
+
+    sim.add_testbench(tb)
+    sim.run()
+    assert got["t"] == len(words) - 1 + dut.latency - 1
+    assert got["acc"] == [int(v) for v in want]
+    assert max(abs(int(v)) for v in want) <= fm.acc_bound(cfg)
