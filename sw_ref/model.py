@@ -151,6 +151,10 @@ class QuantLSTMLM(nn.Module):
         self.rnn = _RNNParams(4 * H, X + H)
         self.decoder = nn.Linear(H, V)
         self.drop = nn.Dropout(cfg.dropout)
+        #: dtype of the decoder GEMMs in training mode (None: the parameters' fp32; torch.bfloat16:
+        #: CPU autocast of the decoder Linear only, its logits returned in float32). Evaluation
+        #: (eval mode) and the LSTM layer always compute in the parameters' dtype.
+        self.train_decoder_dtype = None
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------
@@ -254,6 +258,10 @@ class QuantLSTMLM(nn.Module):
         xw = torch.addmm(self.rnn.bias, x.reshape(T * B, X), Wx_t).view(T, B, -1)
         outs, state = self._recurrence(xw, Wh_t, h, c)
         hs = self.drop(torch.stack(outs).view(T * B, -1))
+        if self.training and self.train_decoder_dtype is not None:
+            with torch.autocast("cpu", dtype=self.train_decoder_dtype):
+                logits = F.linear(hs, self._decoder_weight(), self.decoder.bias)
+            return logits.float(), state
         logits = F.linear(hs, self._decoder_weight(), self.decoder.bias)
         return logits, state
 

@@ -1,0 +1,104 @@
+"""Committable resume points (sw_ref.resume_point) and the bf16 decoder switch, on the tiny corpus."""
+import json
+
+import pytest
+import torch
+
+from sw_ref import resume_point
+from sw_ref.model import LMConfig, QuantLSTMLM
+from sw_ref.train import CheckpointError, TrainError, train
+
+from tiny_corpus import write_corpus
+
+QUICK = dict(hidden=16, batch_size=10, bptt=20, checkpoint_every=0, log_every=0, dropout=0.0,
+             progress=False, threads=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("ptb"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pack_unpack_continues_the_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=2, **QUICK)
+    point = tmp_path / "points" / "float_h16.pt"
+    info = resume_point.pack(run, point)
+    assert info["epoch"] == 2
+    p = resume_point.read(point)
+    orig = torch.load(run / "last.pt", weights_only=True)
+    nbytes = lambda sd: sum(v.numel() * v.element_size() for v in sd.values())  # noqa: E731
+    assert nbytes(p["model"]) * 2 == nbytes(orig["model"])
+    # the tiny run's epoch 2 did not improve (lr annealed): best.pt's parameters travel along
+    assert orig["best_epoch"] == 1 and p["best_model"] is not None
+    assert all(v.dtype == torch.float16 for v in p["model"].values() if v.is_floating_point())
+    assert [m["epoch"] for m in p["metrics"] if "event" not in m] == [1, 2]
+
+    again = tmp_path / "again"
+    resume_point.unpack(point, again)
+    last = torch.load(again / "last.pt", weights_only=True)
+    best = torch.load(again / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["valid_ppl"] == orig["best_valid_ppl"]
+    for k, v in orig["model"].items():  # fp16 round trip: relative error <= 2**-11
+        assert torch.allclose(last["model"][k], v, rtol=2 ** -11, atol=1e-7)
+    assert last["epoch"] == 2 and last["lr"] == orig["lr"] and last["batch"] == 0
+    summary = train(data=corpus, out=again, epochs=3, **QUICK)
+    assert summary["epochs_done"] == 3
+    lines = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "epoch" in r and "event" not in r] == [1, 2, 3]
+
+    with pytest.raises(TrainError, match="exists"):
+        resume_point.unpack(point, again)
+
+
+def test_init_from_accepts_a_resume_point(corpus, tmp_path):
+    run = tmp_path / "float"
+    train(data=corpus, out=run, epochs=1, **QUICK)
+    point = tmp_path / "float.pt"
+    resume_point.pack(run, point)
+    q = tmp_path / "w2a2"
+    train(data=corpus, out=q, epochs=1, wbits=2, abits=2, init_from=str(point), max_batches=1, **QUICK)
+    assert (q / "last.pt").is_file()
+
+
+def test_mid_epoch_and_foreign_files_are_refused(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=1, max_batches=2, **QUICK)
+    with pytest.raises(TrainError, match="mid-epoch"):
+        resume_point.pack(run, tmp_path / "p.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as e:
+        resume_point.read(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="not an hwrnn resume point"):
+        resume_point.read(run / "last.pt")
+
+
+def test_bf16_decoder_only_in_training_mode():
+    torch.manual_seed(0)
+    model = QuantLSTMLM(LMConfig(vocab=50, hidden=8, dropout=0.0))
+    tokens = torch.randint(0, 50, (5, 3))
+    model.train()
+    ref, _ = model(tokens)
+    model.train_decoder_dtype = torch.bfloat16
+    fast, _ = model(tokens)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, ref)
+    assert torch.allclose(fast, ref, rtol=2e-2, atol=2e-2)
+    model.eval()  # validation, test and the integer model stay fp32
+    a, _ = model(tokens)
+    model.train_decoder_dtype = None
+    b, _ = model(tokens)
+    assert torch.equal(a, b)
+
+
+def test_bad_decoder_precision_is_one_line(corpus, tmp_path):
+    with pytest.raises(TrainError, match="--decoder-precision must be one of fp32, bf16"):
+        train(data=corpus, out=tmp_path / "r", epochs=1, decoder_precision="fp8", **QUICK)
