@@ -12,6 +12,10 @@ resources, Fmax and timing. Exit 0 built (timing met), 1 timing not met, 2 refus
 failure. run: loads the checkpoint over the link, runs a sequence and checks every h_t, c_t
 against the integer model; exit 0 only when all matched. sim: the board-level cocotb simulation
 (UART + framing + core, corrupted frames included).
+
+The layer options (--wbits ... --checkpoint --random --seed --pe --simd --planes) are
+hwrnn.layer_options': the same flags give the same layer and refusals as rtl_gen and sim; only the
+default folding is the board's.
 """
 from __future__ import annotations
 
@@ -21,52 +25,26 @@ import sys
 import time
 from pathlib import Path
 
+from hwrnn import layer_options
 from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
 from hwrnn.cli import os_error_line
-from hwrnn.config import ConfigError, Folding, LayerConfig
+from hwrnn.config import ConfigError, Folding
+from hwrnn.layer_options import add_layer_options, weight_seed
 
 
 def _layer_args(p, with_fold=True):
-    p.add_argument("--checkpoint", help="layer checkpoint (python -m sw_ref export); default: random weights")
-    p.add_argument("--wbits", type=int, help="weight bits")
-    p.add_argument("--abits", type=int, help="activation bits")
-    p.add_argument("--hidden", type=int, help="hidden units H")
-    p.add_argument("--input", type=int, help="input size X (default: hidden)")
-    p.add_argument("--cell", help="cell-state format, e.g. fixed:3.10")
-    p.add_argument("--candidate", choices=["sigmoid", "tanh"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
-    if with_fold:
-        p.add_argument("--pe", type=int, help="rows per cycle (multiple of 4; default per board)")
-        p.add_argument("--simd", type=int, help="columns per cycle (default per board)")
-        p.add_argument("--planes", choices=["parallel", "serial"], default=None)
-
-
-def resolve_layer(args) -> tuple[QuantLayer, str]:
-    if args.checkpoint:
-        layer = load_layer(args.checkpoint)
-        for opt in ("wbits", "abits", "hidden", "input", "candidate"):
-            given = getattr(args, opt, None)
-            if given is not None and given != getattr(layer.cfg, opt):
-                raise ConfigError(f"--{opt} {given} disagrees with the checkpoint ({opt}={getattr(layer.cfg, opt)})")
-        return layer, f"checkpoint {args.checkpoint}"
-    missing = [o for o in ("wbits", "abits", "hidden") if getattr(args, o, None) is None]
-    if missing:
-        raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
-    kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
-    if args.cell:
-        kw["cell"] = args.cell
-    if args.candidate:
-        kw["candidate"] = args.candidate
-    cfg = LayerConfig(**kw)
-    return QuantLayer.random(cfg, seed=args.seed), f"random (seed {args.seed}, drawn like a fresh layer)"
+    add_layer_options(p, folding=with_fold, folding_default="the board's (python -m boards list); for sim about "
+                                                           "H/16 rows, at most 64, and 32 columns")
 
 
 def resolve_fold(args, cfg, spec=None) -> Folding:
-    d = spec.default_folding(cfg) if spec is not None else Folding.default_for(cfg)
-    fold = Folding(pe=args.pe if args.pe is not None else d.pe, simd=args.simd if args.simd is not None else d.simd,
-                   planes=args.planes or d.planes)
-    fold.check_against(cfg)
-    return fold
+    """--pe/--simd/--planes, defaulting to the board's folding (Folding.default_for without a board)."""
+    return layer_options.folding_from_args(args, cfg, spec.default_folding if spec is not None else None)
+
+
+def resolve(args, spec=None) -> tuple[QuantLayer, Folding, str]:
+    """(layer, folding, source): hwrnn.layer_options.resolve with the board's default folding."""
+    return layer_options.resolve(args, spec.default_folding if spec is not None else None)
 
 
 def cmd_list(args) -> int:
@@ -83,7 +61,7 @@ def cmd_fit(args) -> int:
     from .build import fit_check
     from .top import BOARDS
 
-    layer, _src = resolve_layer(args)
+    layer, _src = layer_options.resolve_layer(args)
     rc = 0
     for name in ([args.board] if args.board else list(BOARDS)):
         spec = BOARDS[name]
@@ -108,8 +86,7 @@ def cmd_build(args) -> int:
 
     spec = BOARDS[args.board]
     try:
-        layer, src = resolve_layer(args)
-        fold = resolve_fold(args, layer.cfg, spec)
+        layer, fold, src = resolve(args, spec)
         out = args.out or f"build/boards/{args.board}"
         print(f"boards: {spec.title}: W{layer.cfg.wbits}A{layer.cfg.abits} H={layer.cfg.hidden} "
               f"X={layer.cfg.input}, PE {fold.pe} SIMD {fold.simd} {fold.planes}, weights {src}")
@@ -139,16 +116,18 @@ def cmd_run(args) -> int:
         if args.build:
             rep = json.loads((Path(args.build) / "report.json").read_text())
             baud = baud or rep["baud"]
-            layer = load_layer(args.checkpoint) if args.checkpoint else load_layer(Path(args.build) / "layer.npz")
+        if args.build and not args.checkpoint:  # the layer baked into the bitstream
+            layer = load_layer(Path(args.build) / "layer.npz")
+            layer_options.check_against_checkpoint(args, layer.cfg)
         else:
-            layer, _src = resolve_layer(args)
+            layer, _src = layer_options.resolve_layer(args)
         baud = baud or 115200
         if args.sequence:
             path = Path(args.sequence)
             xs = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()))
             xs = np.asarray(xs, dtype=np.int64).reshape(-1, layer.cfg.input)
         else:
-            xs = random_sequence(layer.cfg, args.steps, args.seed)
+            xs = random_sequence(layer.cfg, args.steps, weight_seed(args))
     except (ConfigError, CheckpointError, ValueError, OSError, KeyError) as e:
         print(f"boards run: error: {e}", file=sys.stderr)
         return 2
@@ -185,12 +164,11 @@ def cmd_sim(args) -> int:
     from .simulate import run_board_sim
 
     try:
-        layer, _src = resolve_layer(args)
-        fold = resolve_fold(args, layer.cfg)
+        layer, fold, _src = resolve(args)
         work = Path(args.work) if args.work else Path("build/boards/sim")
         t0 = time.perf_counter()
         res = run_board_sim(layer, fold, work, sim=args.sim, divisor=args.divisor, steps=args.steps,
-                            seed=args.seed, waves=args.waves)
+                            seed=weight_seed(args), waves=args.waves)
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"boards sim: error: {e}", file=sys.stderr)
         return 2

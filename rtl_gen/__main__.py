@@ -5,29 +5,18 @@ import argparse
 import sys
 import time
 
-from hwrnn import pretrained
-from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
+from hwrnn import layer_options
+from hwrnn.checkpoint import CheckpointError
 from hwrnn.cli import check_output_dir, os_error_line
-from hwrnn.config import DEFAULT_CELL, ConfigError, Folding, LayerConfig
+from hwrnn.config import ConfigError, Folding
+from hwrnn.layer_options import add_layer_options
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m rtl_gen", description=__doc__)
-    p.add_argument("--wbits", type=int, help="weight bits (1..8)")
-    p.add_argument("--abits", type=int, help="activation bits (1..8)")
-    p.add_argument("--hidden", type=int, help="hidden units H")
-    p.add_argument("--input", type=int, help="input size X (default: hidden)")
-    p.add_argument("--pe", type=int, help="rows in parallel, a multiple of 4 (default: about H/16, at most 64)")
-    p.add_argument("--simd", type=int, help="columns per cycle (default: 32)")
-    p.add_argument("--planes", choices=["parallel", "serial"], help="weight bit planes per cycle (default parallel)")
+    add_layer_options(p)
     p.add_argument("--weights", choices=["memory", "stream"], default="memory",
                    help="weights in on-chip memory (default) or streamed in through port w every step")
-    p.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export`")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
-    p.add_argument("--random", action="store_true",
-                   help="seeded random weights even where a trained layer ships (W4A2 H=450: the PTB layer)")
-    p.add_argument("--cell", default=None, help=f"cell-state format (default {DEFAULT_CELL})")
-    p.add_argument("--candidate", choices=["sigmoid", "tanh"], default=None, help="candidate gate nonlinearity")
     p.add_argument("--name", default="hwrnn_lstm", help="Verilog top module name")
     p.add_argument("--steps", type=int, default=35, help="sequence length for the per-sequence latency figure")
     p.add_argument("-o", "--out", default="build", help="output directory (default build/)")
@@ -52,55 +41,18 @@ def parse_report_args(argv):
     return p.parse_args(argv)
 
 
-def resolve(args):
-    """(layer, folding, source description) from the options; raises ConfigError/CheckpointError."""
+def check_tool_options(args) -> None:
+    """rtl_gen's own options (the layer group is checked by hwrnn.layer_options)."""
     if args.name is None or not args.name.isidentifier():
         raise ConfigError(f"--name must be a Verilog identifier, got {args.name!r}")
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-    if args.checkpoint:
-        layer = load_layer(args.checkpoint)
-        cfg = layer.cfg
-        for opt in ("wbits", "abits", "hidden", "input", "candidate"):
-            given = getattr(args, opt)
-            if given is not None and given != getattr(cfg, opt):
-                raise ConfigError(f"--{opt} {given} disagrees with the checkpoint ({opt}={getattr(cfg, opt)})")
-        if args.cell is not None and LayerConfig(**{**cfg.to_dict(), "cell": args.cell}).cell != cfg.cell:
-            raise ConfigError(f"--cell {args.cell} disagrees with the checkpoint (cell={cfg.cell})")
-        source = f"checkpoint {args.checkpoint}"
-    else:
-        cfg = config_from_args(args)
-        rec = None if args.random else pretrained.find(cfg)
-        if rec is not None:
-            layer = pretrained.load(rec)
-            source = pretrained.describe(rec)
-        else:
-            layer = QuantLayer.random(cfg, seed=args.seed)
-            source = f"random (seed {args.seed}, drawn like a fresh layer)"
-    return layer, folding_from_args(args, cfg), source
 
 
-def config_from_args(args) -> LayerConfig:
-    """LayerConfig from --wbits/--abits/--hidden/--input/--cell/--candidate (no checkpoint)."""
-    missing = [o for o in ("wbits", "abits", "hidden") if getattr(args, o) is None]
-    if missing:
-        raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
-    kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
-    if args.cell is not None:
-        kw["cell"] = args.cell
-    if args.candidate is not None:
-        kw["candidate"] = args.candidate
-    return LayerConfig(**kw)
-
-
-def folding_from_args(args, cfg: LayerConfig) -> Folding:
-    """--pe/--simd/--planes, each defaulting to Folding.default_for(cfg); checked against cfg."""
-    d = Folding.default_for(cfg)
-    fold = Folding(pe=args.pe if args.pe is not None else d.pe,
-                   simd=args.simd if args.simd is not None else d.simd,
-                   planes=args.planes or d.planes)
-    fold.check_against(cfg)
-    return fold
+def resolve(args):
+    """(layer, folding, source description) from the options; raises ConfigError/CheckpointError."""
+    check_tool_options(args)
+    return layer_options.resolve(args)
 
 
 def report_main(argv) -> int:
@@ -141,14 +93,8 @@ def report_main(argv) -> int:
 
 def resolve_config(args):
     """(LayerConfig, Folding) from the options without building the layer (for --estimate)."""
-    if args.checkpoint:
-        layer, fold, _source = resolve(args)
-        return layer.cfg, fold
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-    cfg = config_from_args(args)
-    fold = folding_from_args(args, cfg)
-    return cfg, fold
+    check_tool_options(args)
+    return layer_options.resolve_config(args)
 
 
 def main(argv=None) -> int:

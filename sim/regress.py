@@ -40,10 +40,11 @@ class RegressionResult:
 
 
 def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str = "hwrnn_lstm",
-                  weights: str = "memory") -> Path:
+                  weights: str = "memory", source: str = "sim") -> Path:
+    """The core of ``layer`` in ``out_dir`` (Verilog, images, manifest naming ``source``) and its layer.npz."""
     from rtl_gen.emit import generate, write_output
 
-    files = generate(layer, fold, name, source="sim", weights=weights)
+    files = generate(layer, fold, name, source=source, weights=weights)
     write_output(files, str(out_dir))
     layer.save(out_dir / "layer.npz")
     return out_dir
@@ -52,14 +53,16 @@ def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str = "
 def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "verilator", steps: int = 20,
                    seed: int = 0, stall_in: float = 0.3, stall_out: float = 0.3, resets: bool = True,
                    load_layer: QuantLayer | None = None, waves: bool = False,
-                   name: str = "hwrnn_lstm", inject=None, weights: str = "memory") -> RegressionResult:
+                   name: str = "hwrnn_lstm", inject=None, weights: str = "memory",
+                   source: str = "sim") -> RegressionResult:
     """Raises sim.runner.SimulationFailed (one line) when anything differs.
 
+    ``source`` describes where the weights came from (the manifest's weights_source);
     ``inject(verilog_text) -> text`` lets tests break the design on purpose."""
     work = Path(work).resolve()
     gen = work / "gen"
     t0 = time.perf_counter()
-    generate_core(layer, fold, gen, name, weights)
+    generate_core(layer, fold, gen, name, weights, source)
     if inject is not None:
         v = gen / f"{name}.v"
         v.write_text(inject(v.read_text()))
