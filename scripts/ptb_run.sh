@@ -8,8 +8,9 @@
 #   HWRNN_PTB=../shared/data/ptb nohup setsid scripts/ptb_run.sh runs/W4A4_h450 \
 #       --wbits 4 --abits 4 --hidden 450 > runs/W4A4_h450.log 2>&1 &
 set -euo pipefail
-out=$(realpath -m "$1"); shift
-cd "$(dirname "$0")/.."
+root=$(realpath "$(dirname "$0")/..")
+out=$(realpath -m --relative-to="$root" "$1"); shift   # recorded relative to the repository
+cd "$root"
 py=${PYTHON:-.venv/bin/python}
 results=${RESULTS:-results/ptb.json}
 batches=${EPOCH_BATCHES:-1328}   # one PTB epoch at batch 20 x bptt 35

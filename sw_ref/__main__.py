@@ -207,11 +207,12 @@ def _train_extra(args) -> dict:
 
 
 def cmd_experiment(args) -> int:
-    from .experiment import run_experiment
+    from .experiment import relative_command, run_experiment
 
     e = run_experiment(args.data, args.out, wbits=args.wbits, abits=args.abits, hidden=args.hidden,
                        epochs=args.epochs, name=args.name, results=args.results, formats=_formats(args),
-                       eval_only=args.eval_only, **_train_extra(args))
+                       eval_only=args.eval_only, command=relative_command(["python", "-m", "sw_ref", *args.argv]),
+                       **_train_extra(args))
     print(json.dumps(e, indent=1))
     return 0
 
@@ -274,7 +275,7 @@ def cmd_ship(args) -> int:
 
     from hwrnn import pretrained
 
-    from .experiment import load_results
+    from .experiment import load_results, portable_entry
     from .export import layer_from_model
     from .train import load_lm_checkpoint
 
@@ -284,6 +285,7 @@ def cmd_ship(args) -> int:
         raise ValueError(f"{args.results} has no entry {args.entry!r} (entries: {', '.join(sorted(d['runs']))})")
     if e.get("integer_ppw") is None:
         raise ValueError(f"entry {args.entry} has no integer-model perplexity: a float run cannot be shipped")
+    e = portable_entry(e)  # the provenance names paths relative to the repository, never this machine's
     ck = Path(args.run or e["run_dir"]) / e["evaluated"]
     model, _vocab, meta = load_lm_checkpoint(ck)
     if meta.get("epoch") != e.get("best_epoch"):
@@ -302,7 +304,9 @@ def cmd_ship(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, recorded (paths relative) by `experiment`
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
                 "table": cmd_table, "search": cmd_search, "ship": cmd_ship}[args.cmd](args)
