@@ -102,3 +102,19 @@ def test_bf16_decoder_only_in_training_mode():
 def test_bad_decoder_precision_is_one_line(corpus, tmp_path):
     with pytest.raises(TrainError, match="--decoder-precision must be one of fp32, bf16"):
         train(data=corpus, out=tmp_path / "r", epochs=1, decoder_precision="fp8", **QUICK)
+
+
+def test_eval_every_validates_and_anneals_within_the_epoch(corpus, tmp_path):
+    run = tmp_path / "run"
+    # lr 200 overshoots on the tiny corpus: a mid-epoch stall must anneal before the epoch ends
+    s = train(data=corpus, out=run, epochs=1, eval_every=30, lr=200.0, **QUICK)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    mid = [r for r in recs if "batch" in r and "event" not in r]
+    assert [r["batch"] for r in mid] == [30, 60, 90]  # 117 batches: not at the epoch's end
+    assert all(r["epoch"] == 1 for r in mid)
+    lrs = [r["lr"] for r in mid] + [r["lr"] for r in recs if "train_ppl" in r]
+    for r, nxt in zip(mid, lrs[1:]):  # each stall divides the next lr by the anneal factor
+        assert nxt == (r["lr"] if r["improved"] else r["lr"] / 4.0)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["valid_ppl"] == min(r["valid_ppl"] for r in recs if "valid_ppl" in r)
+    assert s["best_valid_ppl"] == best["valid_ppl"]

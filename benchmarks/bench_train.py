@@ -1,0 +1,151 @@
+"""Benchmark: PTB training throughput of the quantized LSTM LM against a float model of the same
+cell and torch.nn.LSTM of the same size, with the decoder in fp32 or bf16; and the validation
+perplexity a short run reaches with each decoder precision (the bf16 switch must keep it within
+0.5 % of fp32). Writes results/bench_train.json.
+
+    python benchmarks/bench_train.py --data ../shared/data/ptb [--hidden 450] [--threads 2]
+        [--batches 40] [--turns 3] [--accuracy-batches 400]
+
+Throughput: each variant trains ``--batches`` batches (20 x 35 tokens, after 3 warm-up batches)
+per turn, the variants take turns ``--turns`` times (the machine is noisy: turns pair them in
+time), and the median tokens/s of the turns is reported.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sw_ref.data import batchify, iter_bptt, load_ptb, resolve_data_dir  # noqa: E402
+from sw_ref.model import LMConfig, QuantLSTMLM  # noqa: E402
+from sw_ref.train import evaluate, load_lm_checkpoint, train  # noqa: E402
+
+
+class TorchLSTMLM(nn.Module):
+    """torch.nn.LSTM (fused float cell) with the same embedding, dropout and decoder sizes."""
+
+    def __init__(self, vocab, hidden, dropout=0.3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, hidden)
+        self.rnn = nn.LSTM(hidden, hidden)
+        self.decoder = nn.Linear(hidden, vocab)
+        self.drop = nn.Dropout(dropout)
+        self.train_decoder_dtype = None
+
+    def forward(self, tokens, state=None):
+        x = self.drop(self.embedding(tokens))
+        out, state = self.rnn(x, state)
+        hs = self.drop(out.reshape(-1, out.shape[-1]))
+        return self.decoder(hs), state
+
+    @staticmethod
+    def detach_state(state):
+        return None if state is None else tuple(s.detach() for s in state)
+
+
+def make(name, vocab, hidden):
+    torch.manual_seed(1111)
+    if name.startswith("torch.nn.LSTM"):
+        return TorchLSTMLM(vocab, hidden)
+    bits = {} if name.startswith("float") else {"wbits": 4, "abits": 2}
+    model = QuantLSTMLM(LMConfig(vocab=vocab, hidden=hidden, **bits))
+    if name.endswith("bf16 decoder"):
+        model.train_decoder_dtype = torch.bfloat16
+    return model
+
+
+def turn(model, data, batches, warmup=3, lr=20.0):
+    """tokens/s of `batches` SGD steps (forward, backward, clip, step) after `warmup` steps."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    state, t0, tokens = None, None, 0
+    for b, x, y in iter_bptt(data, 35, 0):
+        if b == warmup:
+            t0, tokens = time.perf_counter(), 0
+        if b == warmup + batches:
+            break
+        state = model.detach_state(state) if state is not None else None
+        opt.zero_grad(set_to_none=True)
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+        tokens += y.numel()
+    return tokens / (time.perf_counter() - t0)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=None)
+    p.add_argument("--hidden", type=int, default=450)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--accuracy-batches", type=int, default=400, help="0 skips the accuracy check")
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
+    args = p.parse_args()
+    data_dir = resolve_data_dir(args.data)
+    torch.set_num_threads(args.threads)
+    corpus = load_ptb(data_dir)
+    V, H = len(corpus.vocab), args.hidden
+    train_b = batchify(corpus.train, 20)
+    names = ["W4A2 quantized, fp32 decoder", "W4A2 quantized, bf16 decoder", "float (same cell), fp32 decoder",
+             "float (same cell), bf16 decoder", "torch.nn.LSTM, fp32 decoder"]
+    models = {n: make(n, V, H) for n in names}
+    speeds = {n: [] for n in names}
+    for t in range(args.turns):
+        for n in names:
+            speeds[n].append(turn(models[n], train_b, args.batches))
+            print(f"turn {t + 1}: {n}: {speeds[n][-1]:.0f} tok/s", flush=True)
+    ref = statistics.median(speeds["torch.nn.LSTM, fp32 decoder"])
+    res = {"command": f"python benchmarks/bench_train.py --data <ptb> --hidden {H} --threads {args.threads} "
+                      f"--batches {args.batches} --turns {args.turns} --accuracy-batches {args.accuracy_batches}",
+           "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H, "threads": args.threads,
+           "batch": "20 x 35 tokens", "throughput": {}}
+    for n in names:
+        med = statistics.median(speeds[n])
+        res["throughput"][n] = {"tokens_per_s": round(med, 1), "turns": [round(s, 1) for s in speeds[n]],
+                                "vs_torch_nn_lstm": round(med / ref, 3)}
+    target = res["throughput"]["W4A2 quantized, bf16 decoder"]["vs_torch_nn_lstm"]
+    res["target"] = {"quantized_vs_torch_nn_lstm": ">= 1.3", "measured_best": target}
+
+    if args.accuracy_batches:
+        acc = {}
+        for prec in ("fp32", "bf16"):
+            out = tempfile.mkdtemp(prefix="bench-train-acc-", dir=ROOT)
+            try:
+                t0 = time.perf_counter()
+                train(data=str(data_dir), out=out, hidden=H, wbits=4, abits=2, epochs=1,
+                      max_batches=args.accuracy_batches, threads=args.threads, checkpoint_every=0,
+                      log_every=0, progress=False, decoder_precision=prec)
+                wall = time.perf_counter() - t0
+                model, _, _ = load_lm_checkpoint(os.path.join(out, "last.pt"))
+                acc[prec] = {"valid_ppl": round(evaluate(model, corpus.valid), 3), "train_wall_s": round(wall, 1)}
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            print(f"accuracy {prec}: {acc[prec]}", flush=True)
+        rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
+        res["accuracy"] = {"model": f"W4A2 H={H}", "batches": args.accuracy_batches, "recipe": "SGD lr 20, seed 1111",
+                           **acc, "relative_difference": round(rel, 5), "within_0.5_percent": abs(rel) <= 0.005}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=2)
+        fh.write("\n")
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
