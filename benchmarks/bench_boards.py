@@ -40,8 +40,9 @@ def build(board, args):
                 "note")
         res.update({k: rep[k] for k in keep if k in rep})
         fit = rep["fit"]
-        res["fit_check"] = {k: fit[k] for k in ("weight_bits_padded", "memory_bits", "blocks_needed_estimate",
-                                                "blocks_available", "block_kind", "multipliers", "dsp_available")}
+        res["fit_check"] = {k: fit.get(k) for k in ("fits", "use_percent", "logic_cells", "weight_bits_padded",
+                                                    "memory_bits", "blocks_needed_estimate", "blocks_available",
+                                                    "block_kind", "multipliers", "dsp_available")}
     return res
 
 

@@ -18,6 +18,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hwrnn.devices import FAMILIES  # noqa: E402
+
 SMALL = ["--wbits", "2", "--abits", "2", "--hidden", "8", "--pe", "4", "--simd", "4"]
 HEADLINE = ["--wbits", "4", "--abits", "2", "--hidden", "450", "--weights", "stream"]
 
@@ -61,7 +65,6 @@ def record(config, family, work, wall=None, exit_code=0, stderr=""):
 
 def reestimate(path):
     """Recompute the "analytic" entries of a results file with the current hwrnn.resources."""
-    sys.path.insert(0, ROOT)
     from hwrnn import Folding, LayerConfig
     from hwrnn.resources import estimate
 
@@ -82,7 +85,7 @@ def reestimate(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", default="ecp5,ice40,xilinx")
+    ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--headline", action="store_true", help="also the headline config with streamed weights on ECP5")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "synth_small.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work directories (build/bench_synth)")
@@ -90,7 +93,7 @@ def main():
                     "python -m rtl_gen " + " ".join(HEADLINE) + " --synth ecp5 -o DIR) instead of running it")
     ap.add_argument("--reestimate", action="store_true",
                     help="only recompute the analytic estimates in --out with the current model (after a recalibration "
-                         "of hwrnn/resources.py), keeping the synthesis figures")
+                         "of hwrnn/data/resource_coefficients.json), keeping the synthesis figures")
     args = ap.parse_args()
     if args.reestimate:
         reestimate(args.out)

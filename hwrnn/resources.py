@@ -15,37 +15,41 @@ How each count is modelled:
   adds around ECP5 and iCE40 block RAM: a memory whose non-transparent read port shares the
   memory with a write port gets read-old-data emulation (2 x width + address + 2 flip-flops and a
   mux per bit) because those RAM primitives do not guarantee it across ports (7-series BRAM does);
-* memories: the choice yosys' memory_libmap makes between block RAM, LUT RAM and logic, by the
-  same cost rule (cost of a primitive times the number of primitives, cheapest wins), with the
-  primitives and costs of yosys' library files (ECP5 DP16KD/PDPW16KD 18 kbit and DPR16X4; iCE40
-  SB_RAM40_4K 4 kbit; 7-series RAMB18/RAMB36 and distributed RAM);
-* DSP blocks: one per multiplier tile of the family's multiplier (ECP5 18x18, iCE40 16x16,
-  7-series 25x18), the way yosys' mul2dsp splits a product;
+* memories: the choice yosys' memory_libmap makes between block RAM, LUT RAM and logic
+  (hwrnn.fpga.map_memory: ECP5 DP16KD/PDPW16KD 18 kbit and DPR16X4; iCE40 SB_RAM40_4K 4 kbit;
+  7-series RAMB18/RAMB36 and distributed RAM);
+* DSP blocks: one per multiplier tile of the family's multiplier (hwrnn.fpga.dsp_tiles: ECP5
+  18x18, iCE40 16x16, 7-series 25x18), the way yosys' mul2dsp splits a product;
 * LUTs and carry cells: a linear function of a few structural sizes per block (AND bits and tree
   width of the popcount lanes, adder widths, mux inputs of the activation and cell-state
   selectors, ...), with coefficients per family fitted to yosys by
-  ``benchmarks/calibrate_resources.py --fit`` on its "fit" configurations. Per-block coefficients
+  ``benchmarks/calibrate_resources.py --fit`` on its "fit" configurations and stored in
+  hwrnn/data/resource_coefficients.json. Per-block coefficients
   describe hierarchical synthesis (one module per block); the totals apply the family's measured
   flattening factor (flattened synthesis optimises across block boundaries); flip-flop totals
   subtract the registers yosys merges when flattened (``flat_ff_saving``).
 
 Accuracy against yosys is in results/resource_calibration.md. Latency is exact
-(``hwrnn.datapath.latency``); Fmax is not modelled (it comes from nextpnr).
+(``hwrnn.datapath.latency``); Fmax is not modelled (it comes from nextpnr). Whether counts fit a
+device is hwrnn.fpga's fit check (``device_fit``, re-exported here).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 
 from .config import Folding, LayerConfig
 from .datapath import (FIXED_CELL_ADDR_STAGES, FIXED_CELL_STAGES, FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES,
                        H_REQUANT_STAGES, SCALE_BIAS_STAGES, TREE_LEVELS_PER_STAGE, Geometry, asum_width, latency,
                        memory_bits, s1_width, sequence_cycles, step_period, tree_levels)
-from .devices import DEVICES
+from .devices import FAMILIES, check_family
 from .formats import acc_width, candidate_width, gate_width, scale_shift, signed_width, unsigned_width
+from .fpga import LUT_INPUTS, MUX_COST, MemMap, dsp_tiles, map_memory, mult18_fits
+from .fpga import BRAM_BITS, BRAM_UNIT, DSP_MIN_Y, DSP_TILE, device_fit, logic_cells  # noqa: F401  (re-exported)
 from .quant import levels
 
-FAMILIES = ("ecp5", "ice40", "xilinx")
 RESOURCES = ("lut", "ff", "carry", "bram", "dsp", "lutram")
 BLOCKS = ("mac_lanes", "activation_sum", "scale_bias", "gate_luts", "cell_units", "cell_luts", "h_requant",
           "weight_memory", "state_and_control")
@@ -60,21 +64,13 @@ BLOCK_TEXT = {
     "weight_memory": "weight memory",
     "state_and_control": "accumulators, x/h/c registers and selectors, bias memory, controller",
 }
-ASSUMED_MHZ = 150.0
+ASSUMED_MHZ = 150.0  # SPEC 5 target; used for derived figures when no Fmax was measured
 
 #: one floating-point cell unit (rtl_gen/float_cell.py) in synth_ecp5: (LUT4, CCU2C), measured by
 #: benchmarks/cell_ablation.py (results/cell_ablation.json). Other float formats are interpolated
 #: from these by their mantissa and exponent bits; other families scale them by the ratio of their
 #: fixed-point cell unit to ECP5's. Not part of the calibration sweep.
-FLOAT_CELL_ECP5 = {(5, 10): (1121, 143), (8, 7): (971, 140), (4, 3): (692, 109), (5, 2): (783, 113)}  # SPEC 5 target; used for derived figures when no Fmax was measured
-
-# block RAM primitive size in bits, per family (hwrnn.devices counts data bits the same way)
-BRAM_BITS = {"ecp5": 18432, "ice40": 4096, "xilinx": 36864}
-BRAM_UNIT = {"ecp5": "DP16KD (18 kbit)", "ice40": "SB_RAM40_4K (4 kbit)", "xilinx": "RAMB36 tile (36 kbit)"}
-LUT_INPUTS = {"ecp5": 4, "ice40": 4, "xilinx": 6}
-#: LUTs of a wide multiplexer per data input, relative to ECP5 (LUT4 + PFUMX: about 1/2 per input;
-#: iCE40 LUT4 alone: about 2/3; 7-series LUT6 + MUXF7/F8: about 1/4)
-MUX_COST = {"ecp5": 1.0, "ice40": 4 / 3, "xilinx": 0.5}
+FLOAT_CELL_ECP5 = {(5, 10): (1121, 143), (8, 7): (971, 140), (4, 3): (692, 109), (5, 2): (783, 113)}
 
 
 # ---- the core's widths --------------------------------------------------------------------------
@@ -181,96 +177,6 @@ def core_shape(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts:
     mb = int(consts.get("mult_bits", consts.get("multiplier_bits", mb)))
     r = int(consts.get("shift", r))
     return CoreShape(cfg, fold, weights, bb, mb, r)
-
-
-# ---- memories (yosys memory_libmap's choice) -----------------------------------------------------
-
-@dataclass(frozen=True)
-class MemMap:
-    kind: str        # "bram", "lutram" or "logic"
-    bram: float      # block RAM primitives (Xilinx: 36 kbit tiles)
-    lutram: int      # LUT RAM primitives (ECP5 DPR16X4) or LUTs used as RAM (Xilinx)
-    emulation: bool  # read-old-data registers around a block RAM with a write port
-
-
-def _bram_ecp5(width, depth, has_write):
-    cfgs = [(512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)]
-    if has_write:
-        cfgs = cfgs  # PDPW16KD gives 512x36 with one read and one write port
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in cfgs)
-
-
-def _bram_ice40(width, depth, has_write):
-    cfgs = [(256, 16), (512, 8), (1024, 4), (2048, 2)]
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in cfgs)
-
-
-def _bram_xilinx(width, depth, has_write):
-    """RAMB18 = 0.5 tile (1k x 18, 512 x 36 simple dual port), RAMB36 = 1 tile (1k x 36 SDP ...)."""
-    best = None
-    for d, w, tiles in [(512, 36, 0.5), (1024, 18, 0.5), (2048, 9, 0.5), (4096, 4, 0.5), (8192, 2, 0.5),
-                        (16384, 1, 0.5), (512, 72, 1), (1024, 36, 1), (2048, 18, 1), (4096, 9, 1), (8192, 4, 1),
-                        (16384, 2, 1), (32768, 1, 1)]:
-        n = math.ceil(width / w) * math.ceil(depth / d) * tiles
-        best = n if best is None else min(best, n)
-    return best
-
-
-def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
-    """How yosys maps a width x depth memory with one synchronous read port (and a write port)."""
-    bits = width * depth
-    if family == "ecp5":
-        nb = _bram_ecp5(width, depth, has_write)
-        options = [(128 * nb, MemMap("bram", nb, 0, has_write))]
-        if has_write:  # DPR16X4 is not used for ROMs (prune_rom)
-            nl = math.ceil(width / 4) * math.ceil(depth / 16)
-            options.append((4 * nl, MemMap("lutram", 0, nl, False)))
-        else:
-            options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
-    elif family == "ice40":
-        nb = _bram_ice40(width, depth, has_write)
-        options = [(64 * nb, MemMap("bram", nb, 0, has_write))]
-        if not has_write:
-            options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
-    elif family == "xilinx":
-        nb = _bram_xilinx(width, depth, has_write)
-        # 7-series block RAM keeps old data on a read during a write through the other port: no emulation
-        options = [(129 * 2 * nb, MemMap("bram", nb, 0, False))]
-        if has_write:
-            # simple dual port LUT RAM: RAM32M (32 x 6 per 4 LUTs) / RAM64M (64 x 3 per 4 LUTs)
-            per = [(32, 6), (64, 3), (128, 1), (256, 1)]
-            luts = min(math.ceil(width / w) * math.ceil(depth / d) * (4 if d <= 64 else d // 64 * 2)
-                       for d, w in per)
-            options.append((2 * luts, MemMap("lutram", 0, luts, False)))
-        else:
-            options.append((bits / 64.0, MemMap("logic", 0, 0, False)))
-    else:
-        raise ValueError(f"unknown family {family!r}")
-    return min(options, key=lambda o: o[0])[1]
-
-
-# ---- DSP tiles -------------------------------------------------------------------------------------
-
-DSP_TILE = {"ecp5": (18, 18), "ice40": (16, 16), "xilinx": (25, 18)}
-#: products narrower than this stay in logic (mul2dsp's DSP_Y_MINWIDTH; measured for ECP5 and Xilinx)
-DSP_MIN_Y = {"ecp5": 0, "ice40": 11, "xilinx": 9}
-
-
-def _chunks(width: int, tile: int) -> list[int]:
-    out = [tile] * (width // tile)
-    if width % tile:
-        out.append(width % tile)
-    return out
-
-
-def dsp_tiles(family: str, a_bits: int, b_bits: int) -> int:
-    """DSP blocks yosys' mul2dsp uses for an a_bits x b_bits product: the wider operand is cut into
-    tiles of the DSP's wider port, the other into tiles of its narrower port; a tile pair maps to a
-    DSP when both parts are at least 2 bits and the partial product is at least DSP_MIN_Y bits."""
-    ta, tb = DSP_TILE[family]
-    a, b = max(a_bits, b_bits), min(a_bits, b_bits)
-    return sum(1 for ca in _chunks(a, ta) for cb in _chunks(b, tb)
-               if ca >= 2 and cb >= 2 and ca + cb >= DSP_MIN_Y[family])
 
 
 # ---- per-block structure ---------------------------------------------------------------------------
@@ -462,13 +368,6 @@ def _dsp_absorbs(family: str, sh: CoreShape) -> dict[str, bool]:
     }
 
 
-def _ecp5_fits(a_bits: int, a_signed: bool, b_bits: int, b_signed: bool) -> bool:
-    """rtl_gen.multiplier.ecp5_fits: the product fits one MULT18X18D (mixed signedness: + 1 bit)."""
-    if a_signed != b_signed:
-        a_bits, b_bits = a_bits + (not a_signed), b_bits + (not b_signed)
-    return a_bits <= 18 and b_bits <= 18
-
-
 def _ecp5_packed(sh: CoreShape) -> dict[str, bool]:
     """Which registered multipliers rtl_gen.synth builds as MULT18X18D with internal operand and
     product registers (rtl_gen.multiplier, dsp="ecp5"): those flip-flops are not fabric ones. The
@@ -477,12 +376,12 @@ def _ecp5_packed(sh: CoreShape) -> dict[str, bool]:
     G1, cw = gate_width(cfg), sh.cw
     tanh = cfg.candidate == "tanh"
     aw, mw = sh.acc_width, sh.mult_bits
-    sb = _ecp5_fits(aw, True, mw, False) or (aw > 18 and _ecp5_fits(aw - 18, True, mw, False))
+    sb = mult18_fits(aw, True, mw, False) or (aw > 18 and mult18_fits(aw - 18, True, mw, False))
     fixed = cfg.cell_format.kind == "fixed"
     return {"scale_bias": sb,
-            "fc": fixed and _ecp5_fits(G1, False, cw, True),
-            "ig": _ecp5_fits(G1, False, candidate_width(cfg), tanh),
-            "h_requant": _ecp5_fits(G1, False, G1, False)}
+            "fc": fixed and mult18_fits(G1, False, cw, True),
+            "ig": mult18_fits(G1, False, candidate_width(cfg), tanh),
+            "h_requant": mult18_fits(G1, False, G1, False)}
 
 
 def _ff(sh: CoreShape, mems: dict, family: str = "ecp5") -> dict[str, int]:
@@ -607,14 +506,40 @@ def flat_ff_saving(sh: CoreShape, mems: dict, family: str = "ecp5") -> int:
     return saving
 
 
-def memories(sh: CoreShape, family: str) -> dict[str, MemMap]:
+#: what each memory of the core holds
+MEMORY_TEXT = {"wmem": "weights", "bmem": "biases", "gate_rom": "gate tables", "cell_rom": "sigmoid(c) tables"}
+
+
+def memory_shapes(sh: CoreShape) -> dict[str, tuple[int, int, int, bool]]:
+    """{memory: (width in bits, depth in words, copies, has a write port)} of the core's memories
+    (the weight memory has 0 copies with streamed weights; a gate table per lane, a
+    sigmoid(c) table per cell unit)."""
     g, cfg = sh.g, sh.cfg
     return {
-        "wmem": map_memory(family, g.word_bits, g.depth, True),
-        "bmem": map_memory(family, sh.PE * sh.bias_bits, max(g.row_folds, 2), True),
-        "gate_rom": map_memory(family, gate_width(cfg), 1 << sh.L, False),
-        "cell_rom": map_memory(family, gate_width(cfg), 1 << sh.L, False),
+        "wmem": (g.word_bits, g.depth, 1 if sh.weights == "memory" else 0, True),
+        "bmem": (sh.PE * sh.bias_bits, max(g.row_folds, 2), 1, True),
+        "gate_rom": (gate_width(cfg), 1 << sh.L, sh.PE, False),
+        "cell_rom": (gate_width(cfg), 1 << sh.L, sh.U, False),
     }
+
+
+def memories(sh: CoreShape, family: str) -> dict[str, MemMap]:
+    """How yosys maps one copy of each memory of the core (hwrnn.fpga.map_memory)."""
+    return {k: map_memory(family, w, d, wr) for k, (w, d, _n, wr) in memory_shapes(sh).items()}
+
+
+def memory_table(cfg: LayerConfig, fold: Folding, family: str, weights: str = "memory",
+                 consts: dict | None = None) -> list[dict]:
+    """One row per memory of the core: name, what it holds, width, depth, copies, bits (all copies),
+    kind ("bram" / "lutram" / "logic") and block RAM primitives (all copies; Xilinx: 36 kbit tiles)."""
+    sh = core_shape(cfg, fold, weights, consts)
+    mems = memories(sh, family)
+    rows = []
+    for k, (w, d, n, _wr) in memory_shapes(sh).items():
+        if n:
+            rows.append({"name": k, "holds": MEMORY_TEXT[k], "width": w, "depth": d, "count": n, "bits": w * d * n,
+                         "kind": mems[k].kind, "blocks": mems[k].bram * n})
+    return rows
 
 
 # ---- coefficients (fitted by benchmarks/calibrate_resources.py --fit) ---------------------------
@@ -631,107 +556,22 @@ BLOCK_FEATURES = {
     "state_and_control": ("act_mux", "c_mux", "acc_bits", "state_bits", "bias_bits", "const"),
 }
 
-# BEGIN CALIBRATED COEFFICIENTS (written by benchmarks/calibrate_resources.py --fit)
-COEFFICIENTS: dict = {'ecp5': {'activation_sum': {'carry': {'adders': 0.00229, 'bits': 0.09672},
-                             'lut': {'adders': 0.82867, 'bits': 0.91624}},
-          'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-          'cell_units': {'carry': {'units': 32.0}, 'lut': {'units': 69.0}},
-          'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-          'h_requant': {'carry': {'units': 0.00963}, 'lut': {'units': 1.0875}},
-          'mac_lanes': {'carry': {'and_bits': 0.0,
-                                  'lanes': 0.0,
-                                  'pop_bits': 0.00028,
-                                  'shifter': 0.49899,
-                                  'tree_bits': 0.0},
-                        'lut': {'and_bits': 2.20274,
-                                'lanes': 14.91322,
-                                'pop_bits': 0.2463,
-                                'shifter': 0.84326,
-                                'tree_bits': 0.0}},
-          'scale_bias': {'carry': {'addr_bits': 0.77225, 'sum_bits': 0.3867},
-                         'lut': {'addr_bits': 0.65227, 'sum_bits': 2.06078}},
-          'state_and_control': {'carry': {'acc_bits': 0.53399,
-                                          'act_mux': 0.01195,
-                                          'bias_bits': 0.0,
-                                          'c_mux': 0.0,
-                                          'const': 23.91442,
-                                          'state_bits': 0.0},
-                                'lut': {'acc_bits': 1.7331,
-                                        'act_mux': 0.0,
-                                        'bias_bits': 0.0,
-                                        'c_mux': 0.31546,
-                                        'const': 71.59228,
-                                        'state_bits': 1.48998}},
-          'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
-                            'lut': {'emulation_bits': 1.07958, 'lutram_mux_bits': 1.0625}}},
- 'ice40': {'activation_sum': {'carry': {'adders': 0.0697, 'bits': 0.09664},
-                              'lut': {'adders': 0.45651, 'bits': 0.80705}},
-           'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-           'cell_units': {'carry': {'units': 65.0}, 'lut': {'units': 64.0}},
-           'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.0}},
-           'h_requant': {'carry': {'units': 1.04054}, 'lut': {'units': 4.3038}},
-           'mac_lanes': {'carry': {'and_bits': 0.51517,
-                                   'lanes': 4.04488,
-                                   'pop_bits': 0.0,
-                                   'shifter': 0.0,
-                                   'tree_bits': 0.0},
-                         'lut': {'and_bits': 2.17118,
-                                 'lanes': 3.49088,
-                                 'pop_bits': 0.18293,
-                                 'shifter': 0.07968,
-                                 'tree_bits': 0.0}},
-           'scale_bias': {'carry': {'addr_bits': 0.06287, 'sum_bits': 1.19071},
-                          'lut': {'addr_bits': 0.30417, 'sum_bits': 2.40706}},
-           'state_and_control': {'carry': {'acc_bits': 0.97497,
-                                           'act_mux': 0.0,
-                                           'bias_bits': 0.0,
-                                           'c_mux': 0.0,
-                                           'const': 34.6679,
-                                           'state_bits': 0.0},
-                                 'lut': {'acc_bits': 1.7183,
-                                         'act_mux': 0.0,
-                                         'bias_bits': 2.91881,
-                                         'c_mux': 1.72339,
-                                         'const': 0.0,
-                                         'state_bits': 0.0}},
-           'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
-                             'lut': {'emulation_bits': 1.11077, 'lutram_mux_bits': 1.0932}}},
- 'xilinx': {'activation_sum': {'carry': {'adders': 0.03509, 'bits': 0.04866},
-                               'lut': {'adders': 0.35493, 'bits': 0.62748}},
-            'cell_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.93453}},
-            'cell_units': {'carry': {'units': 7.0}, 'lut': {'units': 23.0}},
-            'gate_luts': {'carry': {'rom_luts': 0.0}, 'lut': {'rom_luts': 0.94001}},
-            'h_requant': {'carry': {'units': 0.0}, 'lut': {'units': 0.0}},
-            'mac_lanes': {'carry': {'and_bits': 0.20143,
-                                    'lanes': 1.51521,
-                                    'pop_bits': 0.0,
-                                    'shifter': 0.0,
-                                    'tree_bits': 0.0},
-                          'lut': {'and_bits': 0.3913,
-                                  'lanes': 9.12734,
-                                  'pop_bits': 0.4783,
-                                  'shifter': 0.20832,
-                                  'tree_bits': 0.0}},
-            'scale_bias': {'carry': {'addr_bits': 0.16998, 'sum_bits': 0.0},
-                           'lut': {'addr_bits': 0.03593, 'sum_bits': 0.28436}},
-            'state_and_control': {'carry': {'acc_bits': 0.26611,
-                                            'act_mux': 0.01573,
-                                            'bias_bits': 0.0,
-                                            'c_mux': 0.0,
-                                            'const': 16.6679,
-                                            'state_bits': 0.0},
-                                  'lut': {'acc_bits': 3.47602,
-                                          'act_mux': 0.0,
-                                          'bias_bits': 0.0,
-                                          'c_mux': 3.43433,
-                                          'const': 49.52203,
-                                          'state_bits': 0.0}},
-            'weight_memory': {'carry': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0},
-                              'lut': {'emulation_bits': 0.0, 'lutram_mux_bits': 0.0}}}}
-FLATTEN: dict = {'ecp5': {'carry': 1.1764, 'lut': 0.9569},
- 'ice40': {'carry': 1.0231, 'lut': 0.9529},
- 'xilinx': {'carry': 1.0576, 'lut': 1.0005}}
-# END CALIBRATED COEFFICIENTS
+#: fitted LUT / carry coefficients {family: {block: {resource: {feature: value}}}} and flattening factors
+#: {family: {resource: factor}}, from COEFFICIENTS_FILE (written by benchmarks/calibrate_resources.py --fit)
+COEFFICIENTS_FILE = os.path.join(os.path.dirname(__file__), "data", "resource_coefficients.json")
+
+
+def load_coefficients(path: str = COEFFICIENTS_FILE) -> tuple[dict, dict]:
+    """(COEFFICIENTS, FLATTEN) from a coefficients file; ValueError (one line) if it is unreadable."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+        return doc["coefficients"], doc["flatten"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"resource coefficients {path} unreadable ({type(e).__name__}: {e})") from None
+
+
+COEFFICIENTS, FLATTEN = load_coefficients()
 
 _DEFAULT_COEF = {  # unit costs before calibration: LUT4 fabric; used for families without coefficients
     "lut": {"and_bits": 2.0, "tree_bits": 0.5, "pop_bits": 0.0, "lanes": 0.0, "shifter": 1.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
@@ -758,8 +598,7 @@ def estimate(cfg: LayerConfig, fold: Folding, family: str, weights: str = "memor
     """Predicted yosys counts of the core: {"family", "blocks": {block: counts}, "total": counts,
     "memories": {...}}. Totals are what a flattened synthesis reports (block sums times the
     family's flattening factor for LUT and carry)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown FPGA family {family!r}: choose one of {', '.join(FAMILIES)}")
+    check_family(family)
     fold.check_against(cfg)
     sh = core_shape(cfg, fold, weights, consts)
     mems = memories(sh, family)
@@ -836,34 +675,6 @@ def _rounded(c: dict) -> dict:
 
 def estimate_all(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts: dict | None = None) -> dict:
     return {f: estimate(cfg, fold, f, weights, consts) for f in FAMILIES}
-
-
-# ---- device fit -----------------------------------------------------------------------------------
-
-def logic_cells(family: str, c: dict) -> float:
-    """LUT-sized cells of a count (ECP5: a CCU2C is 2 LUT4 and a DPR16X4 about 6)."""
-    if family == "ecp5":
-        return c["lut"] + 2 * c["carry"] + 6 * c["lutram"]
-    if family == "ice40":
-        return max(c["lut"], c["carry"])
-    return c["lut"] + c["lutram"]
-
-
-def device_fit(family: str, counts: dict) -> dict:
-    """{device: {"fits": bool, "use": {resource: percent}, "limit": what is exceeded}} for the
-    family's devices in hwrnn.devices."""
-    out = {}
-    for dev, (fam, bram_bits, _spram, luts, ffs, dsps) in DEVICES.items():
-        if fam != family:
-            continue
-        blocks = bram_bits // BRAM_BITS[family]
-        use = {"logic": logic_cells(family, counts) / luts, "ff": counts["ff"] / ffs,
-               "bram": counts["bram"] / blocks if blocks else float("inf"),
-               "dsp": (counts["dsp"] / dsps) if dsps else (0.0 if counts["dsp"] == 0 else float("inf"))}
-        over = [k for k, v in use.items() if v > 1.0]
-        out[dev] = {"fits": not over, "over": over,
-                    "use_percent": {k: (round(100 * v, 1) if math.isfinite(v) else None) for k, v in use.items()}}
-    return out
 
 
 # ---- derived figures ------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ import os
 import re
 
 from hwrnn.config import ConfigError, Folding, LayerConfig
-from hwrnn.resources import ASSUMED_MHZ, BLOCK_TEXT, BLOCKS, BRAM_UNIT, FAMILIES, derived, device_fit, estimate
+from hwrnn.devices import FAMILIES
+from hwrnn.fpga import BRAM_UNIT, device_fit
+from hwrnn.resources import ASSUMED_MHZ, BLOCK_TEXT, BLOCKS, derived, estimate
 
 MODEL_NOTE = ("analytic model hwrnn.resources, calibrated against yosys "
               "(accuracy: results/resource_calibration.md)")
@@ -31,7 +33,7 @@ def consts_of(manifest_scale: dict | None) -> dict | None:
 
 
 def resources_section(cfg: LayerConfig, fold: Folding, weights: str, consts: dict | None) -> dict:
-    """manifest["resources"]: the analytic estimate per family, with device fit."""
+    """manifest["resources"]: the analytic estimate per family, with device fit (hwrnn.fpga's check)."""
     out = {"model": MODEL_NOTE, "families": {}}
     for fam in FAMILIES:
         e = estimate(cfg, fold, fam, weights, consts)

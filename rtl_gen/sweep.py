@@ -25,8 +25,9 @@ from multiprocessing import Pool
 
 from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.datapath import Geometry
-from hwrnn.devices import DEVICES
-from hwrnn.resources import ASSUMED_MHZ, BRAM_BITS, FAMILIES, derived, device_fit, estimate, logic_cells
+from hwrnn.devices import DEVICES, FAMILIES, devices_of
+from hwrnn.fpga import BRAM_BITS, device_fit, logic_cells
+from hwrnn.resources import ASSUMED_MHZ, derived, estimate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,7 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def largest_bram_bits(family: str) -> int:
-    return max(d[1] for d in DEVICES.values() if d[0] == family)
+    return max(d.bram_bits for d in devices_of(family).values())
 
 
 def eval_point(args) -> list[dict]:
@@ -69,7 +70,7 @@ def eval_point(args) -> list[dict]:
         t = e["total"]
         d = derived(cfg, fold, clock, steps, mode)
         fits = [dev for dev, v in device_fit(fam, t).items() if v["fits"]]
-        fits.sort(key=lambda dev: DEVICES[dev][3])
+        fits.sort(key=lambda dev: DEVICES[dev].luts)
         rows.append({
             "family": fam, "wbits": w, "abits": a, "hidden": h, "input": cfg.input, "pe": pe, "simd": simd,
             "planes": planes, "weights": mode, **{k: t[k] for k in ("lut", "ff", "carry", "bram", "dsp", "lutram")},

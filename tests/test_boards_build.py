@@ -26,6 +26,11 @@ def test_bitstream_from_one_command(board, ext):
     assert bit.is_file() and bit.stat().st_size == rep["bitstream_bytes"] > 10_000
     assert rep["timing_met"] is True
     assert all(v["achieved_mhz"] >= v["constraint_mhz"] for v in rep["fmax"].values())
+    # the Fmax rtl_gen's synthesis flow would read from the same nextpnr report (hwrnn.toolreports)
+    from hwrnn.toolreports import read_nextpnr
+    pnr = read_nextpnr(json.loads((out / "hwrnn_board_nextpnr.json").read_text()))
+    assert rep["fmax"] == pnr["clocks"] and rep["timing_met"] == pnr["timing_met"]
+    assert rep["fit"]["fits"] is True
     util = rep["utilization"]
     assert any(k in util for k in ("TRELLIS_COMB", "ICESTORM_LC"))
     assert "Fmax" in (out / "report.txt").read_text()
