@@ -1,12 +1,13 @@
-"""Resume points small enough to commit: a training run's state at an epoch boundary, in fp16.
+"""Resume points small enough to commit: a training run's state in fp16.
 
 A run directory's last.pt holds fp32 parameters, the optimizer state and the TBPTT state (for a
 bit-exact mid-epoch resume) and is too big for git at H=450 (43 MB). A resume point keeps what
-continuing the run needs at an epoch boundary: the model parameters in fp16 (half the size), the
-learning rate, epoch counters, best validation figures, the per-epoch metrics and the RNG
-state; plus best.pt's parameters when the best epoch is not the last one.
+continuing the run needs: the model parameters in fp16 (half the size), the learning rate, epoch
+and batch counters with the epoch's running loss, the carried TBPTT state (fp32, small), best
+validation figures, the per-epoch metrics and the RNG state; plus best.pt's parameters when the
+best epoch is not the last one.
 
-``pack(run_dir, dest)`` writes one (refused mid-epoch: the TBPTT state would be lost).
+``pack(run_dir, dest)`` writes one from run_dir/last.pt (at an epoch boundary or mid-epoch).
 ``unpack(point, run_dir)`` recreates last.pt, best.pt and metrics.jsonl in an empty run
 directory, so that ``python -m sw_ref train|experiment --out run_dir`` continues the run.
 Continuing from a resume point is not bit-exact with the uninterrupted run: parameters were
@@ -15,8 +16,10 @@ rounded to fp16 (relative error <= 2**-11) and a momentum-free SGD state is rebu
 ``--init-from`` also accepts a resume point (quantized fine-tuning from a committed float model).
 
 File: ``torch.save`` of a dict with 'format' ('hwrnn-lm-resume-1'), 'config', 'vocab', 'model'
-(fp16 state_dict), 'best_model' (fp16 state_dict or None), 'epoch', 'lr', 'valid_ppl',
-'best_valid_ppl', 'best_epoch', 'train_opts', 'optimizer_name', 'rng_torch', 'metrics' (list).
+(fp16 state_dict), 'best_model' (fp16 state_dict or None), 'epoch' (completed epochs), 'batch'
+(batches done in the next epoch), 'hidden' (TBPTT state or None), 'epoch_loss', 'epoch_tokens',
+'epoch_seconds', 'lr', 'valid_ppl', 'best_valid_ppl', 'best_epoch', 'train_opts',
+'optimizer_name', 'rng_torch', 'metrics' (list).
 """
 from __future__ import annotations
 
@@ -44,9 +47,6 @@ def pack(run_dir, dest) -> dict:
     """Write the resume point of run_dir (at an epoch boundary) to dest; returns a summary."""
     run_dir, dest = Path(run_dir), Path(dest)
     last = _read_checkpoint(run_dir / "last.pt")
-    if int(last.get("batch", 0)) != 0 or last.get("hidden") is not None:
-        raise TrainError(f"{run_dir / 'last.pt'} is mid-epoch (batch {last.get('batch')}); "
-                         "pack at an epoch boundary (after an epoch's validation)")
     best_model = None
     best_path = run_dir / "best.pt"
     if last.get("best_epoch") is not None and last.get("best_epoch") != last.get("epoch"):
@@ -63,10 +63,13 @@ def pack(run_dir, dest) -> dict:
              "lr": float(last["lr"]), "valid_ppl": last.get("valid_ppl"),
              "best_valid_ppl": last.get("best_valid_ppl"), "best_epoch": last.get("best_epoch"),
              "train_opts": dict(last.get("train_opts", {})), "optimizer_name": opt_name,
-             "rng_torch": last["rng_torch"], "metrics": metrics}
+             "rng_torch": last["rng_torch"], "metrics": metrics, "batch": int(last.get("batch", 0)),
+             "hidden": last.get("hidden"), "epoch_loss": float(last.get("epoch_loss", 0.0)),
+             "epoch_tokens": int(last.get("epoch_tokens", 0)), "epoch_seconds": float(last.get("epoch_seconds", 0.0))}
     dest.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(point, dest)
-    return {"file": str(dest), "bytes": dest.stat().st_size, "epoch": point["epoch"], "lr": point["lr"],
+    return {"file": str(dest), "bytes": dest.stat().st_size, "epoch": point["epoch"], "batch": point["batch"],
+            "lr": point["lr"],
             "best_valid_ppl": point["best_valid_ppl"], "best_epoch": point["best_epoch"]}
 
 
@@ -123,8 +126,10 @@ def unpack(path, run_dir) -> dict:
     opt_name = point.get("optimizer_name", "sgd")
     opts = _options(None, {"out": run_dir, "optimizer": opt_name, "lr": point["lr"]})
     optimizer = _make_optimizer(opts, model.parameters(), point["lr"])
-    last.update({"batch": 0, "lr": point["lr"], "optimizer": optimizer.state_dict(), "hidden": None,
-                 "rng_torch": point["rng_torch"], "epoch_loss": 0.0, "epoch_tokens": 0, "epoch_seconds": 0.0,
+    last.update({"batch": int(point.get("batch", 0)), "lr": point["lr"], "optimizer": optimizer.state_dict(),
+                 "hidden": point.get("hidden"), "rng_torch": point["rng_torch"],
+                 "epoch_loss": float(point.get("epoch_loss", 0.0)), "epoch_tokens": int(point.get("epoch_tokens", 0)),
+                 "epoch_seconds": float(point.get("epoch_seconds", 0.0)),
                  "train_opts": dict(point.get("train_opts", {}))})
     _atomic_save(last, run_dir / "last.pt")
     if point.get("best_epoch") is not None:
@@ -132,5 +137,5 @@ def unpack(path, run_dir) -> dict:
     metrics = point.get("metrics") or []
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     note = " (Adam moments restart)" if opt_name == "adam" else ""
-    return {"run_dir": str(run_dir), "epoch": point["epoch"], "lr": point["lr"],
+    return {"run_dir": str(run_dir), "epoch": point["epoch"], "batch": int(point.get("batch", 0)), "lr": point["lr"],
             "best_valid_ppl": point["best_valid_ppl"], "note": "parameters restored from fp16" + note}

@@ -68,11 +68,25 @@ def test_init_from_accepts_a_resume_point(corpus, tmp_path):
     assert (q / "last.pt").is_file()
 
 
-def test_mid_epoch_and_foreign_files_are_refused(corpus, tmp_path):
+def test_mid_epoch_point_resumes_where_it_stopped(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=1, max_batches=40, **QUICK)
+    point = tmp_path / "p.pt"
+    info = resume_point.pack(run, point)
+    assert (info["epoch"], info["batch"]) == (0, 40)
+    again = tmp_path / "again"
+    resume_point.unpack(point, again)
+    last = torch.load(again / "last.pt", weights_only=True)
+    orig = torch.load(run / "last.pt", weights_only=True)
+    assert last["batch"] == 40 and last["epoch_tokens"] == orig["epoch_tokens"]
+    assert all(torch.equal(a, b) for a, b in zip(last["hidden"], orig["hidden"]))
+    s = train(data=corpus, out=again, epochs=1, **QUICK)
+    assert s["epochs_done"] == 1 and not s["interrupted"]
+
+
+def test_foreign_files_are_refused(corpus, tmp_path):
     run = tmp_path / "run"
     train(data=corpus, out=run, epochs=1, max_batches=2, **QUICK)
-    with pytest.raises(TrainError, match="mid-epoch"):
-        resume_point.pack(run, tmp_path / "p.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="corrupt or truncated") as e:
