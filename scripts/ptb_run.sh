@@ -15,11 +15,16 @@ py=${PYTHON:-.venv/bin/python}
 results=${RESULTS:-results/ptb.json}
 batches=${EPOCH_BATCHES:-1328}   # one PTB epoch at batch 20 x bptt 35
 mkdir -p "$out"
-# with the kernel's autogroup scheduling (on by default), nice only ranks processes inside one
+# RESUME_POINT=<file>: a committed resume point (python -m sw_ref resume-point) starts an empty run directory
+if [ -n "${RESUME_POINT:-}" ] && [ ! -e "$out/last.pt" ]; then
+    "$py" -m sw_ref resume-point unpack "$RESUME_POINT" --out "$out"
+fi
+# NICE=n lowers the run's priority (default 0: a run on the critical path keeps the cores); with the
+# kernel's autogroup scheduling (on by default), nice only ranks processes inside one
 # session: give this session's group the same niceness so the run yields to interactive work
-echo "${NICE:-10}" > /proc/self/autogroup 2>/dev/null || true
+echo "${NICE:-0}" > /proc/self/autogroup 2>/dev/null || true
 while :; do
-    nice -n "${NICE:-10}" "$py" -m sw_ref experiment --out "$out" --results "$results" \
+    nice -n "${NICE:-0}" "$py" -m sw_ref experiment --out "$out" --results "$results" \
         --epochs 40 --lr 20 --optimizer sgd --dropout 0.3 --threads 1 --min-lr 0.05 \
         --max-batches "$batches" "$@"
     name=$("$py" - "$results" "$out" <<'PY'

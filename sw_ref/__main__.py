@@ -141,7 +141,23 @@ def build_parser():
     sh.add_argument("--run", help="run directory (default: the entry's run_dir)")
     sh.add_argument("--name", default="ptb_w4a2_h450", help="file name stem in hwrnn/data/")
     sh.add_argument("--data-dir", help="directory to write to (default: the installed hwrnn/data/)")
+    rp = sub.add_parser("resume-point", help="pack a run into a committable fp16 resume point, or unpack one")
+    rp_sub = rp.add_subparsers(dest="action", required=True)
+    pk = rp_sub.add_parser("pack", help="write the resume point of a run directory (from its last.pt)")
+    pk.add_argument("run", help="run directory")
+    pk.add_argument("-o", "--output", required=True, help="resume point file (.pt)")
+    up = rp_sub.add_parser("unpack", help="recreate a run directory from a resume point, then train/experiment resumes it")
+    up.add_argument("point", help="resume point file")
+    up.add_argument("--out", required=True, help="new run directory")
     return p
+
+
+def cmd_resume_point(args) -> int:
+    from .resume_point import pack, unpack
+
+    info = pack(args.run, args.output) if args.action == "pack" else unpack(args.point, args.out)
+    print(json.dumps(info))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -319,7 +335,8 @@ def main(argv=None) -> int:
     args.argv = argv  # the command line as given, recorded (paths relative) by `experiment`
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
-                "table": cmd_table, "search": cmd_search, "ship": cmd_ship}[args.cmd](args)
+                "table": cmd_table, "search": cmd_search, "ship": cmd_ship,
+                "resume-point": cmd_resume_point}[args.cmd](args)
     except ValueError as e:  # every project error is a ValueError subclass
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sw_ref {args.cmd}: error: {msg}", file=sys.stderr)

@@ -132,3 +132,14 @@ def test_eval_every_validates_and_anneals_within_the_epoch(corpus, tmp_path):
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["valid_ppl"] == min(r["valid_ppl"] for r in recs if "valid_ppl" in r)
     assert s["best_valid_ppl"] == best["valid_ppl"]
+
+
+def test_resume_point_cli(corpus, tmp_path):
+    from sw_ref.__main__ import main
+
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=1, max_batches=5, **QUICK)
+    assert main(["resume-point", "pack", str(run), "-o", str(tmp_path / "p.pt")]) == 0
+    assert main(["resume-point", "unpack", str(tmp_path / "p.pt"), "--out", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "last.pt").is_file()
+    assert main(["resume-point", "unpack", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r3")]) == 2
