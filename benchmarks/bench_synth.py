@@ -64,9 +64,9 @@ def record(config, family, work, wall=None, exit_code=0, stderr=""):
 
 
 def reestimate(path):
-    """Recompute the "analytic" entries of a results file with the current hwrnn.resources."""
+    """Recompute the "analytic" entries of a results file with the current rtl_gen.cost."""
     from hwrnn import Folding, LayerConfig
-    from hwrnn.resources import estimate
+    from rtl_gen.cost import estimate
 
     with open(path) as fh:
         res = json.load(fh)

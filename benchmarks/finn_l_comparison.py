@@ -30,7 +30,7 @@ def run(point, input_size, reuse):
     from hwrnn import Folding, LayerConfig, QuantLayer
     from hwrnn import formats as fm
     from hwrnn.datapath import bias_width
-    from hwrnn.resources import estimate
+    from rtl_gen.cost import estimate
     from rtl_gen.synth import synthesize
 
     pe, simd, planes = point

@@ -26,7 +26,7 @@ from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, latency
 from hwrnn.devices import DEVICES
 from hwrnn.fpga import BRAM_UNIT, FIT_RESOURCES, PLACEMENT_MARGIN, bram_blocks, fit_device
-from hwrnn.resources import estimate, memory_table
+from rtl_gen.cost import estimate, memory_table
 from hwrnn.toolreports import design_cells, read_nextpnr
 from rtl_gen.core import port_widths
 from rtl_gen.synth import tool_search_path
@@ -61,7 +61,7 @@ def layer_consts(layer: QuantLayer, fold: Folding) -> dict:
 
 def fit_check(layer: QuantLayer, fold: Folding, spec: BoardSpec) -> dict:
     """Needed vs available resources of the board's device, before any tool runs: the analytic
-    estimate of the core (hwrnn.resources.estimate, what rtl_gen reports for the same layer and
+    estimate of the core (rtl_gen.cost.estimate, what rtl_gen reports for the same layer and
     folding) against hwrnn.fpga's fit check (logic cells, FFs, block RAM, DSP blocks), the one
     check rtl_gen uses too. The link around the core (UART, frames) is not counted. ``fits`` is
     that check's answer; ``problems`` says what is exceeded, with the numbers."""

@@ -3,6 +3,11 @@ function lives in hwrnn (formats.py / datapath.py); tests/test_rtl_blocks.py hol
 
 Latency of each block (cycles from inputs to outputs, 0 = combinational) is its ``latency``
 attribute and is given in its docstring; hwrnn.datapath.pipeline_stages adds them up.
+
+Each block also reports what it builds without being elaborated: the classmethod ``built`` takes
+the constructor's arguments and returns a hwrnn.resources.Built (registers, memories, registered
+multipliers, stages, structural sizes), which rtl_gen.cost sums into the resource estimate;
+tests/test_cost_model.py holds the reported register bits equal to what ``elaborate`` builds.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from hwrnn.cell_state import FixedPointCell
 from hwrnn.datapath import SCALE_BIAS_STAGES, tree_levels, tree_registers
 from hwrnn.gates import LstmGates
 from hwrnn.quant import levels
+from hwrnn.resources import Built, Mem, Reg
 
 from .multiplier import ECP5_WIDTH, RegisteredMultiplier, check_dsp, ecp5_fits
 
@@ -73,6 +79,63 @@ class TreePipeline:
         return [vals[0] if vals else Const(0, 1) for vals in groups]
 
 
+def adder_tree_bits(widths) -> int:
+    """Sum of the result widths of a balanced pairwise adder tree (TreePipeline) over operands of
+    these widths (Amaranth widths: max + 1 per addition)."""
+    vals, total = list(widths), 0
+    while len(vals) > 1:
+        nxt = []
+        for i in range(0, len(vals) - 1, 2):
+            w = max(vals[i], vals[i + 1]) + 1
+            total += w
+            nxt.append(w)
+        if len(vals) % 2:
+            nxt.append(vals[-1])
+        vals = nxt
+    return total
+
+
+def tree_register_bits(groups: list[list[tuple[int, int]]], second_weights: list[int] | None = None,
+                       per_stage: int | None = None) -> tuple[int, int, int]:
+    """(declared bits, kept bits, register stages) of the registers TreePipeline adds when it
+    reduces ``groups`` of values given as (width, constant-zero LSBs): every group by a balanced
+    pairwise tree, then, if ``second_weights`` is given, the group results shifted left by those
+    weights and reduced again (BitPlaneDot); a register stage after every ``per_stage`` levels
+    except the last (None: none). Declared: Amaranth's widths (an addition is one bit wider than its
+    wider operand; ``v << k`` shifts by a constant of k.bit_length() bits, so it is 2**that - 1 bits
+    wider than v). Kept: without constant-zero LSBs and MSBs (yosys removes them)."""
+    lv, bits, kept, regs = 0, 0, 0, 0
+
+    def level(gs, last):  # values: (declared width, width, zero LSBs)
+        nonlocal lv, bits, kept, regs
+        out = []
+        for vals in gs:
+            nxt = [(max(vals[i][0], vals[i + 1][0]) + 1, max(vals[i][1], vals[i + 1][1]) + 1,
+                    min(vals[i][2], vals[i + 1][2])) for i in range(0, len(vals) - 1, 2)]
+            if len(vals) % 2:
+                nxt.append(vals[-1])
+            out.append(nxt)
+        lv += 1
+        if per_stage and not last and lv % per_stage == 0:
+            bits += sum(d for vals in out for d, _w, _z in vals)
+            kept += sum(w - z for vals in out for _d, w, z in vals)
+            regs += 1
+        return out
+
+    groups = [[(w, w, z) for w, z in vals] for vals in groups]
+    more = tree_levels(len(groups)) if second_weights is not None else 0
+    depth = tree_levels(len(groups[0])) if groups else 0
+    for k in range(depth):
+        groups = level(groups, k == depth - 1 and more == 0)
+    if second_weights is not None:
+        vals = [(d + (1 << sw.bit_length()) - 1, w + sw, z + sw)
+                for (d, w, z), sw in zip((g[0] for g in groups), second_weights)]
+        gs = [vals]
+        for k in range(more):
+            gs = level(gs, k == more - 1)
+    return bits, kept, regs
+
+
 def _check_pos(name, v, lo=1):
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -101,14 +164,35 @@ class BitPlaneDot(wiring.Component):
         self.levels_per_stage = levels_per_stage
         self.levels = tree_levels(simd) + tree_levels(planes * abits)
         self.latency = tree_registers(self.levels, levels_per_stage) if levels_per_stage else 0
-        top = simd * ((1 << planes) - 1) * ((1 << abits) - 1) << max_shift
-        self.out_width = fm.unsigned_width(top)
+        self.out_width = self.output_width(simd, planes, abits, max_shift)
         super().__init__({
             "w": In(simd * planes),
             "a": In(simd * abits),
             "shift": In(range(max_shift + 1)),
             "dot": Out(self.out_width),
         })
+
+    @staticmethod
+    def output_width(simd: int, planes: int, abits: int, max_shift: int = 0) -> int:
+        """Bits of ``dot``: the largest sum, SIMD * (2**planes - 1) * (2**abits - 1) << max_shift."""
+        return fm.unsigned_width(simd * ((1 << planes) - 1) * ((1 << abits) - 1) << max_shift)
+
+    @classmethod
+    def built(cls, simd: int, planes: int, abits: int, max_shift: int = 0,
+              levels_per_stage: int | None = None) -> Built:
+        """The tree's pipeline registers (constant-zero LSBs of the shifted plane terms not kept) and
+        the shift carried along them; logic: AND bits, tree operand and popcount adder widths,
+        shifter bits (output width x shift-amount bits)."""
+        weights = [p + q for p in range(planes) for q in range(abits)]
+        bits, kept, stages = tree_register_bits([[(1, 0)] * simd for _ in weights], weights, levels_per_stage)
+        out_w = cls.output_width(simd, planes, abits, max_shift)
+        shift_bits = max_shift.bit_length()  # Signal(range(max_shift + 1))
+        regs = [Reg("tree", bits, kept)]
+        if max_shift:
+            regs.append(Reg("shift", shift_bits * stages))
+        return Built(regs=tuple(regs), stages=stages, logic={
+            "and_bits": planes * abits * simd, "tree_bits": planes * abits * out_w, "shifter": out_w * shift_bits,
+            "pop_bits": planes * abits * adder_tree_bits([1] * simd), "lanes": 1})
 
     def elaborate(self, platform):
         m = Module()
@@ -150,6 +234,13 @@ class ActivationSum(wiring.Component):
         self.simd, self.abits, self.levels_per_stage = simd, abits, levels_per_stage
         self.latency = tree_registers(tree_levels(simd), levels_per_stage) if levels_per_stage else 0
         super().__init__({"a": In(simd * abits), "sum": Out(fm.unsigned_width(simd * ((1 << abits) - 1)))})
+
+    @classmethod
+    def built(cls, simd: int, abits: int, levels_per_stage: int | None = None) -> Built:
+        """The tree's pipeline registers; logic: input bits and adder widths (none for 1-bit codes)."""
+        bits, kept, stages = tree_register_bits([[(abits, 0)] * simd], None, levels_per_stage)
+        return Built(regs=(Reg("tree", bits, kept),), stages=stages, logic={
+            "bits": simd * abits, "adders": adder_tree_bits([abits] * simd) if abits > 1 else 0})
 
     def elaborate(self, platform):
         m = Module()
@@ -200,9 +291,28 @@ class ScaleBias(wiring.Component):
             "addr": Out(cfg.lut_bits),
         })
 
+    @staticmethod
+    def product_width(acc_width: int, mult_width: int, bias_width: int, shift: int) -> int:
+        """Bits of the registered sum acc * mult + bias + 2**(R-1) (signed, with headroom)."""
+        return max(acc_width + mult_width + 2, bias_width + 2, shift + 2)
+
+    @classmethod
+    def built(cls, cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int) -> Built:
+        """Behavioural elaboration (dsp=None): bias0, bias, the multiplier's operands and product (the
+        sign-extension bit of the signed x unsigned product is a copy: not kept) and the sum, of
+        which only the bits at and above the shift are read (its effective width is one more than
+        its widest addend's). The sum's register is the post-adder register of a DSP48E1."""
+        aw, mw, bw, r = acc_width, mult_width, bias_width, shift
+        prod_w = cls.product_width(aw, mw, bw, r)
+        total = max(0, min(prod_w, max(aw + mw, max(bw, r + 1) + 1) + 1) - r)
+        mul = RegisteredMultiplier.built(signed(aw), unsigned(mw), signed(aw + mw + 1), p_kept=aw + mw, split=True)
+        return Built(regs=(Reg("bias0", bw), Reg("bias", bw), Reg("total", prod_w, total)),
+                     subs=(("mul", 1, mul),), stages=cls.latency, post_adder=total,
+                     logic={"sum_bits": prod_w, "addr_bits": prod_w - r})
+
     def elaborate(self, platform):
         m = Module()
-        prod_w = max(self.acc_w + self.mult_w + 2, self.bias_w + 2, self.shift_r + 2)
+        prod_w = self.product_width(self.acc_w, self.mult_w, self.bias_w, self.shift_r)
         # operands registered next to the multiplier (DSP) first, product registered: with
         # dsp="ecp5" both registers are the DSP block's own, otherwise the placer puts these
         # flip-flops beside it; the bias travels alongside
@@ -252,6 +362,11 @@ class LookupTable(wiring.Component):
         self.addr_bits = addr_bits
         super().__init__({"addr": In(addr_bits), "data": Out(self.shape)})
 
+    @classmethod
+    def built(cls, width: int, addr_bits: int, name: str = "rom") -> Built:
+        """A ROM of 2**addr_bits words of ``width`` bits (its read register belongs to the memory)."""
+        return Built(mems=(Mem(name, width, 1 << addr_bits, False),), stages=1)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.rom = rom = Memory(shape=self.shape, depth=len(self.contents), init=self.contents)
@@ -292,6 +407,26 @@ class FixedCellUnit(wiring.Component):
             "c_new": Out(signed(cw)),
             "c_addr": Out(cfg.lut_bits),
         })
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        """Operands and products f*c, i*g (product LSBs that only meet zeros of the other, shifted
+        addend below the rounding position are unread), the sum s from the rounding position up
+        (the post-adder register of a DSP48E1), c_new; c_addr is combinational."""
+        G, F = cfg.gate_frac, cfg.cell_format.frac_bits
+        P = max(G + F, 2 * G)
+        cw, G1, cand = cfg.cell_format.width, fm.gate_width(cfg), fm.candidate_width(cfg)
+        a, b, sh = P - G - F, P - 2 * G, P - F   # shifts of f*c and i*g, rounding shift
+        fc_w, ig_w = G1 + cw, G1 + cand
+        fc = fc_w - max(0, min(b - a, sh - 1 - a)) if b > a else fc_w
+        ig = ig_w - max(0, min(a - b, sh - 1 - b)) if a > b else ig_w
+        s = max(0, max(a + fc_w, b + ig_w) + 1 - sh)
+        gs = signed(cand) if cfg.candidate == "tanh" else unsigned(cand)
+        fcm = RegisteredMultiplier.built(unsigned(G1), signed(cw), signed(cw + G + 2), p_kept=fc)
+        igm = RegisteredMultiplier.built(unsigned(G1), gs, signed(2 * G + 4), p_kept=ig)
+        return Built(regs=(Reg("s", cw + 2 * G + 8 + (P - G - F) + (P - 2 * G), s), Reg("c_new", cw)),
+                     subs=(("fc", 1, fcm), ("ig", 1, igm)), stages=cls.c_latency + cls.addr_latency,
+                     post_adder=s, logic={"units": 1})
 
     def elaborate(self, platform):
         m = Module()
@@ -339,6 +474,15 @@ class HRequantizer(wiring.Component):
             "sc": In(unsigned(fm.gate_width(cfg))),
             "h": Out(cfg.abits),
         })
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        """Operands o, sc, the product (only its bits up to 2G + abits are read; with abits 1, two),
+        h."""
+        G1, A = fm.gate_width(cfg), cfg.abits
+        prod = 2 if A == 1 else min(2 * G1, 2 * cfg.gate_frac + A)
+        mul = RegisteredMultiplier.built(unsigned(G1), unsigned(G1), unsigned(2 * G1), p_kept=prod)
+        return Built(regs=(Reg("h", A),), subs=(("prod", 1, mul),), stages=cls.latency, logic={"units": 1})
 
     def elaborate(self, platform):
         m = Module()

@@ -35,8 +35,24 @@ from hwrnn import formats as fm
 from hwrnn import floatcell as fc
 from hwrnn.config import ConfigError
 from hwrnn.cell_state import FloatingPointCell
+from hwrnn.resources import Built, Mult, Reg
 
 from .multiplier import RegisteredMultiplier, check_dsp
+
+#: one pipelined FloatCellUnit in synth_ecp5, {(exp_bits, man_bits): (LUT4, CCU2C)}, measured by
+#: benchmarks/cell_ablation.py (results/cell_ablation.json); other formats: ``measured_cost``
+FLOAT_CELL_ECP5 = {(5, 10): (1121, 143), (8, 7): (971, 140), (4, 3): (692, 109), (5, 2): (783, 113)}
+
+
+def measured_cost(exp_bits: int, man_bits: int) -> tuple[float, float]:
+    """(LUT4, CCU2C) of one unit on ECP5: measured for fp16, bf16, e4m3, e5m2; otherwise the nearest
+    measured format scaled by (exp + man + 1) bits."""
+    if (exp_bits, man_bits) in FLOAT_CELL_ECP5:
+        return FLOAT_CELL_ECP5[(exp_bits, man_bits)]
+    (e, m), (lut, carry) = min(FLOAT_CELL_ECP5.items(),
+                               key=lambda kv: abs(kv[0][0] - exp_bits) + abs(kv[0][1] - man_bits))
+    k = (exp_bits + man_bits + 1) / (e + m + 1)
+    return lut * k, carry * k
 
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
@@ -110,6 +126,45 @@ class FloatCellUnit(wiring.Component):
             "c_new": Out(unsigned(w)),
             "c_addr": Out(p.lut_bits),
         })
+
+    @classmethod
+    def built(cls, cfg, pipelined: bool = True) -> Built:
+        """Registers of the p0..p11 cuts (with the multipliers' operand and product registers, p0 |
+        p1), declared as ``elaborate`` builds them; kept: an earlier per-cut count (the float unit is
+        not in the calibration sweep; a synth_ecp5 run of W2A2 H=8 PE 4 SIMD 4 with fp16 cells and a
+        one-stage address had 1956 flip-flops in total against 1940 predicted). The model moves none
+        of them into DSP blocks; LUT and carry cells are the measured unit's (``measured_cost``)."""
+        p = fc.cell_params(cfg)
+        e, mb, G, W, L = p.fmt.exp_bits, p.fmt.man_bits, p.gate_frac, p.window, p.lut_bits
+        gw, cand, width = p.gate_width, p.candidate_width, p.fmt.width
+        wa = gw + mb + 1
+        wb = 2 * G + 3 if p.candidate == "tanh" else 2 * G + 2
+        xw = fm.signed_width(-(1 << e) - 4 * W - 4 * G - 64, (1 << e) + 4 * W + 4 * G + 64)
+
+        def rb(n):  # width of Signal(range(n))
+            return max(1, (n - 1).bit_length())
+
+        t = rb(W + mb + 5)
+        cuts = (  # (name, declared, kept)
+            ("operands", gw + (mb + 1) + gw + cand + width + 1, 2 * gw + cand + width),  # a_r, b_r x 2; p0: c, sign
+            ("products", wa + wb + e + 2, wa + wb + e + 2),                            # p_r x 2; p1
+            ("p2", wa + rb(wa + 1) + e + wb + rb(wb + 1) + 2, wa + rb(wa + 1) + xw + wb + rb(wb + 1) + xw + 2),
+            ("p3", 2 * W + 2 * xw + 3, 2 * W + 2 * xw + 3),
+            ("p4", 2 * W + 2 + xw + rb(W + 4), 2 * W + 2 + xw + rb(W + 4)),
+            ("p5", 2 * W + 1 + 3 + xw, 2 * W + 1 + 3 + xw),
+            ("p6", W + 2 + 2 + t + xw + 2, W + 2 + 2 + xw),
+            ("p7", W + 2 + 2 + xw + 2 + t, W + 2 + 2 + 2 * xw + t),
+            ("p8", mb + 2 + 2 + xw + 2 + t, mb + 2 + 2 + 2 * xw),
+            ("p9", mb + 1 + xw + 1, mb + 1 + xw + 1),
+            ("p10", width + mb + 2 + rb(L + mb + 4), width + mb + 2 + rb(L + mb + 4)),  # c_new, address terms
+            ("p11", mb + 2 + L + 2, mb + 2 + L + 2),
+        )
+        # f x significand, i x |g| (|g| taken before the multiplier: unsigned, candidate width)
+        mults = (Mult("mul_a", gw, False, mb + 1, False), Mult("mul_b", gw, False, cand, False))
+        stages = FloatingPointCell.update_stages + FloatingPointCell.address_stages
+        return Built(regs=tuple(Reg(n, d, k) for n, d, k in cuts) if pipelined else (), mults=mults,
+                     stages=stages if pipelined else 0, dsp_packing=False, logic={"units": 1},
+                     measured=measured_cost(e, mb))
 
     @staticmethod
     def _stage(m: Module, name: str) -> Module:

@@ -20,6 +20,8 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn.config import Folding, LayerConfig
 from hwrnn.datapath import TREE_LEVELS_PER_STAGE, Geometry, asum_width, dot_levels, s1_width, tree_registers
+from hwrnn.quant import levels
+from hwrnn.resources import Built, Reg
 
 from .blocks import ActivationSum, BitPlaneDot
 
@@ -49,6 +51,35 @@ class BalancedMac(wiring.Component):
             "acc": Out(data.ArrayLayout(signed(self.acc_width), fold.pe)),
             "done": Out(1),
         })
+
+    @classmethod
+    def built(cls, cfg: LayerConfig, fold: Folding) -> Built:
+        """Its own registers (partials, the activation sum delayed to the dot latency, K * sum(a) and
+        its accumulator, the lane accumulators, the control delayed along the trees: the plane is
+        kept only where it is read, in serial mode, and not after the trees; done), the PE popcount
+        lanes ("dot") and the activation sum ("asum"); logic: accumulator and correction bits."""
+        g = Geometry(cfg, fold)
+        PE, S, A, W = fold.pe, fold.simd, cfg.abits, cfg.wbits
+        serial = fold.planes == "serial"
+        max_shift = (W - 1) if serial else 0
+        dot = BitPlaneDot.built(S, g.planes_per_word, A, max_shift, TREE_LEVELS_PER_STAGE)
+        asum = ActivationSum.built(S, A, TREE_LEVELS_PER_STAGE)
+        dl = dot.stages
+        plane_w = max(1, (max(g.plane_steps, 2) - 1).bit_length())                 # the plane input
+        plane_kept = (g.plane_steps - 1).bit_length() if serial else 0
+        ctl_w = 3 + plane_w                                                           # valid, first, last, plane
+        regs = (
+            Reg("partial", PE * BitPlaneDot.output_width(S, g.planes_per_word, A, max_shift)),
+            Reg("asum_delay", (dl - asum.stages) * fm.unsigned_width(S * levels(A))),
+            Reg("ctl_tree", ctl_w * dl, (3 + plane_kept) * dl),
+            Reg("ctl_part", ctl_w, 3),
+            Reg("s2_asum", fm.unsigned_width(levels(A) * S * levels(W))),
+            Reg("acc_a", asum_width(cfg) + W),
+            Reg("acc", PE * s1_width(cfg)),
+            Reg("done", 1),
+        )
+        return Built(regs=regs, stages=dl + 2, subs=(("dot", PE, dot), ("asum", 1, asum)),
+                     logic={"acc_bits": PE * (s1_width(cfg) + fm.acc_width(cfg))})
 
     def elaborate(self, platform):
         m = Module()

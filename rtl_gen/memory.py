@@ -16,6 +16,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwrnn.config import ConfigError
+from hwrnn.resources import Built, Mem
 
 WMEM_MODULE = "hwrnn_wmem"
 
@@ -70,6 +71,11 @@ class WeightMemory(wiring.Component):
             "waddr": In(self.addr_width),
             "wdata": In(width),
         })
+
+    @classmethod
+    def built(cls, width: int, depth: int) -> Built:
+        """One width x depth memory with a write port (its read register belongs to the memory)."""
+        return Built(mems=(Mem("wmem", width, depth, True),), stages=1)
 
     def elaborate(self, platform):
         m = Module()

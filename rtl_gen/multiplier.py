@@ -24,6 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hwrnn.config import ConfigError
+from hwrnn.resources import Built, Mult, Reg
 
 DSP_KINDS = (None, "ecp5")
 ECP5_WIDTH = 18  # MULT18X18D operand width (two's complement when SIGNEDA/SIGNEDB = 1)
@@ -94,6 +95,18 @@ class RegisteredMultiplier(wiring.Component):
         self.a_shape, self.b_shape, self.p_shape, self.dsp = a_shape, b_shape, p_shape, dsp
         self.uses_dsp = dsp == "ecp5" and ecp5_fits(a_shape, b_shape)
         super().__init__({"a": In(a_shape), "b": In(b_shape), "p": Out(p_shape)})
+
+    @classmethod
+    def built(cls, a_shape, b_shape, p_shape=None, p_kept: int | None = None, split: bool = False) -> Built:
+        """The behavioural elaboration (dsp=None): operand registers a_r, b_r and product register
+        p_r, of which ``p_kept`` bits are read (None: all); one Mult holding their kept bits (what
+        a DSP block takes in). ``split``: the owner cuts a too wide ``a`` for ECP5 (ScaleBias)."""
+        a, b = Shape.cast(a_shape), Shape.cast(b_shape)
+        p = product_shape(a, b) if p_shape is None else Shape.cast(p_shape)
+        kept = p.width if p_kept is None else p_kept
+        return Built(regs=(Reg("a_r", a.width), Reg("b_r", b.width), Reg("p_r", p.width, p_kept)),
+                     mults=(Mult("mul", a.width, a.signed, b.width, b.signed, a.width + b.width + kept, split),),
+                     stages=cls.latency)
 
     def elaborate(self, platform):
         m = Module()

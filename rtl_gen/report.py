@@ -1,8 +1,9 @@
 """Resource / latency / throughput sections of manifest.json and report.txt, and the logic of
 ``python -m rtl_gen report <out_dir> [--synth FAMILY]`` and ``python -m rtl_gen ... --estimate``.
 
-Nothing here imports Amaranth: the analytic report of any configuration renders in well under a
-second. Synthesis (rtl_gen.synth) is imported only when asked for.
+The analytic estimate (rtl_gen.cost) reads the blocks' reports without elaborating anything: the
+report of any configuration renders in well under a second. Synthesis (rtl_gen.synth) is imported
+only when asked for.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import re
 from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.devices import FAMILIES
 from hwrnn.fpga import BRAM_UNIT, device_fit
-from hwrnn.resources import ASSUMED_MHZ, BLOCK_TEXT, BLOCKS, derived, estimate
+from hwrnn.resources import ASSUMED_MHZ, BLOCK_TEXT, BLOCKS, derived
 
-MODEL_NOTE = ("analytic model hwrnn.resources, calibrated against yosys "
+from .cost import estimate
+
+MODEL_NOTE = ("analytic model rtl_gen.cost, calibrated against yosys "
               "(accuracy: results/resource_calibration.md)")
 
 

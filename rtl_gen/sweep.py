@@ -1,5 +1,5 @@
 """Design-space sweep: every combination of wbits, abits, hidden, PE, SIMD and plane mode through
-the analytic model (hwrnn.resources; milliseconds per point), in parallel on the machine's cores,
+the analytic model (rtl_gen.cost; milliseconds per point), in parallel on the machine's cores,
 with a table (CSV), Pareto fronts of resources vs latency (PNG) and, only for the points asked
 for, real synthesis (rtl_gen.synth).
 
@@ -27,7 +27,9 @@ from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.datapath import Geometry
 from hwrnn.devices import DEVICES, FAMILIES, devices_of
 from hwrnn.fpga import BRAM_BITS, device_fit, logic_cells
-from hwrnn.resources import ASSUMED_MHZ, derived, estimate
+from hwrnn.resources import ASSUMED_MHZ, derived
+
+from .cost import estimate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -51,6 +51,7 @@ from hwrnn.fpga import CELL_CLASSES, IGNORED_CELLS, PLACEMENT_MARGIN, fit_device
 from hwrnn.toolreports import classify, hier_cells, module_cells, read_nextpnr, summarize_path  # noqa: F401
 
 from .core import LstmCore
+from .cost import INSTANCE_BLOCKS, STATE_BLOCK
 
 TARGET_MHZ = 150  # SPEC 5: nextpnr >= 150 MHz on ECP5 speed 8
 TOP = "top"
@@ -192,20 +193,18 @@ def yosys_script(family: str, flatten: bool = True, dsp: bool = True, keep: str 
 # ---- counts ---------------------------------------------------------------------------------------
 
 #: block of the core a submodule belongs to (name without instance number)
-BLOCKS = {
-    "dot": "mac_lanes", "asum": "activation_sum", "sb": "scale_bias", "lut": "gate_luts",
-    "clut": "cell_luts", "cell": "cell_units", "hq": "h_requant", "wmem": "weight_memory",
-}
-STATE_BLOCK = "state_and_control"  # the core's own logic: accumulators, act/c/h registers, controller, bias memory
-
-
 def block_of(module: str, core: str = TOP) -> str | None:
+    """The cost-model block of a synthesized module path: its deepest instance named in
+    rtl_gen.cost.INSTANCE_BLOCKS (e.g. top.unit0.cell.fc -> cell_units), else the core's own
+    state_and_control; None outside the core."""
     if module == core:
         return STATE_BLOCK
     if not module.startswith(core + "."):
         return None
-    first = module[len(core) + 1:].split(".")[0]
-    return BLOCKS.get(re.sub(r"\d+$", "", first))
+    found = STATE_BLOCK
+    for part in module[len(core) + 1:].split("."):
+        found = INSTANCE_BLOCKS.get(re.sub(r"\d+$", "", part), found)
+    return found
 
 
 def per_block(family: str, mods: dict[str, Counter], core: str = TOP) -> dict[str, dict]:

@@ -11,6 +11,8 @@ one gate set's part of the core.
   words and activation slices to per-lane accumulators acc = sum mac_value * a.
 
 The core looks its units up here and never branches on a format, cell type or coding itself.
+Each unit also reports what it builds (classmethod ``built``, for rtl_gen.cost): ``cell_state_built``,
+``gate_set_built`` and ``mac_built`` look those reports up the same way.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from hwrnn import formats as fm
 from hwrnn.cell_state import FixedPointCell, FloatingPointCell
 from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.gates import LstmGates
+from hwrnn.resources import Built, Reg
 from hwrnn.weight_code import BalancedCode
 
 from .blocks import FixedCellUnit, HRequantizer, LookupTable
@@ -45,6 +48,15 @@ def cell_state_unit(cfg: LayerConfig, dsp: str | None = None):
     except KeyError:
         raise ConfigError(f"no RTL unit for cell format {cfg.cell}") from None
     return build(cfg, dsp=dsp)
+
+
+def cell_state_built(cfg: LayerConfig) -> Built:
+    """What ``cell_state_unit(cfg)`` builds (its class's ``built``, with the same options)."""
+    try:
+        build = CELL_STATE_UNITS[type(cfg.cell_format)]
+    except KeyError:
+        raise ConfigError(f"no RTL unit for cell format {cfg.cell}") from None
+    return getattr(build, "func", build).built(cfg, **getattr(build, "keywords", {}))
 
 
 class LstmUnit(wiring.Component):
@@ -74,6 +86,24 @@ class LstmUnit(wiring.Component):
             "c_new": Out(cell_shape),
             "h": Out(cfg.abits),
         })
+
+    @staticmethod
+    def gate_widths(cfg: LayerConfig) -> dict[str, int]:
+        """Bits of each gate input (the width the model gives the gate's table and register)."""
+        return {"i": fm.gate_width(cfg), "f": fm.gate_width(cfg), "g": fm.candidate_width(cfg),
+                "o": fm.gate_width(cfg)}
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        """Its own registers (o delayed beside the cell update, the address and the sigmoid(c) read;
+        sc), the cell-state unit ("cell"), the sigmoid(c) table ("clut") and the requantizer ("hq")."""
+        stages = LstmGates().stages(cfg)
+        G1 = fm.gate_width(cfg)
+        o_delay = stages["cell_update"] + stages["cell_address"] + stages["sigmoid_c_read"] + stages["sigmoid_c_register"]
+        return Built(regs=(Reg("o_delay", G1 * o_delay), Reg("sc", G1)), stages=sum(stages.values()),
+                     subs=(("cell", 1, cell_state_built(cfg)),
+                           ("clut", 1, LookupTable.built(G1, cfg.lut_bits, "cell_rom")),
+                           ("hq", 1, HRequantizer.built(cfg))))
 
     def elaborate(self, platform):
         m = Module()
@@ -113,6 +143,15 @@ def gate_set_unit(cfg: LayerConfig, dsp: str | None = None):
     return build(cfg, dsp=dsp)
 
 
+def gate_set_built(cfg: LayerConfig) -> Built:
+    """What ``gate_set_unit(cfg)`` builds."""
+    try:
+        build = GATE_SET_UNITS[type(cfg.gate_set)]
+    except KeyError:
+        raise ConfigError(f"no RTL unit for cell type {cfg.cell_type}") from None
+    return build.built(cfg)
+
+
 #: weight coding class -> MAC array constructor ``(cfg, fold)``
 MAC_UNITS = {
     BalancedCode: BalancedMac,
@@ -126,3 +165,12 @@ def mac_unit(cfg: LayerConfig, fold: Folding):
     except KeyError:
         raise ConfigError(f"no RTL MAC unit for weight code {cfg.weight_code}") from None
     return build(cfg, fold)
+
+
+def mac_built(cfg: LayerConfig, fold: Folding) -> Built:
+    """What ``mac_unit(cfg, fold)`` builds."""
+    try:
+        build = MAC_UNITS[type(cfg.weight_coding)]
+    except KeyError:
+        raise ConfigError(f"no RTL MAC unit for weight code {cfg.weight_code}") from None
+    return build.built(cfg, fold)

@@ -13,8 +13,8 @@ import pytest
 from hwrnn import Folding, LayerConfig, QuantLayer
 from hwrnn import formats as fm
 from hwrnn.datapath import bias_width, latency
-from hwrnn.resources import (BLOCKS, FAMILIES, RESOURCES, derived, device_fit, estimate, estimate_all,
-                             map_memory, typical_consts)
+from hwrnn.resources import BLOCKS, FAMILIES, RESOURCES, derived, device_fit, map_memory, typical_consts
+from rtl_gen.cost import estimate, estimate_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(wbits=2, abits=2, hidden=8)

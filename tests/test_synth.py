@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hwrnn import Folding, LayerConfig, QuantLayer
-from hwrnn.resources import estimate
+from rtl_gen.cost import estimate
 from rtl_gen.synth import (SynthError, _run, classify, fits, hier_cells, module_cells, parse_pnr_report,
                            per_block, tool_path, yosys_script)
 
