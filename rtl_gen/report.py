@@ -235,15 +235,23 @@ def write_manifest_and_report(out_dir: str, manifest: dict, base_report) -> str:
 
 
 def rebuild_layer(manifest: dict, out_dir: str):
-    """The QuantLayer the output directory was generated from (random seed or checkpoint in
-    manifest["weights_source"]), checked against weights.hex and the manifest's scale constants."""
+    """The QuantLayer the output directory was generated from (random seed, shipped trained layer
+    or checkpoint in manifest["weights_source"]), checked against the manifest's scale constants."""
     from hwrnn.checkpoint import CheckpointError, QuantLayer, load_layer
 
     cfg = LayerConfig.from_dict(manifest["config"])
     src = manifest.get("weights_source", "")
     m = re.match(r"random \(seed (-?\d+)", src)
+    shipped = re.match(r"trained PTB layer hwrnn/data/(\S+)", src)
     if m:
         layer = QuantLayer.random(cfg, seed=int(m.group(1)))
+    elif shipped:  # hwrnn.pretrained.describe: a layer shipped as package data
+        from hwrnn import pretrained
+
+        try:
+            layer = load_layer(pretrained.DATA_DIR / shipped.group(1))
+        except CheckpointError as e:
+            raise ReportError(str(e)) from None
     else:
         m = re.match(r"checkpoint (.+)$", src)
         if not m:

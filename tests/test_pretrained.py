@@ -72,3 +72,19 @@ def test_shipped_headline_layer_matches_its_provenance():
     # and rtl_gen's default for the headline config is this layer
     got, _fold, source = resolve(parse_args(["--wbits", "4", "--abits", "2", "--hidden", "450"]))
     assert np.array_equal(got.codes, layer.codes) and source == pretrained.describe(rec)
+
+
+def test_report_rebuilds_the_shipped_layer_from_its_source_line(tmp_path):
+    """`rtl_gen report OUT --synth ...` rebuilds the layer an output directory was generated from;
+    for the trained default that is the shipped layer named by pretrained.describe."""
+    import numpy as np
+
+    from hwrnn import pretrained
+    from rtl_gen.report import rebuild_layer
+
+    rec = pretrained.shipped()[0]
+    want = pretrained.load(rec)
+    manifest = {"config": rec["config"], "weights_source": pretrained.describe(rec),
+                "scale": {"multiplier": want.mult, "shift": want.shift}}
+    got = rebuild_layer(manifest, str(tmp_path))
+    assert np.array_equal(got.codes, want.codes) and got.cfg == want.cfg
