@@ -223,13 +223,6 @@ def bitplane_dot(n, a, wbits: int, abits: int) -> int:
     return total
 
 
-def odd_dot(n, a, wbits: int) -> int:
-    """sum m*a with m = 2n - Kw, via the shared activation-sum correction 2*sum(n*a) - Kw*sum(a)."""
-    n = np.asarray(n, np.int64)
-    a = np.asarray(a, np.int64)
-    return 2 * int(np.sum(n * a)) - levels(wbits) * int(np.sum(a))
-
-
 def memory_bits(cfg: LayerConfig) -> int:
     """Bits of weight storage without padding: 4H * (X+H) * wbits."""
     return cfg.rows * cfg.columns * cfg.wbits

@@ -6,7 +6,8 @@ from amaranth.sim import Simulator
 from hwrnn import LayerConfig
 from hwrnn import formats as fm
 from hwrnn.config import ConfigError
-from hwrnn.datapath import bitplane_dot, odd_dot, tree_registers
+from hwrnn.datapath import bitplane_dot, tree_registers
+from hwrnn.weight_code import BalancedCode
 from rtl_gen.blocks import (ActivationSum, BitPlaneDot, FixedCellUnit, HRequantizer, LookupTable,
                             ScaleBias)
 
@@ -89,13 +90,15 @@ def test_bitplane_dot_matches_reference(simd, wbits, abits, serial, per_stage):
     assert [g["dot"] for g in got] == want
 
 
-def test_odd_dot_identity():
+def test_balanced_mac_identity():
+    """sum m*a = 2*sum(n*a) - K*sum(a) with the dot from bit planes (hwrnn.weight_code.BalancedCode)."""
     rng = np.random.default_rng(0)
     for wbits in range(1, 9):
-        K = (1 << wbits) - 1
-        n = rng.integers(0, K + 1, 50)
+        code = BalancedCode(wbits)
+        n = rng.integers(0, code.max_code + 1, 50)
         a = rng.integers(0, 16, 50)
-        assert odd_dot(n, a, wbits) == int(np.dot(2 * n - K, a))
+        dot = bitplane_dot(n, a, wbits, 4)
+        assert int(code.acc_from_planes(dot, a.sum())) == int(np.dot(code.mac_values(n), a))
 
 
 @pytest.mark.parametrize("per_stage", [None, 1, 3])
