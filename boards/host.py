@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwrnn.cell_state import FloatingPointCell
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
 from hwrnn.datapath import bias_image, weight_image
@@ -302,7 +303,7 @@ class BoardLink:
         cfg = layer.cfg
         fold = self.folding()
         want = {"wbits": cfg.wbits, "abits": cfg.abits, "hidden": cfg.hidden, "input": cfg.input,
-                "cell_bits": cfg.cell_format.width, "cell_float": int(cfg.cell_format.kind == "float"),
+                "cell_bits": cfg.cell_format.width, "cell_float": int(isinstance(cfg.cell_format, FloatingPointCell)),
                 "shift": layer.shift}
         diff = [f"{k} {v} (board {getattr(info, k)})" for k, v in want.items() if getattr(info, k) != v]
         if diff:

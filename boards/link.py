@@ -11,6 +11,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hwrnn.cell_state import FloatingPointCell
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, latency
@@ -20,14 +21,6 @@ from . import protocol as P
 from .uart import UartRx, UartTx
 
 
-def crc16_update(crc, byte):
-    """Amaranth expression: CRC-16/CCITT-FALSE register after one more byte (MSB first)."""
-    for i in range(7, -1, -1):
-        fb = crc[15] ^ byte[i]
-        crc = Cat(Const(0, 1), crc[:15]) ^ Mux(fb, Const(P.CRC_POLY, 16), Const(0, 16))
-    return crc
-
-
 def design_info(core: LstmCore, clk_hz: int, divisor: int, timeout_cycles: int) -> P.DesignInfo:
     """The INFO block of a link around ``core``."""
     cfg, fold, layer = core.cfg, core.fold, core.layer
@@ -35,7 +28,7 @@ def design_info(core: LstmCore, clk_hz: int, divisor: int, timeout_cycles: int) 
     return P.DesignInfo(
         magic=P.MAGIC, version=P.PROTOCOL_VERSION, wbits=cfg.wbits, abits=cfg.abits, hidden=cfg.hidden,
         input=cfg.input, pe=fold.pe, simd=fold.simd, planes=int(fold.planes == "serial"),
-        cell_bits=core.cell_width, cell_float=int(cfg.cell_format.kind == "float"), shift=layer.shift, bias_bits=core.bias_w, mult_bits=core.mult_w,
+        cell_bits=core.cell_width, cell_float=int(isinstance(cfg.cell_format, FloatingPointCell)), shift=layer.shift, bias_bits=core.bias_w, mult_bits=core.mult_w,
         load_data_bits=core.load_data_w, load_addr_bits=core.load_addr_w, weight_depth=g.depth,
         row_folds=g.row_folds, latency=latency(cfg, fold), clk_hz=int(clk_hz), divisor=int(divisor),
         timeout_cycles=int(timeout_cycles), design_id=P.design_id(cfg, fold, layer.shift))
@@ -80,7 +73,10 @@ class LinkTop(wiring.Component):
         flen = Signal(16)
         cnt = Signal(16)  # payload bytes received / reply bytes sent
         pl = Signal(8 * max_len)  # request payload, byte k at bits 8k..
-        crc = Signal(16, init=P.CRC_INIT)
+        # one CRC unit for both directions (the link is half duplex): start at SYNC, feed TYPE, LEN
+        # and PAYLOAD; its output is the frame's CRC one cycle after the last byte
+        m.submodules.crc = crc = P.CRC.create()
+        crc_hi_ok = Signal()  # the received CRC's first byte matched
         err = Signal(8)  # NAK code to send
         idle = Signal(range(self.timeout_cycles + 1))
         with m.If(stb):
@@ -165,29 +161,29 @@ class LinkTop(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += receiving.eq(1)
                 with m.If(stb & (byte == P.SYNC)):
-                    m.d.sync += crc.eq(P.CRC_INIT)
+                    m.d.comb += crc.start.eq(1)
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += receiving.eq(1)
+                m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
                 with m.If(stb):
-                    m.d.sync += [ftype.eq(byte), crc.eq(crc16_update(crc, byte))]
+                    m.d.sync += ftype.eq(byte)
                     m.next = "LEN0"
                 with m.Elif(quiet):
                     m.d.sync += [ftype.eq(0)] + nak(P.NAK_TIMEOUT, c_to)
                     m.next = "REPLY"
             with m.State("LEN0"):
-                m.d.comb += receiving.eq(1)
+                m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
                 with m.If(stb):
-                    m.d.sync += [flen[:8].eq(byte), crc.eq(crc16_update(crc, byte))]
+                    m.d.sync += flen[:8].eq(byte)
                     m.next = "LEN1"
                 with m.Elif(quiet):
                     m.d.sync += nak(P.NAK_TIMEOUT, c_to)
                     m.next = "REPLY"
             with m.State("LEN1"):
-                m.d.comb += receiving.eq(1)
+                m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
                 full_len = Cat(flen[:8], byte)
                 with m.If(stb):
-                    m.d.sync += [flen[8:].eq(byte), crc.eq(crc16_update(crc, byte)), cnt.eq(0)]
+                    m.d.sync += [flen[8:].eq(byte), cnt.eq(0)]
                     with m.If(~known | (full_len != exp_len)):
                         m.next = "DISCARD"
                     with m.Elif(full_len == 0):
@@ -198,19 +194,20 @@ class LinkTop(wiring.Component):
                     m.d.sync += nak(P.NAK_TIMEOUT, c_to)
                     m.next = "REPLY"
             with m.State("PAYLOAD"):
-                m.d.comb += receiving.eq(1)
+                m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
                 with m.If(stb):
                     m.d.sync += [pl.word_select(cnt[:max(1, (max_len - 1).bit_length())], 8).eq(byte),
-                                 crc.eq(crc16_update(crc, byte)), cnt.eq(cnt + 1)]
+                                 cnt.eq(cnt + 1)]
                     with m.If(cnt + 1 == flen):
                         m.next = "CRC0"
                 with m.Elif(quiet):
                     m.d.sync += nak(P.NAK_TIMEOUT, c_to)
                     m.next = "REPLY"
             with m.State("CRC0"):
+                # the frame checks when its two CRC bytes (MSB first) equal the CRC unit's output
                 m.d.comb += receiving.eq(1)
                 with m.If(stb):
-                    m.d.sync += crc.eq(crc16_update(crc, byte))
+                    m.d.sync += crc_hi_ok.eq(byte == crc.crc[8:])
                     m.next = "CRC1"
                 with m.Elif(quiet):
                     m.d.sync += nak(P.NAK_TIMEOUT, c_to)
@@ -218,7 +215,7 @@ class LinkTop(wiring.Component):
             with m.State("CRC1"):
                 m.d.comb += receiving.eq(1)
                 with m.If(stb):
-                    with m.If(crc16_update(crc, byte) == 0):
+                    with m.If(crc_hi_ok & (byte == crc.crc[:8])):
                         m.next = "EXEC"
                     with m.Else():
                         m.d.sync += nak(P.NAK_CRC, c_crc)
@@ -280,40 +277,37 @@ class LinkTop(wiring.Component):
 
             # -- reply --------------------------------------------------------------------------------
             with m.State("REPLY"):
-                m.d.comb += [tx_byte.eq(P.SYNC), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(P.SYNC), utx.data.valid.eq(1), crc.start.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
-                    m.d.sync += crc.eq(P.CRC_INIT)
                     m.next = "R_TYPE"
             with m.State("R_TYPE"):
-                m.d.comb += [tx_byte.eq(rtype), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(rtype), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
-                    m.d.sync += crc.eq(crc16_update(crc, tx_byte))
                     m.next = "R_LEN0"
             with m.State("R_LEN0"):
-                m.d.comb += [tx_byte.eq(rlen[:8]), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(rlen[:8]), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
-                    m.d.sync += crc.eq(crc16_update(crc, tx_byte))
                     m.next = "R_LEN1"
             with m.State("R_LEN1"):
-                m.d.comb += [tx_byte.eq(rlen[8:]), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(rlen[8:]), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
-                    m.d.sync += [crc.eq(crc16_update(crc, tx_byte)), cnt.eq(0)]
+                    m.d.sync += cnt.eq(0)
                     with m.If(rlen == 0):
                         m.next = "R_CRC0"
                     with m.Else():
                         m.next = "R_DATA"
             with m.State("R_DATA"):
-                m.d.comb += [tx_byte.eq(data_byte), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(data_byte), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
-                    m.d.sync += [crc.eq(crc16_update(crc, tx_byte)), cnt.eq(cnt + 1)]
+                    m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt + 1 == rlen):
                         m.next = "R_CRC0"
             with m.State("R_CRC0"):
-                m.d.comb += [tx_byte.eq(crc[8:]), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(crc.crc[8:]), utx.data.valid.eq(1)]
                 with m.If(utx.data.ready):
                     m.next = "R_CRC1"
             with m.State("R_CRC1"):
-                m.d.comb += [tx_byte.eq(crc[:8]), utx.data.valid.eq(1)]
+                m.d.comb += [tx_byte.eq(crc.crc[:8]), utx.data.valid.eq(1)]
                 with m.If(utx.data.ready):
                     with m.If(take_out):
                         m.next = "TAKE"
@@ -323,7 +317,7 @@ class LinkTop(wiring.Component):
                 m.d.comb += core.out.ready.eq(1)
                 m.d.sync += stepping.eq(0)
                 m.next = "HUNT"
-        m.d.comb += utx.data.payload.eq(tx_byte)
+        m.d.comb += [utx.data.payload.eq(tx_byte), crc.data.eq(Mux(receiving, byte, tx_byte))]
         with m.If(stb & ~receiving):
             m.d.sync += c_drop.eq(c_drop + 1)
 

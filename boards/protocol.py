@@ -1,8 +1,8 @@
 """The host link protocol of the hwrnn board designs: framing, CRC, commands and their payloads.
 
 This module is the one definition shared by the gateware (boards.link builds its parser, its
-reply generator and its INFO block from these constants) and the host driver (boards.host). It
-needs no Amaranth and no serial port.
+reply generator, its CRC unit and its INFO block from these definitions) and the host driver
+(boards.host). It needs no serial port; of Amaranth it uses only ``amaranth.lib.crc``.
 
 Physical layer
 ==============
@@ -20,13 +20,12 @@ Frame (both directions)
     bytes 2..3     LEN, unsigned 16 bit little endian: number of payload bytes
     bytes 4..3+LEN PAYLOAD
     bytes 4+LEN,   CRC = CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no
-          5+LEN    reflection, no final XOR; Python: binascii.crc_hqx(data, 0xFFFF)) of bytes
-                   1..3+LEN (TYPE, LEN and PAYLOAD, not SYNC), most significant byte first.
+          5+LEN    reflection, no final XOR: :data:`CRC`) of bytes 1..3+LEN (TYPE, LEN and
+                   PAYLOAD, not SYNC), most significant byte first.
 
-Because the CRC is sent most significant byte first, the same CRC run over bytes 1..5+LEN (the
-CRC bytes included) ends at 0; the gateware checks exactly that. Multi-byte integers inside
-payloads are little endian. Bit vectors (x codes, h, c, load data) are packed LSB first into
-``ceil(bits / 8)`` bytes: bit k of the vector is bit k % 8 of payload byte k // 8, pad bits are 0.
+Multi-byte integers inside payloads are little endian. Bit vectors (x codes, h, c, load data) are
+packed LSB first into ``ceil(bits / 8)`` bytes: bit k of the vector is bit k % 8 of payload byte
+k // 8, pad bits are 0.
 
 Requests and replies (TYPE; a reply's TYPE is the request's TYPE | 0x80)
 =====================================================================
@@ -93,6 +92,8 @@ import struct
 import zlib
 from dataclasses import dataclass, fields
 
+from amaranth.lib.crc import catalog
+
 SYNC = 0xA5
 HEADER_BYTES = 4  # SYNC, TYPE, LEN
 CRC_BYTES = 2
@@ -111,8 +112,10 @@ NAK_NAMES = {NAK_CRC: "CRC", NAK_HEADER: "HEADER", NAK_TIMEOUT: "TIMEOUT", NAK_A
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2  # the core's load.sel values (rtl_gen.core)
 
-CRC_INIT = 0xFFFF
-CRC_POLY = 0x1021
+#: The frame CRC, CRC-16/CCITT-FALSE over bytes: ``CRC.create()`` (an ``amaranth.lib.crc.Processor``)
+#: in the gateware; on the host the same parameters through binascii's table-driven CRC-CCITT
+#: (``crc16``: about 1000x faster than ``CRC.compute``, held equal to it at import and in the tests).
+CRC = catalog.CRC16_CCITT_FALSE(data_width=8)
 
 # (name, struct code); the order is the byte order of the block
 INFO_FIELDS = (
@@ -138,18 +141,18 @@ class ProtocolError(Exception):
     """A frame that cannot be used (message is one line)."""
 
 
-def crc16(data: bytes, crc: int = CRC_INIT) -> int:
-    """CRC-16/CCITT-FALSE (check value of b"123456789": 0x29B1)."""
-    return binascii.crc_hqx(bytes(data), crc)
+def crc16(data: bytes) -> int:
+    """:data:`CRC` of ``data`` (check value of b"123456789": 0x29B1)."""
+    return binascii.crc_hqx(bytes(data), _INITIAL)
 
 
-def crc16_bytewise(data: bytes, crc: int = CRC_INIT) -> int:
-    """The same CRC one bit at a time, MSB first: what the gateware computes (reference for tests)."""
-    for byte in data:
-        for i in range(7, -1, -1):
-            fb = ((crc >> 15) ^ (byte >> i)) & 1
-            crc = ((crc << 1) & 0xFFFF) ^ (CRC_POLY if fb else 0)
-    return crc
+# binascii.crc_hqx is CRC-CCITT (polynomial 0x1021, MSB first, no reflection, no final XOR) from a
+# given initial value: exactly the catalog's parameters when they say so, checked here once
+_ALG = CRC.algorithm
+_INITIAL = _ALG.initial_crc
+if (_ALG.crc_width, _ALG.polynomial, _ALG.reflect_input, _ALG.reflect_output, _ALG.xor_output) != (16, 0x1021, False, False, 0) \
+        or binascii.crc_hqx(b"123456789", _INITIAL) != CRC.compute(b"123456789"):  # pragma: no cover
+    raise ImportError("binascii.crc_hqx does not compute the link's CRC-16/CCITT-FALSE")
 
 
 def nbytes(bits: int) -> int:
@@ -164,7 +167,7 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
     if len(payload) > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the 65535-byte frame limit")
     body = bytes([ftype]) + struct.pack("<H", len(payload)) + payload
-    return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
+    return bytes([SYNC]) + body + crc16(body).to_bytes(CRC_BYTES, "big")
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def decode_frame(data: bytes) -> Frame:
     (length,) = struct.unpack_from("<H", data, 2)
     if len(data) != OVERHEAD + length:
         raise ProtocolError(f"frame has {len(data)} bytes, its LEN {length} needs {OVERHEAD + length}")
-    if crc16(data[1:]) != 0:
+    if crc16(data[1:-CRC_BYTES]) != int.from_bytes(data[-CRC_BYTES:], "big"):
         raise ProtocolError(f"CRC mismatch in a frame of type 0x{data[1]:02x}")
     return Frame(data[1], data[HEADER_BYTES:HEADER_BYTES + length])
 

@@ -35,6 +35,7 @@ from amaranth.vendor import XilinxPlatform
 
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
+from hwrnn.devices import DEVICES
 
 from .link import LinkTop
 from .uart import baud_divisor
@@ -47,34 +48,39 @@ DEFAULT_FRAME_TIMEOUT_S = 0.05
 class BoardSpec:
     name: str
     title: str
-    device: str  # key of hwrnn.devices.DEVICES
-    family: str  # "ecp5", "ice40", "xilinx"
+    device: str  # key of hwrnn.devices.DEVICES (which owns its family and resources)
     open_toolchain: bool  # built here with the YoWASP tools; False: build tree for the vendor tools
     clk_hz: float  # clock of the design (the oscillator, or the MMCM output on Xilinx boards)
     reset: str
     default_baud: int
-    # default folding for a layer on this board: (max PE, SIMD); PE also capped at 4*hidden
+    # default folding for a layer on this board: (max PE, SIMD); PE also capped at the layer's rows
     default_pe: int
     default_simd: int
     uart_port: str = "/dev/ttyUSB0"  # where Linux usually puts the board's UART
+
+    @property
+    def family(self) -> str:
+        """The device's FPGA family (hwrnn.devices)."""
+        return DEVICES[self.device].family
 
     def platform(self):
         return _platform(self.name)()
 
     def default_folding(self, cfg) -> Folding:
-        pe = max(4, min(self.default_pe, cfg.rows))
-        pe -= pe % 4
+        n = cfg.gate_set.n_gates  # the gate rows of a unit share a row fold
+        pe = max(n, min(self.default_pe, cfg.rows))
+        pe -= pe % n
         return Folding(pe=pe, simd=max(1, min(self.default_simd, cfg.columns)), planes="parallel")
 
 
 BOARDS = {
-    "ulx3s": BoardSpec("ulx3s", "Radiona ULX3S (ECP5-85F)", "lfe5u-85f", "ecp5", True, 25e6,
+    "ulx3s": BoardSpec("ulx3s", "Radiona ULX3S (ECP5-85F)", "lfe5u-85f", True, 25e6,
                        "FIRE1 button (BTN1) + power-on reset", 115200, 8, 16),
-    "icebreaker": BoardSpec("icebreaker", "1BitSquared iCEBreaker (iCE40UP5K)", "ice40up5k", "ice40", True, 12e6,
+    "icebreaker": BoardSpec("icebreaker", "1BitSquared iCEBreaker (iCE40UP5K)", "ice40up5k", True, 12e6,
                             "user button (BTN_N) + power-on reset", 115200, 4, 4, "/dev/ttyUSB1"),
-    "arty_a7_35": BoardSpec("arty_a7_35", "Digilent Arty A7-35T", "xc7a35t", "xilinx", False, 50e6,
+    "arty_a7_35": BoardSpec("arty_a7_35", "Digilent Arty A7-35T", "xc7a35t", False, 50e6,
                             "CK_RST button or MMCM unlocked", 115200, 16, 32, "/dev/ttyUSB1"),
-    "arty_a7_100": BoardSpec("arty_a7_100", "Digilent Arty A7-100T", "xc7a100t", "xilinx", False, 50e6,
+    "arty_a7_100": BoardSpec("arty_a7_100", "Digilent Arty A7-100T", "xc7a100t", False, 50e6,
                              "CK_RST button or MMCM unlocked", 115200, 16, 32, "/dev/ttyUSB1"),
 }
 

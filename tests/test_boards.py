@@ -1,6 +1,7 @@
-"""boards/: protocol (framing, CRC), UART and CRC gateware in Amaranth's simulator, the host driver
+"""boards/: protocol (framing, CRC), UART and the link gateware in Amaranth's simulator, the host driver
 against a Python emulation of the device (retries, lost replies, layer checks), the fit check and
 the CLI's refusals, and build trees without tools (Arty A7 for Vivado, iCEBreaker)."""
+import binascii
 import json
 import random
 import struct
@@ -14,25 +15,35 @@ from amaranth.sim import Simulator
 
 from boards import protocol as P
 from boards.host import BoardLink, LinkError, NakError, ReplyError, SerialTransport, run_sequence
-from boards.link import crc16_update
+from boards.link import LinkTop
 from boards.uart import UartRx, UartTx, baud_divisor
 from hwrnn import Folding, LayerConfig, QuantLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from board_fixtures.emulator import EmulatedBoard  # noqa: E402
+from board_fixtures.link_pins import exchange  # noqa: E402
 
 TINY = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
 TINY_FOLD = Folding(pe=4, simd=4)
+#: frames written by the hand-written CRC code before amaranth.lib.crc (see its "about")
+FRAMES_V1 = json.loads((Path(__file__).parent / "board_fixtures" / "frames_v1.json").read_text())
 
 
 # ---- protocol ------------------------------------------------------------------------------------
 
-def test_crc_is_ccitt_false_and_matches_the_bitwise_reference():
-    assert P.crc16(b"123456789") == 0x29B1
+def test_crc_is_ccitt_false():
+    assert P.crc16(b"123456789") == 0x29B1  # the catalogue's check value
     rng = random.Random(1)
-    for n in (0, 1, 2, 7, 64, 300):
+    for n in (0, 1, 2, 7, 64, 300):  # the standard library's CRC-CCITT as an independent reference
         data = bytes(rng.randrange(256) for _ in range(n))
-        assert P.crc16_bytewise(data) == P.crc16(data)
+        assert P.crc16(data) == binascii.crc_hqx(data, 0xFFFF)
+
+
+def test_host_frames_are_unchanged():
+    """The wire format did not change: byte-identical frames to the hand-written CRC's."""
+    for ftype, payload, frame in FRAMES_V1["host_frames"]:
+        assert P.encode_frame(ftype, bytes.fromhex(payload)).hex() == frame
+        assert P.decode_frame(bytes.fromhex(frame)) == P.Frame(ftype, bytes.fromhex(payload))
 
 
 def test_frame_roundtrip_and_zero_residue():
@@ -42,7 +53,7 @@ def test_frame_roundtrip_and_zero_residue():
         fr = P.encode_frame(0x42, pl)
         assert fr[0] == P.SYNC and fr[1] == 0x42 and struct.unpack("<H", fr[2:4])[0] == n
         assert len(fr) == P.OVERHEAD + n
-        assert P.crc16(fr[1:]) == 0  # what the gateware checks
+        assert P.crc16(fr[1:]) == P.CRC.residue() == 0  # the CRC of a whole frame body
         assert P.decode_frame(fr) == P.Frame(0x42, pl)
 
 
@@ -86,22 +97,20 @@ def test_info_and_status_blocks_roundtrip():
 
 # ---- gateware in Amaranth's simulator -------------------------------------------------------------
 
-def test_crc_gateware_matches_python():
-    m = Module()
-    crc, byte, out = Signal(16), Signal(8), Signal(16)
-    m.d.comb += out.eq(crc16_update(crc, byte))
-    sim = Simulator(m)
-    rng = random.Random(3)
-    cases = [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(40)]
-
-    async def bench(ctx):
-        for c, b in cases:
-            ctx.set(crc, c)
-            ctx.set(byte, b)
-            assert ctx.get(out) == P.crc16(bytes([b]), c)
-
-    sim.add_testbench(bench)
-    sim.run()
+def test_link_gateware_replies_are_unchanged():
+    """LinkTop on its UART pins: byte-identical replies to the hand-written CRC's (STEP, READ_OUT,
+    a NAK CRC for a bad CRC byte, RESET_STATE, a NAK ARG), so both directions' CRC and the frame
+    check are the same; the INFO reply is the host's encoding of the INFO block."""
+    layer = QuantLayer.random(TINY, seed=0)
+    top = LinkTop(layer, TINY_FOLD, clk_hz=1_000_000, divisor=4, timeout_cycles=256)
+    requests = [bytes.fromhex(r) for r, _ in FRAMES_V1["link_exchange"]]
+    bad_hi = bytearray(P.encode_frame(P.STEP, b"\x00"))
+    bad_hi[-2] ^= 0x01  # the CRC's first byte
+    replies = exchange(top, [P.encode_frame(P.INFO), *requests, bytes(bad_hi)], divisor=4)
+    assert replies[0] == P.encode_frame(P.INFO | P.REPLY, top.info.pack())
+    assert [r.hex() for r in replies[1:-1]] == [a for _, a in FRAMES_V1["link_exchange"]]
+    nak_crc = P.encode_frame(P.NAK, bytes([P.NAK_CRC, P.STEP]))
+    assert replies[3] == replies[-1] == nak_crc
 
 
 def test_baud_divisor():
@@ -330,3 +339,19 @@ def test_build_finds_the_yowasp_tools_next_to_the_interpreter():
         assert missing_tools(BOARDS[board], {"PATH": "/nonexistent"}) == []
     # a tool that is nowhere is still reported by its variable
     assert missing_tools(BOARDS["ulx3s"], {"PATH": "/nonexistent", "YOSYS": "no-such-yosys"}) == ["YOSYS=no-such-yosys"]
+
+
+def test_host_crc_equals_the_gateware_crc_definition():
+    """The host's table-driven crc16 and amaranth.lib.crc's reference of the gateware's CRC agree."""
+    rng = random.Random(7)
+    for n in (0, 1, 5, 33, 257, 4096):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert P.crc16(data) == P.CRC.compute(data)
+
+
+def test_board_family_is_the_devices():
+    from boards.top import BOARDS
+    from hwrnn.devices import DEVICES
+
+    for spec in BOARDS.values():
+        assert spec.family == DEVICES[spec.device].family

@@ -20,7 +20,6 @@ a set of gates, fp16/bf16 edge cases and ties); Verilator runs the big sets on t
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import time
 from fractions import Fraction
@@ -787,26 +786,19 @@ class _VlTop(Elaboratable):
         return m
 
 
-def _verilator_version(env) -> str:
-    return subprocess.run(["verilator", "--version"], capture_output=True, text=True, env=env).stdout.strip()
-
-
 @pytest.fixture(scope="session")
 def verilated(tmp_path_factory):
-    """All VL_UNITS in one Verilator binary; returns run(name, f, c, i, g). The build (about 25 s)
-    is cached under the project's Verilator cache dir, keyed by the Verilog text, the harness, the
-    Verilator version and the flags, so a changed unit always rebuilds."""
-    import hashlib
-    import os
-    import shutil
-
+    """All VL_UNITS in one Verilator binary; returns run(name, f, c, i, g). The C++ compiles
+    through the repo's build cache (sim.buildcache: about 25 s cold, a few seconds warm)."""
     from amaranth.back import verilog  # noqa: I001
 
-    from sim.runner import default_obj_cache, simulator_available, toolchain_env
+    from sim.buildcache import compiler_cache_env
+    from sim.runner import simulator_available, toolchain_env
     why = simulator_available("verilator")
     if why:
         pytest.skip(why)
     env = toolchain_env("verilator")
+    env.update(compiler_cache_env(env))
     d = tmp_path_factory.mktemp("float_cell_vl")
     top = _VlTop()
     src = verilog.convert(top, name="fc_top", ports=top.ports)
@@ -815,27 +807,12 @@ def verilated(tmp_path_factory):
         f"        case {k}: for (size_t j = 0; j < n; ++j) {{ top.u{k}_f = in[4*j]; top.u{k}_i = in[4*j+1]; "
         f"top.u{k}_g = in[4*j+2]; top.u{k}_c = in[4*j+3]; top.eval(); out[2*j] = top.u{k}_c_new; "
         f"out[2*j+1] = top.u{k}_c_addr; }} break;" for k in range(len(VL_UNITS)))
-    harness = _HARNESS.replace("CASES", cases)
-    (d / "harness.cpp").write_text(harness)
+    (d / "harness.cpp").write_text(_HARNESS.replace("CASES", cases))
     flags = ["-Wno-fatal", "-Wno-lint", "-MAKEFLAGS", "OPT_GLOBAL=-O0 OPT_SLOW=-O0 OPT_FAST=-O1"]
-    text = re.sub(r"\(\* src = .*?\*\)", "", src)  # Python source locations do not change the design
-    key = hashlib.sha256("\0".join([text, harness, _verilator_version(env), *flags]).encode()).hexdigest()[:20]
-    cached = default_obj_cache().parent / "float-cell-tests" / key / "fc_sim"
-    exe = d / "fc_sim"
-    if cached.is_file():
-        shutil.copy2(cached, exe)
-    else:
-        r = subprocess.run(["verilator", "--cc", "--exe", "--build", "-j", "2", "--top-module", "fc_top", "fc_top.v",
-                            "harness.cpp", "-o", "fc_sim", *flags], cwd=d, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        shutil.copy2(d / "obj_dir" / "fc_sim", exe)
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".fc_sim.{os.getpid()}")
-            shutil.copy2(exe, tmp)
-            os.replace(tmp, cached)  # atomic: parallel workers may race here
-        except OSError:
-            pass  # unwritable cache: build every session
+    r = subprocess.run(["verilator", "--cc", "--exe", "--build", "-j", "2", "--top-module", "fc_top", "fc_top.v",
+                        "harness.cpp", "-o", "fc_sim", *flags], cwd=d, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    exe = d / "obj_dir" / "fc_sim"
     names = list(VL_UNITS)
 
     def run(name, f, c, i, g):

