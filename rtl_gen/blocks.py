@@ -27,6 +27,16 @@ from hwrnn.resources import Built, Mem, Reg
 from .multiplier import ECP5_WIDTH, RegisteredMultiplier, check_dsp, ecp5_fits
 
 
+def delay_line(m: Module, value, n: int, name: str):
+    """``value`` delayed by n clock cycles through registers named name_d1..name_dn (sync domain
+    of ``m``); n = 0 returns ``value`` itself."""
+    for k in range(n):
+        r = Signal(value.shape(), name=f"{name}_d{k + 1}")
+        m.d.sync += r.eq(value)
+        value = r
+    return value
+
+
 class TreePipeline:
     """Builds balanced pairwise adder trees level by level in module ``m``, with a register stage
     after every ``per_stage`` levels (None: combinational). ``registers`` counts the stages added;

@@ -34,7 +34,7 @@ from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 
-from .blocks import LookupTable, ScaleBias
+from .blocks import LookupTable, ScaleBias, delay_line
 from .memory import WeightMemory
 from .multiplier import check_dsp
 from .units import gate_set_unit, mac_unit
@@ -205,12 +205,7 @@ class LstmCore(wiring.Component):
         ctl = Cat(c_valid, c_first, c_last, rf, p)
 
         def delayed(value, n, name):
-            """``value`` delayed by n cycles (registers named name_d1..)."""
-            for k in range(n):
-                r = Signal(value.shape(), name=f"{name}_d{k + 1}")
-                m.d.sync += r.eq(value)
-                value = r
-            return value
+            return delay_line(m, value, n, name)
 
         def unpack(bits):
             return bits[0], bits[1], bits[2], bits[3:3 + len(rf)], bits[3 + len(rf):]

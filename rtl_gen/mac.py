@@ -23,7 +23,7 @@ from hwrnn.datapath import TREE_LEVELS_PER_STAGE, Geometry, asum_width, dot_leve
 from hwrnn.quant import levels
 from hwrnn.resources import Built, Reg
 
-from .blocks import ActivationSum, BitPlaneDot
+from .blocks import ActivationSum, BitPlaneDot, delay_line
 
 
 class BalancedMac(wiring.Component):
@@ -89,11 +89,7 @@ class BalancedMac(wiring.Component):
         K = cfg.weight_coding.levels
 
         def delayed(value, n, name):
-            for k in range(n):
-                r = Signal(value.shape(), name=f"{name}_d{k + 1}")
-                m.d.sync += r.eq(value)
-                value = r
-            return value
+            return delay_line(m, value, n, name)
 
         # popcount trees (pipelined) and the partial register
         partials = []

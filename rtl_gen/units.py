@@ -29,7 +29,7 @@ from hwrnn.gates import LstmGates
 from hwrnn.resources import Built, Reg
 from hwrnn.weight_code import BalancedCode
 
-from .blocks import FixedCellUnit, HRequantizer, LookupTable
+from .blocks import FixedCellUnit, HRequantizer, LookupTable, delay_line
 from .float_cell import FloatCellUnit
 from .mac import BalancedMac
 from .multiplier import check_dsp
@@ -41,21 +41,22 @@ CELL_STATE_UNITS = {
 }
 
 
+def _unit_of(registry: dict, contract, what: str):
+    """The unit constructor registered for a contract object's class; ConfigError if none."""
+    try:
+        return registry[type(contract)]
+    except KeyError:
+        raise ConfigError(f"no RTL unit for {what}") from None
+
+
 def cell_state_unit(cfg: LayerConfig, dsp: str | None = None):
     """The pipelined unit of cfg's cell-state format."""
-    try:
-        build = CELL_STATE_UNITS[type(cfg.cell_format)]
-    except KeyError:
-        raise ConfigError(f"no RTL unit for cell format {cfg.cell}") from None
-    return build(cfg, dsp=dsp)
+    return _unit_of(CELL_STATE_UNITS, cfg.cell_format, f"cell format {cfg.cell}")(cfg, dsp=dsp)
 
 
 def cell_state_built(cfg: LayerConfig) -> Built:
     """What ``cell_state_unit(cfg)`` builds (its class's ``built``, with the same options)."""
-    try:
-        build = CELL_STATE_UNITS[type(cfg.cell_format)]
-    except KeyError:
-        raise ConfigError(f"no RTL unit for cell format {cfg.cell}") from None
+    build = _unit_of(CELL_STATE_UNITS, cfg.cell_format, f"cell format {cfg.cell}")
     return getattr(build, "func", build).built(cfg, **getattr(build, "keywords", {}))
 
 
@@ -117,11 +118,7 @@ class LstmUnit(wiring.Component):
         sc = Signal(lut.data.shape(), name="sc")
         m.d.sync += sc.eq(lut.data)
         # o waits beside the cell update, the address and the sigmoid(c) read
-        o = self.o
-        for k in range(cu.c_latency + cu.addr_latency + 2):
-            r = Signal(o.shape(), name=f"o_d{k + 1}")
-            m.d.sync += r.eq(o)
-            o = r
+        o = delay_line(m, self.o, cu.c_latency + cu.addr_latency + 2, "o")
         m.submodules.hq = hq = HRequantizer(cfg, dsp=self.dsp)
         m.d.comb += [hq.o.eq(o), hq.sc.eq(sc), self.h.eq(hq.h)]
         assert cu.c_latency + cu.addr_latency + 2 + hq.latency == self.latency
@@ -136,20 +133,12 @@ GATE_SET_UNITS = {
 
 def gate_set_unit(cfg: LayerConfig, dsp: str | None = None):
     """The per-unit component of cfg's gate set."""
-    try:
-        build = GATE_SET_UNITS[type(cfg.gate_set)]
-    except KeyError:
-        raise ConfigError(f"no RTL unit for cell type {cfg.cell_type}") from None
-    return build(cfg, dsp=dsp)
+    return _unit_of(GATE_SET_UNITS, cfg.gate_set, f"cell type {cfg.cell_type}")(cfg, dsp=dsp)
 
 
 def gate_set_built(cfg: LayerConfig) -> Built:
     """What ``gate_set_unit(cfg)`` builds."""
-    try:
-        build = GATE_SET_UNITS[type(cfg.gate_set)]
-    except KeyError:
-        raise ConfigError(f"no RTL unit for cell type {cfg.cell_type}") from None
-    return build.built(cfg)
+    return _unit_of(GATE_SET_UNITS, cfg.gate_set, f"cell type {cfg.cell_type}").built(cfg)
 
 
 #: weight coding class -> MAC array constructor ``(cfg, fold)``
@@ -160,17 +149,9 @@ MAC_UNITS = {
 
 def mac_unit(cfg: LayerConfig, fold: Folding):
     """The MAC array of cfg's weight coding."""
-    try:
-        build = MAC_UNITS[type(cfg.weight_coding)]
-    except KeyError:
-        raise ConfigError(f"no RTL MAC unit for weight code {cfg.weight_code}") from None
-    return build(cfg, fold)
+    return _unit_of(MAC_UNITS, cfg.weight_coding, f"weight code {cfg.weight_code}")(cfg, fold)
 
 
 def mac_built(cfg: LayerConfig, fold: Folding) -> Built:
     """What ``mac_unit(cfg, fold)`` builds."""
-    try:
-        build = MAC_UNITS[type(cfg.weight_coding)]
-    except KeyError:
-        raise ConfigError(f"no RTL MAC unit for weight code {cfg.weight_code}") from None
-    return build.built(cfg, fold)
+    return _unit_of(MAC_UNITS, cfg.weight_coding, f"weight code {cfg.weight_code}").built(cfg, fold)

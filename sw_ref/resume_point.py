@@ -24,12 +24,11 @@ File: ``torch.save`` of a dict with 'format' ('hwrnn-lm-resume-1'), 'config', 'v
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import torch
 
-from sw_ref.train import FORMAT, CheckpointError, TrainError, _atomic_save, _first_line, _read_checkpoint
+from sw_ref.train import FORMAT, CheckpointError, TrainError, _atomic_save, _read_checkpoint, load_torch_dict
 
 RESUME_FORMAT = "hwrnn-lm-resume-1"
 
@@ -75,17 +74,7 @@ def pack(run_dir, dest) -> dict:
 
 def read(path) -> dict:
     """A resume point's dict; CheckpointError (one line) for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"resume point not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"cannot read resume point {path}: not a PyTorch file (corrupt or truncated)")
-    try:
-        point = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not readable"
-        raise CheckpointError(f"cannot read resume point {path}: {_first_line(exc)}") from None
-    if not isinstance(point, dict) or point.get("format") != RESUME_FORMAT:
-        raise CheckpointError(f"{path} is not an hwrnn resume point (format {RESUME_FORMAT!r} expected)")
+    point = load_torch_dict(path, "resume point", RESUME_FORMAT, "an hwrnn resume point")
     for key in ("config", "vocab", "model", "epoch", "lr", "rng_torch"):
         if key not in point:
             raise CheckpointError(f"resume point {path} lacks the {key!r} entry")

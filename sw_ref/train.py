@@ -110,19 +110,26 @@ def _atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
-def _read_checkpoint(path) -> dict:
+def load_torch_dict(path, what: str, fmt: str, label: str) -> dict:
+    """``torch.load`` (weights only) of a dict whose 'format' is ``fmt``; CheckpointError naming
+    the file in one line when it is missing, not a zip archive, unreadable or not ``label``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load's own error is a page
-        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+        raise CheckpointError(f"cannot read {what} {path}: not a PyTorch {what} "
                               "(no zip archive: corrupt, truncated or another kind of file)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable checkpoint"
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an hwrnn LM checkpoint (format {FORMAT!r} expected)")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not readable"
+        raise CheckpointError(f"cannot read {what} {path}: {_first_line(exc)}") from None
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        raise CheckpointError(f"{path} is not {label} (format {fmt!r} expected)")
+    return ck
+
+
+def _read_checkpoint(path) -> dict:
+    ck = load_torch_dict(path, "checkpoint", FORMAT, "an hwrnn LM checkpoint")
     for key in ("config", "vocab", "model"):
         if key not in ck:
             raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
