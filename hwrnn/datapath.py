@@ -22,9 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cell_state import FixedPointCell, FloatingPointCell
 from .checkpoint import QuantLayer
-from .gates import LstmGates
 from .config import Folding, LayerConfig
 from .formats import signed_width, unsigned_width
 from .quant import levels
@@ -33,15 +31,13 @@ from .quant import levels
 #: sum (two levels of small carry-chain adders and their routing fit one 150 MHz ECP5 cycle; three
 #: measured 7.2 ns, 140 MHz, on W4A2 H=32 SIMD=32)
 TREE_LEVELS_PER_STAGE = 2
-# the cell-state unit's registers are its format's: hwrnn.cell_state (update_stages, address_stages)
-FIXED_CELL_STAGES, FIXED_CELL_ADDR_STAGES = FixedPointCell.update_stages, FixedPointCell.address_stages
-FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES = FloatingPointCell.update_stages, FloatingPointCell.address_stages
+# the registers after the gate tables are the gate set's (hwrnn.gates: LSTM cell-state unit, whose
+# stages are its format's in hwrnn.cell_state, sigmoid(c) table, h requantizer)
 # every multiplier (a DSP block) has its operands registered right before it and its product
 # registered right after it, so that the placer can keep both routes short; the odd-weight
 # correction 2*acc - (2^k - 1)*sum(a) is formed in front of the scale multiplier's operand register,
 # and the LUT address (shift, clamp, offset) in front of the table's read-address register
 SCALE_BIAS_STAGES = 3   # operands | product | + bias + rounding constant (-> shift, clamp, LUT address)
-H_REQUANT_STAGES = LstmGates.H_REQUANT_STAGES
 
 
 def clog2(n: int) -> int:

@@ -699,13 +699,13 @@ def run_pipelined_packed(dut, f, c, i, g):
 def test_rtl_pipelined_unit_equals_emulation(p):
     """The pipelined unit (as the core builds it): every stage boundary registers exactly the values
     the next stages use, so a new vector every cycle comes out c_latency cycles later, unchanged."""
-    from hwrnn.datapath import FLOAT_CELL_ADDR_STAGES, FLOAT_CELL_STAGES
+    from hwrnn.cell_state import FloatingPointCell
     rng = np.random.default_rng(11)
     ef, ec, ei, eg = edge_vectors(p)
     pick = rng.choice(len(ef), min(len(ef), 200), replace=False)
     vecs = tuple(np.concatenate(x) for x in zip(random_vectors(p, 300, rng), (ef[pick], ec[pick], ei[pick], eg[pick])))
     dut = FloatCellUnit(p, pipelined=True)
-    assert (dut.c_latency, dut.addr_latency) == (FLOAT_CELL_STAGES, FLOAT_CELL_ADDR_STAGES)
+    assert (dut.c_latency, dut.addr_latency) == (FloatingPointCell.update_stages, FloatingPointCell.address_stages)
     got_c, got_a = run_pipelined_packed(dut, *vecs)
     want_c, want_a = emulate(p, *vecs)
     np.testing.assert_array_equal(got_c, want_c)
