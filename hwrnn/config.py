@@ -19,6 +19,44 @@ biases             float in training, then      -
 
 The embedding (clip vs ReLU) and the output-layer quantization are properties of the language
 model around the layer and live in sw_ref's LMConfig.
+
+Default number formats (the one rule; ``default_formats``)
+----------------------------------------------------------
+A format field (z_frac, lut_bits, gate_frac, mult_bits, cell) that is not given (or is None) is
+derived from the bit widths once, at construction; a given field always wins. With
+``d = max(0, abits - 5)`` extra bits (none up to A5, then one per activation bit):
+
+=========  =====================================================================================
+field      default
+=========  =====================================================================================
+z_frac     5 + d, lowered (never below 5) to what a given lut_bits (z_frac <= lut_bits - 1) or a
+           given fixed-point cell (z_frac <= F) allows
+lut_bits   max(9 + d, z_frac + 4), at most 16: the tables cover z in [-8, 8) (wider below a given
+           z_frac under 5 + d)
+gate_frac  8 + d
+mult_bits  16
+cell       fixed:3.F with F = max(10 + d, z_frac + 5), at most 24: saturating at +-8, at least five
+           fraction bits below the sigmoid(c) address
+=========  =====================================================================================
+
+So A1..A5 keep 5 / 9 / 8 / 16 / fixed:3.10 (the shipped W4A2 layer's formats; there, whatever
+fields are given, a configuration valid before the rule with z_frac <= 5 gets the same values), and
+A8 gets 8 / 12 / 11 / 16 / fixed:3.13. wbits does not enter: the weights are quantized before any
+format applies (the accumulator is exact), so the formats only add rounding after the ideal cell's
+weight quantization.
+
+What the rule is for: every step of the integer model is within ONE h code of He et al.'s ideal
+float64 cell started from the same state (|h_int - h_ideal| <= 1 per element; checked for all 64
+bit-width pairs by tests/test_numerics_one_code.py). Every tap's rounding (z by 2**-(z_frac+1),
+the gates by 2**-(gate_frac+1), the cell word, the sigmoid(c) address) reaches h multiplied by
+Ka = 2**abits - 1: the measured excess of |h_int - Ka * o * sigmoid(c')| over the 1/2 code of h's
+own rounding is about 0.011 * Ka / 2**d codes at worst (wide weights, biases, inputs and states),
+and one code needs it below 1. The rule is the smallest one-bit-per-abit growth that keeps it below
+1/2 code (measured at most 0.42) at every abits: A1..A5 need nothing (0.33 at A5), while A1..A5's
+formats would reach about 0.6 at A6, 1.2 at A7 (two codes apart) and 2.5 at A8 (three codes
+apart). The bound is per step: over a run, the saturating cell (+-8) can part from an unbounded
+ideal c; hwrnn.saturation measures how often it saturates. The values are resolved at construction, so to_dict / JSON carry them
+explicitly and read back equal (dataclasses.replace also keeps them: re-derive by passing None).
 """
 from __future__ import annotations
 
@@ -26,7 +64,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from .cell_state import DEFAULT_CELL, CellState
+from .cell_state import DEFAULT_CELL, CellState, FixedPointCell
 from .gates import DEFAULT_CELL_TYPE, GateSet
 from .weight_code import DEFAULT_WEIGHT_CODE, WeightCode
 from .quant import MAX_BITS, default_gamma
@@ -37,15 +75,51 @@ PLANE_MODES = ("parallel", "serial")
 #: the parsed cell-state format class (kept under its earlier name for importers)
 CellFormat = CellState
 
-__all__ = ["CANDIDATES", "INIT_STATES", "PLANE_MODES", "DEFAULT_CELL", "CellFormat", "ConfigError",
-           "LayerConfig", "Folding"]
+__all__ = ["CANDIDATES", "INIT_STATES", "PLANE_MODES", "DEFAULT_CELL", "FORMAT_FIELDS", "CellFormat", "ConfigError",
+           "LayerConfig", "Folding", "default_formats"]
+
+#: the LayerConfig fields that are hardware number formats (derived by ``default_formats`` when not given)
+FORMAT_FIELDS = ("z_frac", "lut_bits", "gate_frac", "mult_bits", "cell")
+
+
+def default_formats(abits: int, **given) -> dict:
+    """The number formats of a layer with ``abits`` activation bits: the given ones (format fields
+    only, None meaning not given) completed by the rule of the module docstring. Only validates what
+    the rule reads (abits; a given lut_bits/z_frac must be an int, a given cell must parse); the
+    full checks are LayerConfig's."""
+    unknown = sorted(set(given) - set(FORMAT_FIELDS))
+    if unknown:
+        raise ConfigError(f"not a format field: {', '.join(unknown)}")
+    _int_in("abits", abits, 1, MAX_BITS)
+    given = {k: v for k, v in given.items() if v is not None}
+    d = max(0, abits - 5)
+    out = dict(given)
+    if "z_frac" not in given:
+        z = 5 + d
+        if "lut_bits" in given:
+            _int_in("lut_bits", given["lut_bits"], 2, 16)
+            z = min(z, given["lut_bits"] - 1)
+        if "cell" in given:
+            cell = CellState.parse(given["cell"])
+            if isinstance(cell, FixedPointCell):
+                z = min(z, cell.frac_bits)
+        out["z_frac"] = max(5, z)
+    else:
+        _int_in("z_frac", given["z_frac"], 0, 16)
+    z = out["z_frac"]
+    out.setdefault("lut_bits", min(16, max(9 + d, z + 4)))
+    out.setdefault("gate_frac", 8 + d)
+    out.setdefault("mult_bits", 16)
+    out.setdefault("cell", str(FixedPointCell(3, min(24, max(10 + d, z + 5)))))
+    return {k: out[k] for k in FORMAT_FIELDS}
 
 
 @dataclass(frozen=True)
 class LayerConfig:
     """One quantized LSTM layer (He et al. cell) and the formats of all its taps.
 
-    Formats (see hwrnn.formats for the arithmetic):
+    Formats (see hwrnn.formats for the arithmetic; a format not given is derived from abits by the
+    rule of the module docstring, ``default_formats``):
       z_frac    fraction bits of the gate pre-activation z (signed fixed point, value zq / 2**z_frac)
       lut_bits  address bits of the sigmoid/tanh tables; they cover z in
                 [-2**(lut_bits-1-z_frac), 2**(lut_bits-1-z_frac)) with saturation outside
@@ -64,11 +138,11 @@ class LayerConfig:
     weight_tanh: bool = True
     candidate: str = "sigmoid"
     init_state: str = "zero"
-    z_frac: int = 5
-    lut_bits: int = 9
-    gate_frac: int = 8
-    mult_bits: int = 16
-    cell: str = DEFAULT_CELL
+    z_frac: int | None = None  # None: derived from abits (module docstring, ``default_formats``)
+    lut_bits: int | None = None
+    gate_frac: int | None = None
+    mult_bits: int | None = None
+    cell: str | None = None
     cell_type: str = DEFAULT_CELL_TYPE
     weight_code: str = DEFAULT_WEIGHT_CODE
 
@@ -88,6 +162,9 @@ class LayerConfig:
             raise ConfigError(f"weight_tanh must be true or false, got {self.weight_tanh!r}")
         one_of("candidate", self.candidate, CANDIDATES)
         one_of("init_state", self.init_state, INIT_STATES)
+        given = {k: getattr(self, k) for k in FORMAT_FIELDS if getattr(self, k) is not None}
+        for k, v in default_formats(self.abits, **given).items():
+            object.__setattr__(self, k, v)
         _int_in("z_frac", self.z_frac, 0, 16)
         _int_in("lut_bits", self.lut_bits, 2, 16)
         if self.lut_bits - 1 - self.z_frac < 0:

@@ -7,8 +7,11 @@ Contract (the same for every tool that calls ``add_layer_options`` and ``resolve
 - weights: ``--checkpoint FILE`` loads a layer exported by sw_ref; otherwise the shipped trained layer
   (hwrnn.pretrained) when the config equals its LayerConfig exactly and ``--random`` is not given;
   otherwise seeded random weights (``--seed``, default 0) drawn like a freshly initialised layer.
-- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate/--cell that is given must
-  agree with the checkpoint's config (refused otherwise); --random with --checkpoint is refused.
+- number formats: --z-frac/--lut-bits/--gate-frac/--mult-bits/--cell (as sw_ref eval has them); each
+  one not given is derived from the bit widths by LayerConfig's one rule (hwrnn.config).
+- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate and of the format options
+  that is given must agree with the checkpoint's config (refused otherwise: the checkpoint's formats
+  are the layer's); --random with --checkpoint is refused.
 - folding: --pe/--simd/--planes, each defaulting to the tool's default folding for the config
   (``Folding.default_for`` unless the tool passes another, e.g. a board's), checked against the layer;
   out-of-range values (``--pe 0``) are refused, never replaced by a default.
@@ -23,10 +26,13 @@ from typing import Callable
 
 from . import pretrained
 from .checkpoint import QuantLayer, load_layer
-from .config import CANDIDATES, DEFAULT_CELL, PLANE_MODES, ConfigError, Folding, LayerConfig
+from .config import CANDIDATES, PLANE_MODES, ConfigError, Folding, LayerConfig
 
 REQUIRED = ("wbits", "abits", "hidden")  # without --checkpoint
 CHECKED = ("wbits", "abits", "hidden", "input", "candidate")  # must agree with a checkpoint when given
+#: the number-format options (LayerConfig fields), each derived from the bit widths when not given;
+#: --cell is compared by the format it names (fixed:3.10 == FIXED:3.10), the others by value
+FORMATS = ("z_frac", "lut_bits", "gate_frac", "mult_bits")
 
 DefaultFolding = Callable[[LayerConfig], Folding]
 
@@ -40,7 +46,15 @@ def add_layer_options(parser: argparse.ArgumentParser, folding: bool = True,
     g.add_argument("--abits", type=int, help="activation bits (1..8)")
     g.add_argument("--hidden", type=int, help="hidden units H")
     g.add_argument("--input", type=int, help="input size X (default: hidden)")
-    g.add_argument("--cell", default=None, help=f"cell-state format: fixed:I.F, fp16, bf16 or eXmY (default {DEFAULT_CELL})")
+    g.add_argument("--cell", default=None, help="cell-state format: fixed:I.F, fp16, bf16 or eXmY (default: from --abits, "
+                                                "fixed:3.10 up to A5; the rule: hwrnn.config)")
+    g.add_argument("--z-frac", type=int, default=None,
+                   help="fraction bits of the gate pre-activations (default: from --abits, 5 up to A5)")
+    g.add_argument("--lut-bits", type=int, default=None,
+                   help="address bits of the sigmoid/tanh tables (default: from --abits and --z-frac, 9 up to A5)")
+    g.add_argument("--gate-frac", type=int, default=None,
+                   help="fraction bits of the gate outputs (default: from --abits, 8 up to A5)")
+    g.add_argument("--mult-bits", type=int, default=None, help="significant bits of the scale multiplier (default 16)")
     g.add_argument("--candidate", choices=CANDIDATES, default=None, help="candidate gate nonlinearity (default sigmoid)")
     g.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export` (default: the shipped "
                                         "trained layer for exactly this config, else seeded random weights)")
@@ -63,7 +77,7 @@ def weight_seed(args) -> int:
 
 
 def config_from_args(args) -> LayerConfig:
-    """LayerConfig from --wbits/--abits/--hidden/--input/--cell/--candidate (no checkpoint)."""
+    """LayerConfig from --wbits/--abits/--hidden/--input/--candidate and the format options (no checkpoint)."""
     missing = [o for o in REQUIRED if getattr(args, o) is None]
     if missing:
         raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
@@ -72,6 +86,9 @@ def config_from_args(args) -> LayerConfig:
         kw["cell"] = args.cell
     if args.candidate is not None:
         kw["candidate"] = args.candidate
+    for opt in FORMATS:
+        if getattr(args, opt, None) is not None:
+            kw[opt] = getattr(args, opt)
     return LayerConfig(**kw)
 
 
@@ -81,6 +98,10 @@ def check_against_checkpoint(args, cfg: LayerConfig) -> None:
         given = getattr(args, opt)
         if given is not None and given != getattr(cfg, opt):
             raise ConfigError(f"--{opt} {given} disagrees with the checkpoint ({opt}={getattr(cfg, opt)})")
+    for opt in FORMATS:
+        given = getattr(args, opt, None)
+        if given is not None and given != getattr(cfg, opt):
+            raise ConfigError(f"--{opt.replace('_', '-')} {given} disagrees with the checkpoint ({opt}={getattr(cfg, opt)})")
     if args.cell is not None and LayerConfig.from_dict({**cfg.to_dict(), "cell": args.cell}) != cfg:
         raise ConfigError(f"--cell {args.cell} disagrees with the checkpoint (cell={cfg.cell})")
 

@@ -90,6 +90,82 @@ def test_config_rejections(kw, msg):
         LayerConfig(**{**base, **kw})
 
 
+# the default-format rule of hwrnn.config: d = max(0, abits - 5) extra bits
+FORMATS = ("z_frac", "lut_bits", "gate_frac", "mult_bits", "cell")
+BEFORE_THE_RULE = dict(z_frac=5, lut_bits=9, gate_frac=8, mult_bits=16, cell="fixed:3.10")
+RULE = {1: BEFORE_THE_RULE, 2: BEFORE_THE_RULE, 3: BEFORE_THE_RULE, 4: BEFORE_THE_RULE, 5: BEFORE_THE_RULE,
+        6: dict(z_frac=6, lut_bits=10, gate_frac=9, mult_bits=16, cell="fixed:3.11"),
+        7: dict(z_frac=7, lut_bits=11, gate_frac=10, mult_bits=16, cell="fixed:3.12"),
+        8: dict(z_frac=8, lut_bits=12, gate_frac=11, mult_bits=16, cell="fixed:3.13")}
+
+
+@pytest.mark.parametrize("wbits", range(1, 9))
+def test_default_formats_follow_abits_only(wbits):
+    from hwrnn.config import default_formats
+
+    for abits, want in RULE.items():
+        cfg = LayerConfig(wbits=wbits, abits=abits, hidden=3)
+        assert {k: getattr(cfg, k) for k in FORMATS} == want == default_formats(abits), (wbits, abits)
+        assert LayerConfig.from_json(cfg.to_json()) == cfg  # read back equal, every field explicit
+        assert LayerConfig(wbits=wbits, abits=abits, hidden=3, **{k: None for k in FORMATS}) == cfg
+
+
+def test_the_shipped_layer_keeps_its_formats():
+    """W4A2 H=450 is the shipped PTB layer's config (so rtl_gen --wbits 4 --abits 2 --hidden 450 finds it)."""
+    from hwrnn import pretrained
+
+    want = LayerConfig.from_dict({"abits": 2, "candidate": "sigmoid", "cell": "fixed:3.10", "gamma": 2.5, "gate_frac": 8,
+                                  "hidden": 450, "init_state": "zero", "input": 450, "lut_bits": 9, "mult_bits": 16,
+                                  "wbits": 4, "weight_tanh": True, "z_frac": 5})
+    assert LayerConfig(wbits=4, abits=2, hidden=450) == want
+    rec = pretrained.find(want)
+    if rec is not None:
+        assert LayerConfig.from_dict(rec["config"]) == LayerConfig(wbits=4, abits=2, hidden=450)
+
+
+@pytest.mark.parametrize("abits,given,want", [
+    # given fields always win; the derived ones follow them
+    (8, dict(z_frac=3, lut_bits=7), dict(z_frac=3, lut_bits=7, gate_frac=11, cell="fixed:3.13")),
+    (8, dict(gate_frac=9, cell="fixed:4.9"), dict(z_frac=8, lut_bits=12, gate_frac=9, cell="fixed:4.9")),
+    (8, dict(cell="fp16"), dict(z_frac=8, lut_bits=12, gate_frac=11, cell="fp16")),
+    (8, dict(z_frac=10), dict(z_frac=10, lut_bits=14, cell="fixed:3.15")),
+    # a given table or cell lowers the derived z_frac to what it allows, never below 5
+    (8, dict(lut_bits=6, cell="fixed:6.6"), dict(z_frac=5, lut_bits=6, cell="fixed:6.6")),
+    (7, dict(lut_bits=10), dict(z_frac=7, lut_bits=10, cell="fixed:3.12")),
+    (8, dict(cell="fixed:3.6"), dict(z_frac=6, lut_bits=12, cell="fixed:3.6")),
+    # up to A5 the values before the rule, whatever is given (z_frac <= 5)
+    (2, dict(z_frac=3), dict(z_frac=3, lut_bits=9, cell="fixed:3.10")),
+    (5, dict(lut_bits=7, cell="fp16"), dict(z_frac=5, lut_bits=7, gate_frac=8, cell="fp16")),
+    (2, dict(z_frac=9), dict(z_frac=9, lut_bits=13, cell="fixed:3.14")),  # was refused (lut_bits 9 < z_frac + 1)
+    (2, dict(mult_bits=12), dict(z_frac=5, lut_bits=9, gate_frac=8, mult_bits=12, cell="fixed:3.10")),
+])
+def test_given_formats_win_and_round_trip(abits, given, want):
+    cfg = LayerConfig(wbits=2, abits=abits, hidden=3, **given)
+    assert {k: getattr(cfg, k) for k in want} == want
+    back = LayerConfig.from_json(cfg.to_json())
+    assert back == cfg and json.loads(back.to_json()) == json.loads(cfg.to_json())
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"abits": 8, "lut_bits": 4}, "lut_bits=4 with z_frac=5"),  # lowered to 5 at most, never below
+    ({"abits": 8, "cell": "fixed:3.2"}, "fraction bits"),
+    ({"abits": 2, "z_frac": 12, "cell": "fixed:3.10"}, "fraction bits"),
+    ({"abits": 8, "z_frac": -1}, "z_frac"), ({"abits": 8, "lut_bits": 40}, "lut_bits"), ({"abits": 8, "cell": "q8"}, "not understood"),
+])
+def test_default_formats_never_hide_a_bad_given_field(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        LayerConfig(**{"wbits": 2, "hidden": 8, **kw})
+
+
+def test_default_formats_refuse_non_format_fields():
+    from hwrnn.config import default_formats
+
+    with pytest.raises(ConfigError, match="not a format field: hidden"):
+        default_formats(4, hidden=3)
+    with pytest.raises(ConfigError, match="abits"):
+        default_formats(9)
+
+
 def test_config_unknown_field_rejected():
     with pytest.raises(ConfigError, match="unknown"):
         LayerConfig.from_dict({"wbits": 2, "abits": 2, "hidden": 8, "colour": 3})

@@ -5,7 +5,8 @@ point where it would generate or simulate, to show it uses exactly that resoluti
 
 Drifts this table caught (each has a row marked "drift"): sim ran the default folding for --pe 0
 --simd 0; sim drew random weights where rtl_gen builds the shipped trained layer; boards ignored
---cell with --checkpoint; sim had no --candidate."""
+--cell with --checkpoint; sim had no --candidate; no tool had the number-format options of sw_ref eval
+(--z-frac --lut-bits --gate-frac --mult-bits)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,18 @@ OK = [
     (["--checkpoint", "{ck}", "--pe", 4, "--simd", 4], CK, Folding(4, 4), ("checkpoint",)),
     (["--checkpoint", "{ck}", "--wbits", 2, "--hidden", 6, "--input", 4, "--cell", "fixed:3.10", "--candidate",
       "sigmoid"], CK, None, ("checkpoint",)),
+    # the number formats (as sw_ref eval has them): given ones win, the others follow the rule of hwrnn.config
+    (["--wbits", 2, "--abits", 3, "--hidden", 4, "--z-frac", 4, "--lut-bits", 8, "--gate-frac", 7, "--mult-bits", 12],
+     LayerConfig(wbits=2, abits=3, hidden=4, z_frac=4, lut_bits=8, gate_frac=7, mult_bits=12), None, ("random", 0)),
+    (["--wbits", 8, "--abits", 8, "--hidden", 4], LayerConfig(wbits=8, abits=8, hidden=4, z_frac=8, lut_bits=12, gate_frac=11,
+                                                                 mult_bits=16, cell="fixed:3.13"), None, ("random", 0)),
+    (["--wbits", 8, "--abits", 8, "--hidden", 4, "--gate-frac", 9],
+     LayerConfig(wbits=8, abits=8, hidden=4, gate_frac=9), None, ("random", 0)),
+    # explicit formats equal to the shipped layer's still find it
+    (["--wbits", 4, "--abits", 2, "--hidden", 450, "--z-frac", 5, "--lut-bits", 9, "--gate-frac", 8, "--mult-bits", 16],
+     HEADLINE, None, ("shipped", HEADLINE)),
+    (["--checkpoint", "{ck}", "--z-frac", 5, "--lut-bits", 9, "--gate-frac", 8, "--mult-bits", 16], CK, None,
+     ("checkpoint",)),
 ]
 
 # (flags, words the refusal must contain); every tool gives the same message word for word (the exact
@@ -110,6 +123,14 @@ BAD = [
     (["--checkpoint", "{ck}", "--candidate", "tanh"],
      ("--candidate tanh disagrees with the checkpoint (candidate=sigmoid)",)),
     (["--checkpoint", "{ck}", "--pe", 0], ("pe must be", "got 0")),
+    (["--checkpoint", "{ck}", "--gate-frac", 9], ("--gate-frac 9 disagrees with the checkpoint (gate_frac=8)",)),
+    (["--checkpoint", "{ck}", "--z-frac", 6], ("--z-frac 6 disagrees with the checkpoint (z_frac=5)",)),
+    (["--checkpoint", "{ck}", "--lut-bits", 12, "--mult-bits", 16],
+     ("--lut-bits 12 disagrees with the checkpoint (lut_bits=9)",)),
+    (["--checkpoint", "{ck}", "--mult-bits", 20], ("--mult-bits 20 disagrees with the checkpoint (mult_bits=16)",)),
+    (["--wbits", 2, "--abits", 2, "--hidden", 8, "--lut-bits", 4], ("lut_bits=4 with z_frac=5",)),
+    (["--wbits", 2, "--abits", 2, "--hidden", 8, "--mult-bits", 1], ("mult_bits must be", "got 1")),
+    (["--wbits", 2, "--abits", 2, "--hidden", 8, "--z-frac", 12, "--cell", "fixed:3.10"], ("fixed:3.10", "fraction bits")),
     (["--checkpoint", "{ck}", "--random"], ("--random and --checkpoint exclude each other",)),
 ]
 
@@ -280,5 +301,6 @@ def test_no_torch_and_one_owner():
     assert r.stdout.strip() == "False", r.stderr
     for f in ("rtl_gen/__main__.py", "sim/__main__.py", "boards/__main__.py"):
         text = (ROOT / f).read_text()
-        for flag in ("--wbits", "--hidden", "--pe", "--cell", "--checkpoint", "--seed\""):
+        for flag in ("--wbits", "--hidden", "--pe", "--cell", "--checkpoint", "--seed\"", "--z-frac", "--lut-bits",
+                     "--gate-frac", "--mult-bits"):
             assert f'add_argument("{flag}' not in text, (f, flag)
