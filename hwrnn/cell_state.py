@@ -77,6 +77,11 @@ class CellState(ABC):
         """Machine-readable description of the cell tap (manifests, docs)."""
 
     @abstractmethod
+    def saturation_words(self) -> tuple[int, int, float, float]:
+        """(lowest word, highest word, their values): the words the update saturates to, as the
+        integer model stores them (fixed point: signed integers; floating point: bit patterns)."""
+
+    @abstractmethod
     def round_values(self, c):
         """Training-side emulation: the values of a torch tensor c rounded to the format (no
         gradient handling; the caller applies the straight-through estimator)."""
@@ -148,6 +153,10 @@ class FixedPointCell(CellState):
             return 1 << (self.frac_bits - 1) if self.frac_bits > 0 else 0
         return 0
 
+    def saturation_words(self) -> tuple[int, int, float, float]:
+        lo, hi = self.limits
+        return lo, hi, lo / 2.0 ** self.frac_bits, hi / 2.0 ** self.frac_bits
+
     def round_values(self, c):
         """Half up to F fraction bits, saturated to the format's range."""
         scale = 2.0 ** self.frac_bits
@@ -187,6 +196,10 @@ class FloatingPointCell(floatcell.FloatFormat, CellState):
 
     def tap_format(self, cfg) -> dict:
         return floatcell.float_tap_format(cfg) | {"signed": False}
+
+    def saturation_words(self) -> tuple[int, int, float, float]:
+        word = self.max_finite_word
+        return self.sign_bit | word, word, -self.max_finite, self.max_finite
 
     def round_values(self, c):
         """Round to nearest even in the format (computed in float64, returned in c's dtype). c is a

@@ -5,6 +5,10 @@ function here is the reference of one hardware block. All arithmetic is on int64
 ``>>`` is an arithmetic shift (floor division by a power of two). Rounding is half up everywhere:
 ``rshift_round(v, r) = floor(v / 2**r + 1/2) = (v + 2**(r-1)) >> r``.
 
+Defaults of z_frac, lut_bits, gate_frac, mult_bits and the cell format come from abits by the one rule
+in hwrnn.config (``default_formats``): 5/9/8/16/fixed:3.10 up to A5, one more bit each per activation
+bit above (so the integer model stays within one h code of the ideal cell at every bit width).
+
 Taps of one time step, with Kw = 2**wbits - 1, Ka = 2**abits - 1, N = input + hidden:
 
 =========  ======================================================================================
@@ -76,20 +80,33 @@ def scale_shift(cfg: LayerConfig, scale: float) -> tuple[int, int]:
     """(M, R): the integer multiplier and shift that apply S = s / (D Ka) to acc, with D the weight
     coding's unit divisor (a MAC value m weighs m * s / D; balanced: D = 2 Kw, so S = s / (2 Kw Ka)).
 
-    R is the smallest value >= 1 with M = round(S * 2**(z_frac + R)) >= 2**(mult_bits - 1)."""
+    R is the smallest value >= 1 with M = round(S * 2**(z_frac + R)) >= 2**(mult_bits - 1), so
+    2**(mult_bits-1) <= M <= 2**mult_bits (the upper end only where rounding reaches it). ValueError
+    (one line) for a scale the formats cannot hold: one that needs R < 1 (M beyond mult_bits) or
+    R > 62, or whose products |acc| * M + 2**(R-1) reach 2**62 (with |B| < 2**62, bias_fixed, every
+    acc * M + B + 2**(R-1) of the datapath fits int64)."""
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"weight scale must be finite and positive, got {scale}")
     S = scale / (cfg.weight_coding.unit_divisor * levels(cfg.abits)) * 2.0 ** cfg.z_frac
     # S * 2**R >= 2**(mult_bits-1)  <=>  R >= mult_bits - 1 - log2(S)
-    R = max(1, int(math.ceil(cfg.mult_bits - 1 - math.log2(S))))
+    R = int(math.ceil(cfg.mult_bits - 1 - math.log2(S)))
+    if R < 1:
+        largest = (2 ** cfg.mult_bits - 1) / 2.0 * scale / S  # M = 2**mult_bits - 1 at R = 1
+        raise ValueError(f"weight scale {scale:g} is too large for mult_bits={cfg.mult_bits}: its multiplier would "
+                         f"need {int(S * 2).bit_length()} bits (largest scale {largest:.6g})")
     if R > 62:
         raise ValueError(f"weight scale {scale} is too small to represent with mult_bits={cfg.mult_bits}")
     M = int(round_half_up(S * 2.0 ** R))
+    top = acc_bound(cfg) * M + (1 << (R - 1))
+    if top >= 1 << 62:
+        raise ValueError(f"acc * M + B needs {top.bit_length() + 2} bits with wbits={cfg.wbits} abits={cfg.abits} "
+                         f"{cfg.columns} columns mult_bits={cfg.mult_bits}: beyond the 64-bit integer datapath")
     return M, R
 
 
 def bias_fixed(cfg: LayerConfig, bias, R: int):
-    """B = round(b * 2**(z_frac + R)) as int64 (biases are float in training)."""
+    """B = round(b * 2**(z_frac + R)) as int64 (biases are float in training); ValueError unless every
+    |B| < 2**62 (see scale_shift: the datapath's sums then fit int64)."""
     b = np.asarray(bias, dtype=np.float64)
     if not np.all(np.isfinite(b)):
         raise ValueError("biases contain NaN or inf")

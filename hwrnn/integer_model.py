@@ -43,9 +43,15 @@ class IntegerLSTM:
         self.layer = layer
         self.cfg = cfg = layer.cfg
         m = cfg.weight_coding.mac_values(layer.codes)
-        assert fm.acc_bound(cfg) < 2 ** 53
+        bound = fm.acc_bound(cfg)
+        if bound >= 2 ** 53:
+            raise ValueError(f"|acc| up to {bound} is beyond the exact float64 MAC of the integer model")
         self._mT = m.T.astype(np.float64)  # [N, rows]
         self.M, self.R, self.B = layer.mult, layer.shift, layer.bias_int
+        # acc * M + B + 2**(R-1) (formats.preactivation) in int64: never wrap silently
+        top = bound * int(self.M) + int(np.abs(self.B).max(initial=0)) + (1 << (self.R - 1))
+        if top >= 2 ** 63:
+            raise ValueError(f"acc * M + B reaches {top.bit_length()} bits: beyond the int64 integer model")
         self.gate_set = cfg.gate_set
         self.tables = self.gate_set.tables(cfg)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import QuantLayer
+from .integer_model import IntegerLSTM
 from .quant import levels
 
 #: above this fraction of saturated cell values a calibration run is worth a warning
@@ -63,12 +64,7 @@ class Saturation:
 def bounds(cfg) -> tuple[int, int, float, float]:
     """(lowest word, highest word, their values) of the layer's cell format, as the integer model
     stores them (fixed point: signed integers; floating point: bit patterns, compared by magnitude)."""
-    cf = cfg.cell_format
-    if cf.kind == "fixed":
-        lo, hi = cf.limits
-        return lo, hi, lo / 2.0 ** cf.frac_bits, hi / 2.0 ** cf.frac_bits
-    word = cf.max_finite_word
-    return cf.sign_bit | word, word, -cf.max_finite, cf.max_finite
+    return cfg.cell_format.saturation_words()
 
 
 def saturated(cfg, c) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +77,6 @@ def saturated(cfg, c) -> tuple[np.ndarray, np.ndarray]:
 def measure(layer: QuantLayer, xs, state=None) -> Saturation:
     """Saturation counts of the integer model run on codes xs ([T, X] or [T, B, X]) from ``state``
     (an IntState; default the reset state)."""
-    from .integer_model import IntegerLSTM  # not at import time: integer_model imports checkpoint
 
     cfg = layer.cfg
     xs = np.asarray(xs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -43,10 +44,68 @@ def parse_report_args(argv):
 
 def check_tool_options(args) -> None:
     """rtl_gen's own options (the layer group is checked by hwrnn.layer_options)."""
-    if args.name is None or not args.name.isidentifier():
-        raise ConfigError(f"--name must be a Verilog identifier, got {args.name!r}")
+    from .report import check_module_name
+
+    check_module_name(args.name)
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+
+
+#: the generator's peak memory, measured (ru_maxrss): about 150 MB for a tiny core; the float64 draw
+#: and int64 codes of the layer (about 41 bytes a weight, W2 and W8 layers of 2M and 8M weights)
+#: or, with wide codes, the bit planes of the memory image (about 41 + 6 * wbits); about 14 KB per
+#: bit of the weight word for the Verilog of the datapath (W8 PE 64 SIMD 128: 1 GB); rounded up
+GENERATOR_BASE_BYTES = 256 * 2 ** 20
+GENERATOR_BYTES_PER_WEIGHT = 48
+GENERATOR_BYTES_PER_WEIGHT_BIT = 6
+GENERATOR_BYTES_PER_WORD_BIT = 16 * 2 ** 10
+
+
+def generator_memory(cfg, fold) -> int:
+    """Estimated peak bytes of generating cfg folded by fold (drawing or loading the layer, its
+    memory image and the Verilog), from the geometry alone."""
+    from hwrnn.datapath import Geometry
+
+    g = Geometry(cfg, fold)
+    padded = g.padded_units * g.gates * g.padded_columns
+    return (GENERATOR_BASE_BYTES + GENERATOR_BYTES_PER_WEIGHT * cfg.rows * cfg.columns
+            + GENERATOR_BYTES_PER_WEIGHT_BIT * cfg.wbits * padded + GENERATOR_BYTES_PER_WORD_BIT * g.word_bits)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable of /proc/meminfo (else the free pages of
+    os.sysconf), capped by a cgroup memory limit; None when the system does not say."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            used = int(fh.read().strip())
+        if limit != "max":
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_memory(cfg, fold) -> None:
+    """ConfigError when generating cfg would need more memory than this machine has available."""
+    need, avail = generator_memory(cfg, fold), available_memory()
+    if avail is not None and need > avail:
+        raise ConfigError(f"generating W{cfg.wbits}A{cfg.abits} hidden {cfg.hidden} input {cfg.input} needs about "
+                          f"{need / 2 ** 30:.1f} GiB of memory, this machine has {avail / 2 ** 30:.1f} GiB available")
 
 
 def resolve(args):
@@ -57,13 +116,13 @@ def resolve(args):
 
 def report_main(argv) -> int:
     """python -m rtl_gen report OUT [--synth FAMILY]: re-render (and optionally synthesize)."""
-    from .report import (ReportError, add_analytic, load_manifest, parse_families, rebuild_layer,
-                         run_synthesis, write_manifest_and_report)
+    from .report import (REPORT_FILE, ReportError, add_analytic, parse_families, rebuild_layer, run_synthesis,
+                         verify_output, write_manifest_and_report)
 
     args = parse_report_args(argv)
     try:
         families = parse_families(args.synth)
-        man = load_manifest(args.out)
+        man = verify_output(args.out, rewritten=(REPORT_FILE,))  # report.txt is what this command writes
         add_analytic(man)
         errors = []
         if args.synth_timeout is not None and args.synth_timeout <= 0:
@@ -98,9 +157,26 @@ def resolve_config(args):
 
 
 def main(argv=None) -> int:
+    """Exit 0, 2 (refused: one line), 3 (synthesis failed) or 128 + signal number after SIGINT/SIGTERM
+    (one line; the output directory holds its earlier set or the complete new one)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "report":
-        return report_main(argv[1:])
+    from .emit import Interrupted, signals_raise
+
+    try:
+        with signals_raise():
+            if argv and argv[0] == "report":
+                return report_main(argv[1:])
+            return generate_main(argv)
+    except KeyboardInterrupt as e:
+        import warnings
+
+        warnings.simplefilter("ignore")  # Amaranth's warnings about the half-built core it collects at exit
+        signum = e.signum if isinstance(e, Interrupted) else 2
+        print("rtl_gen: interrupted", file=sys.stderr)
+        return 128 + signum
+
+
+def generate_main(argv) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     if args.estimate:
@@ -121,7 +197,10 @@ def main(argv=None) -> int:
         families = parse_families(args.synth)
         if args.synth_timeout is not None and args.synth_timeout <= 0:
             raise ConfigError(f"--synth-timeout must be positive, got {args.synth_timeout}")
+        if not args.checkpoint:  # refused before the weights are drawn
+            check_memory(*resolve_config(args))
         layer, fold, source = resolve(args)
+        check_memory(layer.cfg, fold)
         check_output_dir(args.out)
         print(f"rtl_gen: PE={fold.pe} SIMD={fold.simd} planes={fold.planes}"
               + ("" if args.pe and args.simd else " (defaults where not given)"))
@@ -139,9 +218,9 @@ def main(argv=None) -> int:
     errors = []
     if families:
         from .emit import report_text
-        from .report import load_manifest, run_synthesis, write_manifest_and_report
+        from .report import run_synthesis, verify_output, write_manifest_and_report
 
-        man = load_manifest(args.out)
+        man = verify_output(args.out)
         errors = run_synthesis(man, args.out, layer, fold, families, pnr=not args.no_pnr,
                                timeout=args.synth_timeout, log=lambda m: print(m, file=sys.stderr))
         report = write_manifest_and_report(args.out, man, report_text)

@@ -18,11 +18,12 @@ from amaranth.lib.wiring import In, Out
 from hwrnn.config import ConfigError
 from hwrnn.resources import Built, Mem
 
+#: the weight memory's module name: the output holds this module beside the core (so --name may not be it)
 WMEM_MODULE = "hwrnn_wmem"
 
 WMEM_VERILOG = """\
 // Weight memory of the hwrnn LSTM core: synchronous read, one write port, $readmemh init.
-module hwrnn_wmem #(
+module """ + WMEM_MODULE + """ #(
     parameter WIDTH = 8,
     parameter DEPTH = 2,
     parameter AW = 1,

@@ -7,23 +7,105 @@ only when asked for.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 
+from hwrnn import formats as fm
 from hwrnn.config import ConfigError, Folding, LayerConfig
-from hwrnn.devices import FAMILIES
+from hwrnn.datapath import (Geometry, latency, mac_bound, memory_bits, pipeline_depth, pipeline_stages,
+                            sequence_cycles, step_period)
+from hwrnn.devices import FAMILIES, weight_fit
 from hwrnn.fpga import BRAM_UNIT, device_fit
 from hwrnn.resources import ASSUMED_MHZ, BLOCK_TEXT, BLOCKS, derived
 
 from .cost import estimate
+from .memory import WMEM_MODULE
 
 MODEL_NOTE = ("analytic model rtl_gen.cost, calibrated against yosys "
               "(accuracy: results/resource_calibration.md)")
 
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.txt"
+WEIGHTS_FILE = "weights.hex"
+
+#: reserved words of Verilog-2005 and SystemVerilog-2017 (a module named like one does not parse)
+VERILOG_KEYWORDS = frozenset("""
+accept_on alias always always_comb always_ff always_latch and assert assign assume automatic before begin bind
+bins binsof bit break buf bufif0 bufif1 byte case casex casez cell chandle checker class clocking cmos config
+const constraint context continue cover covergroup coverpoint cross deassign default defparam design disable dist
+do edge else end endcase endchecker endclass endclocking endconfig endfunction endgenerate endgroup endinterface
+endmodule endpackage endprimitive endprogram endproperty endspecify endsequence endtable endtask enum event
+eventually expect export extends extern final first_match for force foreach forever fork forkjoin function
+generate genvar global highz0 highz1 if iff ifnone ignore_bins illegal_bins implements implies import incdir
+include initial inout input inside instance int integer interconnect interface intersect join join_any join_none
+large let liblist library local localparam logic longint macromodule matches medium modport module nand negedge
+nettype new nexttime nmos nor noshowcancelled not notif0 notif1 null or output package packed parameter pmos
+posedge primitive priority program property protected pull0 pull1 pulldown pullup pulsestyle_ondetect
+pulsestyle_onevent pure rand randc randcase randsequence rcmos real realtime ref reg reject_on release repeat
+restrict return rnmos rpmos rtran rtranif0 rtranif1 s_always s_eventually s_nexttime s_until s_until_with
+scalared sequence shortint shortreal showcancelled signed small soft solve specify specparam static string
+strong strong0 strong1 struct super supply0 supply1 sync_accept_on sync_reject_on table tagged task this
+throughout time timeprecision timeunit tran tranif0 tranif1 tri tri0 tri1 triand trior trireg type typedef union
+unique unique0 unsigned until until_with untyped use uwire var vectored virtual void wait wait_order wand weak
+weak0 weak1 while wildcard wire with within wor xnor xor""".split())
+
 
 class ReportError(ValueError):
     """A report that cannot be made; one line."""
+
+
+def check_module_name(name) -> None:
+    """ConfigError unless ``name`` can name the emitted top module: a plain Verilog identifier
+    (letters, digits, _; not starting with a digit), not a reserved word and not the name of a module
+    the output also holds (the weight memory, rtl_gen.memory.WMEM_MODULE)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"--name must be a Verilog identifier (letters, digits and _), got {name!r}")
+    if name in VERILOG_KEYWORDS:
+        raise ConfigError(f"--name {name} is a Verilog keyword")
+    if name == WMEM_MODULE:
+        raise ConfigError(f"--name {name} is the name of the weight memory module the output also holds")
+
+
+def file_digest(data: bytes) -> str:
+    """How the manifest's "files" entry names a file's contents: "sha256:<hex>"."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_sections(cfg: LayerConfig, fold: Folding, weights: str, steps: int, bias_bits: int) -> dict:
+    """The manifest sections that follow from the configuration alone (with the bias width, a
+    property of the layer's biases): geometry, latency, memory and device fit. rtl_gen writes them
+    and ``verify_output`` re-derives them, so a hand-edited manifest is refused."""
+    g = Geometry(cfg, fold)
+    return {
+        "geometry": {
+            "units_per_fold": g.units_per_fold, "row_folds": g.row_folds, "col_folds": g.col_folds,
+            "plane_steps": g.plane_steps, "weight_word_bits": g.word_bits, "weight_depth": g.depth,
+        },
+        "latency": {
+            "cycles_per_step": latency(cfg, fold),
+            "step_period": step_period(cfg, fold),
+            "steps": steps,
+            "cycles_per_sequence": sequence_cycles(cfg, fold, steps),
+            "mac_cycles": g.mac_cycles,
+            "pipeline_depth": pipeline_depth(cfg, fold),
+            "pipeline_stages": pipeline_stages(cfg, fold),
+            "mac_bound": mac_bound(cfg, fold),
+            "formula": "row_folds * col_folds * plane_steps + pipeline_depth"
+                       + (" + cycles the w stream is not valid while the core waits" if weights == "stream" else ""),
+        },
+        "memory": {
+            "weight_bits": memory_bits(cfg),
+            "weight_bits_padded": g.weight_bits,
+            "weights_file": WEIGHTS_FILE,
+            "on_chip_weight_bits": g.weight_bits if weights == "memory" else 0,
+            "stream_bits_per_step": g.weight_bits if weights == "stream" else 0,
+            "bias_bits": g.row_folds * fold.pe * bias_bits,
+            "fp32_weight_bits": 32 * memory_bits(cfg),
+        },
+        "devices": weight_fit(g.weight_bits),
+    }
 
 
 # ---- manifest sections ----------------------------------------------------------------------------
@@ -203,7 +285,9 @@ def synthesis_text(fam: str, s: dict, est: dict | None) -> list[str]:
 # ---- the output directory --------------------------------------------------------------------------
 
 def load_manifest(out_dir: str) -> dict:
-    path = os.path.join(out_dir, "manifest.json")
+    """manifest.json of out_dir with a valid config and folding (ReportError otherwise); its files
+    are not checked (``verify_output`` does)."""
+    path = os.path.join(out_dir, MANIFEST_FILE)
     try:
         with open(path) as fh:
             man = json.load(fh)
@@ -211,26 +295,131 @@ def load_manifest(out_dir: str) -> dict:
         raise ReportError(f"{path} not found: generate the core first (python -m rtl_gen ... -o {out_dir})") from None
     except (OSError, ValueError) as e:
         raise ReportError(f"{path} is not a readable manifest ({e})") from None
+    if not isinstance(man, dict):
+        raise ReportError(f"{path} is not an rtl_gen manifest (not a JSON object)")
     for key in ("config", "folding", "name"):
         if key not in man:
             raise ReportError(f"{path} has no '{key}' entry: not an rtl_gen manifest")
     try:
         LayerConfig.from_dict(man["config"])
+        if not isinstance(man["folding"], dict):
+            raise TypeError("not an object")
         Folding(**man["folding"])
     except (ConfigError, TypeError) as e:
         raise ReportError(f"{path}: invalid config or folding ({e})") from None
     return man
 
 
+def manifest_files(man: dict, path: str = MANIFEST_FILE) -> dict:
+    """The manifest's {file name: digest} (every file of the set but the manifest), checked to be
+    plain file names in the output directory; ReportError otherwise."""
+    files = man.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ReportError(f"{path} names no files with their hashes (written by an earlier rtl_gen?): "
+                          f"generate the core again")
+    for name, digest in files.items():
+        if name in ("", ".", "..", MANIFEST_FILE) or os.path.basename(name) != name or "\\" in name:
+            raise ReportError(f"{path} names {name!r}, which is not a file of the output directory")
+        if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ReportError(f"{path}: the hash of {name} is not sha256:<64 hex digits>")
+    return files
+
+
+def _check_files(man: dict, out_dir: str, path: str, rewritten=()) -> None:
+    files = manifest_files(man, path)
+    for name in (f"{man['name']}.v", REPORT_FILE, man["memory"]["weights_file"]):
+        if name not in files:
+            raise ReportError(f"{path} names no file {name}")
+    for name, digest in files.items():
+        if name in rewritten:
+            continue
+        fpath = os.path.join(out_dir, name)
+        try:
+            with open(fpath, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise ReportError(f"{fpath} is missing (named by {path}): an incomplete output set") from None
+        except OSError as e:
+            raise ReportError(f"{fpath} cannot be read ({e.strerror or e})") from None
+        if file_digest(data) != digest:
+            raise ReportError(f"{fpath} differs from its hash in {path} (edited, or from another run)")
+
+
+def _check_derived(man: dict, path: str) -> None:
+    """The sections that follow from config, folding, weights and scale equal their re-derivation."""
+    cfg = LayerConfig.from_dict(man["config"])
+    fold = Folding(**man["folding"])
+    fold.check_against(cfg)
+    weights = man["weights"]
+    if weights not in ("memory", "stream"):
+        raise ReportError(f"{path}: weights must be 'memory' or 'stream', got {weights!r}")
+    steps = man["latency"].get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ReportError(f"{path}: latency.steps must be an integer >= 1, got {steps!r}")
+    sc = man["scale"]
+    bias_bits, M, R, s = sc["bias_bits"], sc["multiplier"], sc["shift"], sc["s"]
+    for key, v in (("bias_bits", bias_bits), ("multiplier", M), ("shift", R)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ReportError(f"{path}: scale.{key} must be a positive integer, got {v!r}")
+    if isinstance(s, bool) or not isinstance(s, (int, float)):
+        raise ReportError(f"{path}: scale.s must be a number, got {s!r}")
+    try:
+        if fm.scale_shift(cfg, float(s)) != (M, R):
+            raise ReportError(f"{path}: scale multiplier and shift disagree with scale.s and the config")
+    except ValueError as e:
+        if isinstance(e, ReportError):
+            raise
+        raise ReportError(f"{path}: {e}") from None
+    want = json.loads(json.dumps(config_sections(cfg, fold, weights, steps, bias_bits)))
+    for key in ("latency", "geometry", "memory", "devices"):
+        if man[key] != want[key]:
+            raise ReportError(f"{path}: {key} disagrees with the config and folding it was generated from "
+                              f"(hand-edited?)")
+    formats = json.loads(json.dumps(fm.tap_formats(cfg, M, R)))
+    have = json.loads(json.dumps(man["formats"]))
+    if isinstance(have.get("z"), dict):
+        have["z"].pop("bias_bits", None)
+    if have != formats:
+        raise ReportError(f"{path}: formats disagree with the config (hand-edited?)")
+
+
+def verify_output(out_dir: str, rewritten=()) -> dict:
+    """The manifest of an rtl_gen output directory after checking it describes the files beside it:
+    every file it names has its sha256 (so the set is complete and of one run), and the sections that
+    follow from its config (latency, geometry, memory, devices, formats, scale) equal their
+    re-derivation. ReportError (one line) otherwise. What every reader of an output directory calls;
+    ``rewritten``: files the caller is about to write anew (rtl_gen report: report.txt), not read."""
+    man = load_manifest(out_dir)
+    path = os.path.join(out_dir, MANIFEST_FILE)
+    for key in ("weights", "latency", "geometry", "memory", "devices", "formats", "scale", "files"):
+        if key not in man:
+            raise ReportError(f"{path} has no '{key}' entry (hand-edited, or written by an earlier rtl_gen)")
+    for key in ("latency", "geometry", "memory", "devices", "formats", "scale"):
+        if not isinstance(man[key], dict):
+            raise ReportError(f"{path}: {key} must be a JSON object")
+    try:
+        check_module_name(man["name"])
+        _check_files(man, out_dir, path, rewritten)
+        _check_derived(man, path)
+    except ReportError:
+        raise
+    except ConfigError as e:
+        raise ReportError(f"{path}: {e}") from None
+    except KeyError as e:
+        raise ReportError(f"{path}: missing entry {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ReportError(f"{path} is malformed ({type(e).__name__}: {e})") from None
+    return man
+
+
 def write_manifest_and_report(out_dir: str, manifest: dict, base_report) -> str:
-    """Write manifest.json and report.txt (base_report(manifest) + resources_text) atomically."""
+    """Rewrite report.txt (base_report(manifest) + resources_text) and manifest.json (its hash of
+    report.txt updated) as one set (rtl_gen.emit.write_output: the manifest last)."""
+    from .emit import write_output
+
     text = base_report(manifest)
-    for fname, data in (("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
-                        ("report.txt", text)):
-        tmp = os.path.join(out_dir, f".{fname}.tmp{os.getpid()}")
-        with open(tmp, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, os.path.join(out_dir, fname))
+    manifest.setdefault("files", {})[REPORT_FILE] = file_digest(text.encode())
+    write_output({REPORT_FILE: text, MANIFEST_FILE: json.dumps(manifest, indent=2, sort_keys=True) + "\n"}, out_dir)
     return text
 
 
@@ -344,5 +533,6 @@ def estimate_report(cfg: LayerConfig, fold: Folding, weights: str, steps: int, n
     return "\n".join(head) + "\n" + resources_text(man)
 
 
-__all__ = ["ASSUMED_MHZ", "ReportError", "add_analytic", "add_synthesis", "estimate_report", "load_manifest",
+__all__ = ["ASSUMED_MHZ", "ReportError", "add_analytic", "check_module_name", "config_sections", "file_digest",
+           "verify_output", "add_synthesis", "estimate_report", "load_manifest",
            "parse_families", "rebuild_layer", "resources_text", "run_synthesis", "write_manifest_and_report"]
