@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,58 @@ def resolve_fold(args, cfg, spec=None) -> Folding:
 def resolve(args, spec=None) -> tuple[QuantLayer, Folding, str]:
     """(layer, folding, source): hwrnn.layer_options.resolve with the board's default folding."""
     return layer_options.resolve(args, spec.default_folding if spec is not None else None)
+
+
+class Refused(ValueError):
+    """A command-line value that cannot be used (message is one line)."""
+
+
+def positive_int(value, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise Refused(f"{flag} must be a positive integer, got {value}")
+
+
+def positive_seconds(value, flag: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise Refused(f"{flag} must be a positive, finite number of seconds, got {value}")
+
+
+def load_sequence(path, cfg):
+    """The x codes of ``--sequence`` (.npy, or JSON: a list of steps, each a list of ``cfg.input``
+    integer codes in 0..2**abits - 1) as an int64 array [T, input]; Refused naming the problem."""
+    import numpy as np
+
+    path = Path(path)
+    where = f"--sequence {path}"
+    try:
+        if path.suffix == ".npy":
+            xs = np.load(path, allow_pickle=False)
+        else:
+            xs = json.loads(path.read_text())
+            if not (isinstance(xs, list) and all(isinstance(r, list) for r in xs)):
+                raise Refused(f"{where}: expected a list of steps, each a list of {cfg.input} integer codes")
+            if any(not isinstance(v, int) or isinstance(v, bool) for r in xs for v in r):
+                raise Refused(f"{where}: codes must be integers (no floats, booleans or objects)")
+            xs = np.asarray(xs, dtype=np.int64) if xs else np.zeros((0, cfg.input), np.int64)
+    except Refused:
+        raise
+    except json.JSONDecodeError as e:
+        raise Refused(f"{where}: not JSON ({e})") from None
+    except (ValueError, OverflowError, EOFError) as e:  # ragged lists, huge integers, pickled or cut .npy
+        raise Refused(f"{where}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    if xs.dtype.kind not in "iu":
+        raise Refused(f"{where}: codes must be integers, got {xs.dtype} values")
+    if xs.ndim != 2 or xs.shape[1] != cfg.input:
+        raise Refused(f"{where}: expected shape [T, {cfg.input}] (input {cfg.input}), got {list(xs.shape)}")
+    if xs.shape[0] == 0:
+        raise Refused(f"{where}: no steps")
+    top = (1 << cfg.abits) - 1
+    bad = np.argwhere((xs < 0) | (xs > top))
+    if bad.size:
+        t, j = (int(v) for v in bad[0])
+        raise Refused(f"{where}: code {int(xs[t, j])} at step {t}, input {j} is outside 0..{top} "
+                      f"(abits {cfg.abits})")
+    return xs.astype(np.int64)
 
 
 def cmd_list(args) -> int:
@@ -86,6 +139,8 @@ def cmd_build(args) -> int:
 
     spec = BOARDS[args.board]
     try:
+        positive_int(args.baud, "--baud")
+        positive_seconds(args.frame_timeout, "--frame-timeout")
         layer, fold, src = resolve(args, spec)
         out = args.out or f"build/boards/{args.board}"
         print(f"boards: {spec.title}: W{layer.cfg.wbits}A{layer.cfg.abits} H={layer.cfg.hidden} "
@@ -107,11 +162,14 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import numpy as np
-
     from .host import BoardLink, LinkError, SerialTransport, random_sequence, run_sequence
 
     try:
+        positive_int(args.baud, "--baud")
+        positive_int(args.steps, "--steps")
+        positive_seconds(args.timeout, "--timeout")
+        if args.retries < 0:
+            raise Refused(f"--retries must be a non-negative integer, got {args.retries}")
         baud = args.baud
         if args.build:
             rep = json.loads((Path(args.build) / "report.json").read_text())
@@ -123,13 +181,14 @@ def cmd_run(args) -> int:
             layer, _src = layer_options.resolve_layer(args)
         baud = baud or 115200
         if args.sequence:
-            path = Path(args.sequence)
-            xs = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()))
-            xs = np.asarray(xs, dtype=np.int64).reshape(-1, layer.cfg.input)
+            xs = load_sequence(args.sequence, layer.cfg)
         else:
             xs = random_sequence(layer.cfg, args.steps, weight_seed(args))
-    except (ConfigError, CheckpointError, ValueError, OSError, KeyError) as e:
+    except (ConfigError, CheckpointError, ValueError, KeyError) as e:
         print(f"boards run: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"boards run: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     try:
         tr = SerialTransport(args.port, baud)
@@ -149,7 +208,7 @@ def cmd_run(args) -> int:
     print(res.line())
     print(f"status: {st.steps} steps, last {st.last_cycles} cycles, {st.frames_ok} frames, errors: CRC {st.crc_errors}, "
           f"header {st.header_errors}, timeout {st.timeouts}, arg {st.arg_errors}, uart {st.uart_errors}, "
-          f"dropped {st.dropped}")
+          f"dropped {st.dropped}; requests answered again without executing: {st.duplicates}")
     if args.json:
         Path(args.json).write_text(json.dumps({"ok": res.ok, "steps": res.steps, "mismatches": res.mismatches,
                                                "cycles": res.cycles, "latency": res.latency,
@@ -162,8 +221,12 @@ def cmd_sim(args) -> int:
     from sim.runner import SimulationFailed, SimulatorError
 
     from .simulate import run_board_sim
+    from .uart import MIN_DIVISOR
 
     try:
+        positive_int(args.steps, "--steps")
+        if args.divisor < MIN_DIVISOR:
+            raise Refused(f"--divisor must be at least {MIN_DIVISOR} clock cycles per bit, got {args.divisor}")
         layer, fold, _src = resolve(args)
         work = Path(args.work) if args.work else Path("build/boards/sim")
         t0 = time.perf_counter()
@@ -207,8 +270,9 @@ def parse_args(argv):
     r.add_argument("--steps", type=int, default=50, help="random sequence length (without --sequence)")
     r.add_argument("--sequence", help="x codes: .npy or JSON, shape [T, input]")
     r.add_argument("--no-load", action="store_true", help="use the weights in the board's memories as they are")
-    r.add_argument("--timeout", type=float, default=0.5, help="reply slack in seconds")
-    r.add_argument("--retries", type=int, default=3)
+    r.add_argument("--timeout", type=float, default=0.5,
+                   help="reply slack in seconds; every link call ends within a deadline built from it")
+    r.add_argument("--retries", type=int, default=3, help="resends of a request after an error")
     r.add_argument("--json", help="write the run summary here")
     s = sub.add_parser("sim", help="board-level cocotb simulation (UART, framing, corrupted frames)")
     _layer_args(s)

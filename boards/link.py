@@ -1,5 +1,6 @@
 """The link gateware: UART, frame parser with CRC check, command executor driving the LSTM core,
-and the reply generator (protocol in boards.protocol).
+and the reply generator (protocol in boards.protocol). Every reply echoes its request's SEQ; a
+request identical to the last executed one (SEQ, TYPE, CRC) is answered again, not executed again.
 
 ``LinkTop`` is the whole board design minus the pins: ports ``rx`` (line in), ``tx`` (line out)
 and ``leds`` (4 status lights), in the ``sync`` domain. The board top levels (boards.top) wrap it
@@ -70,6 +71,7 @@ class LinkTop(wiring.Component):
         # ---- request registers ---------------------------------------------------------------
         max_len = max(info.load_len, info.x_bytes, 1)
         ftype = Signal(8)
+        seq = Signal(8)  # the request's SEQ (SEQ_UNKNOWN until received), echoed in the reply
         flen = Signal(16)
         cnt = Signal(16)  # payload bytes received / reply bytes sent
         pl = Signal(8 * max_len)  # request payload, byte k at bits 8k..
@@ -101,6 +103,11 @@ class LinkTop(wiring.Component):
                                                       "arg_errors", "uart_errors", "dropped"))
         with m.If(urx.error):
             m.d.sync += c_uart.eq(c_uart + 1)
+        c_dup = Signal(16, name="duplicates")
+        # the last executed request (SEQ, TYPE, CRC): an identical request is answered, not executed
+        last_valid, last_seq, last_type, last_crc = Signal(), Signal(8), Signal(8), Signal(16)
+        dup = Signal()
+        m.d.comb += dup.eq(last_valid & (seq == last_seq) & (ftype == last_type) & (crc.crc == last_crc))
         sticky_err = Signal()
         loaded = Signal()  # a LOAD was executed since reset
         stepping = Signal()  # a STEP is in the core
@@ -125,7 +132,7 @@ class LinkTop(wiring.Component):
                       _pad_bytes(core.out.payload.c, info.hidden * info.cell_bits),
                       core.last_cycles)
         status_vec = Cat(uptime_snap, steps, core.last_cycles, frames_ok, c_crc, c_hdr, c_to, c_arg,
-                         c_uart, c_drop, loaded, Const(0, 7))
+                         c_uart, c_drop, c_dup, loaded, Const(0, 7))
         assert len(status_vec) == 8 * P.STATUS_LEN and len(out_vec) == 8 * info.out_len
         nak_vec = Cat(err, ftype)
         data_byte = Signal(8)
@@ -162,14 +169,23 @@ class LinkTop(wiring.Component):
                 m.d.comb += receiving.eq(1)
                 with m.If(stb & (byte == P.SYNC)):
                     m.d.comb += crc.start.eq(1)
+                    m.d.sync += seq.eq(P.SEQ_UNKNOWN)
                     m.next = "TYPE"
             with m.State("TYPE"):
                 m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
                 with m.If(stb):
                     m.d.sync += ftype.eq(byte)
-                    m.next = "LEN0"
+                    m.next = "SEQ"
                 with m.Elif(quiet):
                     m.d.sync += [ftype.eq(0)] + nak(P.NAK_TIMEOUT, c_to)
+                    m.next = "REPLY"
+            with m.State("SEQ"):
+                m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
+                with m.If(stb):
+                    m.d.sync += seq.eq(byte)
+                    m.next = "LEN0"
+                with m.Elif(quiet):
+                    m.d.sync += nak(P.NAK_TIMEOUT, c_to)
                     m.next = "REPLY"
             with m.State("LEN0"):
                 m.d.comb += [receiving.eq(1), crc.valid.eq(stb)]
@@ -232,21 +248,37 @@ class LinkTop(wiring.Component):
 
             # -- execute ----------------------------------------------------------------------------
             with m.State("EXEC"):
-                m.d.sync += frames_ok.eq(frames_ok + 1)
+                # crc.crc still holds this frame's CRC (the unit restarts at the reply's SYNC)
+                with m.If(dup):
+                    m.d.sync += c_dup.eq(c_dup + 1)
+                with m.Elif(~((ftype == P.LOAD) & ~arg_ok)):
+                    m.d.sync += [frames_ok.eq(frames_ok + 1), last_valid.eq(1), last_seq.eq(seq),
+                                 last_type.eq(ftype), last_crc.eq(crc.crc)]
                 with m.Switch(ftype):
                     with m.Case(P.INFO):
                         m.d.sync += reply(K_INFO, P.INFO | P.REPLY, P.INFO_LEN)
                         m.next = "REPLY"
                     with m.Case(P.LOAD):
-                        with m.If(arg_ok):
+                        with m.If(dup):  # written already: the empty reply again
+                            m.d.sync += reply(K_NONE, P.LOAD | P.REPLY, 0)
+                            m.next = "REPLY"
+                        with m.Elif(arg_ok):
                             m.next = "LOAD"
                         with m.Else():
-                            m.d.sync += nak(P.NAK_ARG, c_arg) + [frames_ok.eq(frames_ok)]
+                            m.d.sync += nak(P.NAK_ARG, c_arg)
                             m.next = "REPLY"
                     with m.Case(P.STEP):
-                        m.next = "STEP"
+                        with m.If(dup):  # stepped already: the core still holds that step's OUT block
+                            m.d.sync += reply(K_OUT, P.STEP | P.REPLY, info.out_len)
+                            m.next = "REPLY"
+                        with m.Else():
+                            m.next = "STEP"
                     with m.Case(P.RESET_STATE):
-                        m.next = "RESET_STATE"
+                        with m.If(dup):
+                            m.d.sync += reply(K_NONE, P.RESET_STATE | P.REPLY, 0)
+                            m.next = "REPLY"
+                        with m.Else():
+                            m.next = "RESET_STATE"
                     with m.Case(P.STATUS):
                         m.d.sync += reply(K_STATUS, P.STATUS | P.REPLY, P.STATUS_LEN) + [uptime_snap.eq(uptime)]
                         m.next = "REPLY"
@@ -282,6 +314,10 @@ class LinkTop(wiring.Component):
                     m.next = "R_TYPE"
             with m.State("R_TYPE"):
                 m.d.comb += [tx_byte.eq(rtype), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
+                with m.If(utx.data.ready):
+                    m.next = "R_SEQ"
+            with m.State("R_SEQ"):
+                m.d.comb += [tx_byte.eq(seq), utx.data.valid.eq(1), crc.valid.eq(utx.data.ready)]
                 with m.If(utx.data.ready):
                     m.next = "R_LEN0"
             with m.State("R_LEN0"):

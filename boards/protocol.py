@@ -11,17 +11,35 @@ period is ``divisor`` clock cycles, ``divisor = round(clk_hz / baud)`` (>= 4); t
 samples each bit ``divisor // 2`` cycles after the falling edge of the start bit, plus whole
 periods. A byte whose stop bit reads 0 is dropped and counted (``uart_errors``).
 
-Frame (both directions)
-=======================
+Frame (both directions; protocol version 2)
+===========================================
 ::
 
     byte  0        SYNC = 0xA5
     byte  1        TYPE
-    bytes 2..3     LEN, unsigned 16 bit little endian: number of payload bytes
-    bytes 4..3+LEN PAYLOAD
-    bytes 4+LEN,   CRC = CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no
-          5+LEN    reflection, no final XOR: :data:`CRC`) of bytes 1..3+LEN (TYPE, LEN and
+    byte  2        SEQ, the request's sequence number (a reply or NAK echoes it)
+    bytes 3..4     LEN, unsigned 16 bit little endian: number of payload bytes
+    bytes 5..4+LEN PAYLOAD
+    bytes 5+LEN,   CRC = CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no
+          6+LEN    reflection, no final XOR: :data:`CRC`) of bytes 1..4+LEN (TYPE, SEQ, LEN and
                    PAYLOAD, not SYNC), most significant byte first.
+
+Version 1 had no SEQ byte (bytes 2..3 LEN, CRC over TYPE, LEN, PAYLOAD) and no STATUS.duplicates.
+
+Sequence numbers: the host numbers its requests 1..255 (then 1 again; :func:`next_seq`) and
+keeps the number when it resends a request. A reply carries its request's SEQ, a NAK too (0 when
+the frame was cut before its SEQ byte), so the host drops every frame whose SEQ is not the one it
+waits for: a stale reply, a replayed reply or a late NAK never answers a newer request. The device
+remembers the last request it executed (SEQ, TYPE and CRC); a request identical to it (a resend
+after a lost reply, or the same frame arriving twice) is not executed again but answered again:
+LOAD and RESET_STATE with their empty reply, STEP with the OUT block the core still holds (that
+step's h_t, c_t); INFO, STATUS and READ_OUT, which change nothing, are answered afresh. Such
+frames are counted in STATUS.duplicates, not in frames_ok. A NAKed request was not executed and
+is not remembered, so its resend executes. Only the last executed request is remembered: an older
+frame that reappears after a newer one was executed is executed again (its reply, carrying an old
+SEQ, is dropped by the host). Host resynchronisation after any error: read and drop
+bytes until the line has been quiet for longer than the device's frame timeout (the device is
+then hunting for SYNC), then resend the same frame with the same SEQ.
 
 Multi-byte integers inside payloads are little endian. Bit vectors (x codes, h, c, load data) are
 packed LSB first into ``ceil(bits / 8)`` bytes: bit k of the vector is bit k % 8 of payload byte
@@ -47,16 +65,16 @@ TYPE   name          request payload                        reply payload
   multiplier M (addr ignored). D = ceil(load_data_bits / 8).
 * STEP offers x_t (code j at bits j*abits, XB = ceil(input*abits / 8)) to the core, waits for
   h_t and replies with it. READ_OUT replies the OUT block again without stepping (the core holds
-  h_t and c_t until the next STEP or RESET_STATE): a host whose STEP reply was lost reads the
-  result with it instead of stepping twice (STATUS.steps tells whether the step happened).
+  h_t and c_t until the next STEP or RESET_STATE). A STEP whose reply was lost is resent with its
+  SEQ: the device answers it from the held OUT block without stepping twice.
 * OUT block: h (HB = ceil(hidden*abits / 8) bytes, unit j at bits j*abits), c (CB =
   ceil(hidden*cell_bits / 8) bytes, unit j at bits j*cell_bits: two's complement for a fixed-point
   cell, the bit pattern for a floating-point cell; INFO.cell_float says which), cycles u32
   (the core's ``last_cycles``: cycles from accepting x_t to h_t valid).
 * RESET_STATE sets h and c to the reset state (h0, c0) of the layer.
 
-NAK (TYPE 0xFF, payload: code u8, request TYPE u8 (0 when unknown)) replaces the reply when the
-request was not executed:
+NAK (TYPE 0xFF, SEQ of the request, payload: code u8, request TYPE u8 (0 when unknown)) replaces
+the reply when the request was not executed:
 
 ====  ========  ==================================================================================
 code  name      meaning
@@ -81,7 +99,7 @@ hardware-relevant layer configuration, folding and shift).
 STATUS block (``STATUS_FIELDS``): uptime (cycles since reset, u32, wraps; sampled when the STATUS
 frame was accepted), steps (STEPs executed since reset), last_cycles, frames_ok (frames executed),
 then u16 wrapping counters crc_errors, header_errors, timeouts, arg_errors, uart_errors, dropped,
-and flags u8 (bit 0: a LOAD was executed since reset, i.e. the memories may no longer hold the
+duplicates (requests answered again without executing them), and flags u8 (bit 0: a LOAD was executed since reset, i.e. the memories may no longer hold the
 weights baked into the bitstream).
 """
 from __future__ import annotations
@@ -95,10 +113,12 @@ from dataclasses import dataclass, fields
 from amaranth.lib.crc import catalog
 
 SYNC = 0xA5
-HEADER_BYTES = 4  # SYNC, TYPE, LEN
+HEADER_BYTES = 5  # SYNC, TYPE, SEQ, LEN
+SEQ_OFFSET, LEN_OFFSET = 2, 3  # byte offsets in a frame
 CRC_BYTES = 2
 OVERHEAD = HEADER_BYTES + CRC_BYTES
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SEQ_UNKNOWN = 0  # the SEQ of a NAK for a frame cut before its SEQ byte; never used by the host
 MAGIC = b"HWRN"
 
 INFO, LOAD, STEP, RESET_STATE, STATUS, READ_OUT = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
@@ -128,13 +148,24 @@ INFO_FIELDS = (
 STATUS_FIELDS = (
     ("uptime", "I"), ("steps", "I"), ("last_cycles", "I"), ("frames_ok", "I"),
     ("crc_errors", "H"), ("header_errors", "H"), ("timeouts", "H"), ("arg_errors", "H"),
-    ("uart_errors", "H"), ("dropped", "H"), ("flags", "B"),
+    ("uart_errors", "H"), ("dropped", "H"), ("duplicates", "H"), ("flags", "B"),
 )
 INFO_STRUCT = struct.Struct("<" + "".join(c for _, c in INFO_FIELDS))
 STATUS_STRUCT = struct.Struct("<" + "".join(c for _, c in STATUS_FIELDS))
 INFO_LEN = INFO_STRUCT.size
 STATUS_LEN = STATUS_STRUCT.size
 NAK_LEN = 2
+_STRUCT_MAX = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF}
+
+
+def info_field_max(name: str) -> int:
+    """Largest value the INFO block can hold in field ``name`` (e.g. timeout_cycles: 2**32 - 1)."""
+    return _STRUCT_MAX[dict(INFO_FIELDS)[name]]
+
+
+def next_seq(seq: int) -> int:
+    """The host's sequence number after ``seq``: 1, 2, ..., 255, 1, ... (never SEQ_UNKNOWN)."""
+    return seq % 255 + 1
 
 
 class ProtocolError(Exception):
@@ -159,14 +190,16 @@ def nbytes(bits: int) -> int:
     return (bits + 7) // 8
 
 
-def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
-    """SYNC, TYPE, LEN, PAYLOAD, CRC (see the module docstring)."""
+def encode_frame(ftype: int, payload: bytes = b"", seq: int = SEQ_UNKNOWN) -> bytes:
+    """SYNC, TYPE, SEQ, LEN, PAYLOAD, CRC (see the module docstring)."""
     if not 0 <= ftype <= 0xFF:
         raise ValueError(f"frame type must be a byte, got {ftype}")
+    if not 0 <= seq <= 0xFF:
+        raise ValueError(f"sequence number must be a byte, got {seq}")
     payload = bytes(payload)
     if len(payload) > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the 65535-byte frame limit")
-    body = bytes([ftype]) + struct.pack("<H", len(payload)) + payload
+    body = bytes([ftype, seq]) + struct.pack("<H", len(payload)) + payload
     return bytes([SYNC]) + body + crc16(body).to_bytes(CRC_BYTES, "big")
 
 
@@ -174,6 +207,7 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
 class Frame:
     type: int
     payload: bytes
+    seq: int = SEQ_UNKNOWN
 
     @property
     def is_nak(self) -> bool:
@@ -187,12 +221,12 @@ def decode_frame(data: bytes) -> Frame:
         raise ProtocolError(f"frame of {len(data)} bytes is shorter than the {OVERHEAD}-byte minimum")
     if data[0] != SYNC:
         raise ProtocolError(f"frame starts with 0x{data[0]:02x}, not SYNC 0x{SYNC:02x}")
-    (length,) = struct.unpack_from("<H", data, 2)
+    (length,) = struct.unpack_from("<H", data, LEN_OFFSET)
     if len(data) != OVERHEAD + length:
         raise ProtocolError(f"frame has {len(data)} bytes, its LEN {length} needs {OVERHEAD + length}")
     if crc16(data[1:-CRC_BYTES]) != int.from_bytes(data[-CRC_BYTES:], "big"):
         raise ProtocolError(f"CRC mismatch in a frame of type 0x{data[1]:02x}")
-    return Frame(data[1], data[HEADER_BYTES:HEADER_BYTES + length])
+    return Frame(data[1], data[HEADER_BYTES:HEADER_BYTES + length], data[SEQ_OFFSET])
 
 
 def pack_bits(values, bits: int, count: int | None = None) -> bytes:
@@ -321,6 +355,7 @@ class Status:
     arg_errors: int
     uart_errors: int
     dropped: int
+    duplicates: int
     flags: int
 
     @classmethod

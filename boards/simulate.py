@@ -48,7 +48,8 @@ class BoardSimResult:
             c = cor["expected_counters"]
             parts.append(f"corrupted frames: {c['crc_errors']} CRC, {c['header_errors']} header, {c['timeouts']} "
                          f"truncated, {c['arg_errors']} bad-argument NAKs, {c['uart_errors']} UART framing error, "
-                         f"{c['dropped']} bytes dropped, {cor['stats']['steps_recovered']} lost reply recovered; "
+                         f"{c['dropped']} bytes dropped, {cor['stats']['steps_recovered']} lost reply recovered "
+                         f"({c['duplicates']} resent STEP answered without stepping); "
                          f"{cor['steps']} steps equal to the model")
         return f"PASS {self.sim}: " + "; ".join(parts)
 
@@ -80,6 +81,8 @@ def run_board_sim(layer: QuantLayer, fold: Folding, work, *, sim: str = "verilat
     when anything differs. ``timeout_bits``: the device's frame timeout in bit times."""
     from sim.runner import run_cocotb
 
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
     work = Path(work).resolve()
     gen = work / "gen"
     gen.mkdir(parents=True, exist_ok=True)

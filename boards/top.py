@@ -25,6 +25,7 @@ activity, 2 a NAK was sent since reset, 3 a step is running.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from amaranth.build import ResourceError
@@ -37,6 +38,7 @@ from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import Folding
 from hwrnn.devices import DEVICES
 
+from . import protocol as P
 from .link import LinkTop
 from .uart import baud_divisor
 
@@ -108,6 +110,19 @@ def _platform(name: str):
     raise KeyError(name)
 
 
+def frame_timeout_cycles(frame_timeout_s: float, clk_hz: float, divisor: int) -> int:
+    """Clock cycles of the device's frame timeout: ``frame_timeout_s`` seconds, at least two byte
+    times; ValueError unless the seconds are positive and finite and the cycles fit INFO's field."""
+    if not (isinstance(frame_timeout_s, (int, float)) and math.isfinite(frame_timeout_s) and frame_timeout_s > 0):
+        raise ValueError(f"frame timeout must be a positive, finite number of seconds, got {frame_timeout_s}")
+    cycles = max(20 * divisor, int(frame_timeout_s * clk_hz))
+    limit = P.info_field_max("timeout_cycles")
+    if cycles > limit:
+        raise ValueError(f"frame timeout of {frame_timeout_s:g} s is {cycles:,} cycles at {clk_hz / 1e6:g} MHz; "
+                         f"the link's INFO block holds at most {limit:,} ({limit / clk_hz:.0f} s)")
+    return cycles
+
+
 class BoardTop(Elaboratable):
     """LinkTop on a board: UART 0 and up to 4 LEDs."""
 
@@ -115,7 +130,7 @@ class BoardTop(Elaboratable):
                  frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S):
         self.clk_hz = int(round(clk_hz))
         self.divisor = baud_divisor(clk_hz, baud)
-        self.timeout_cycles = max(20 * self.divisor, int(frame_timeout_s * clk_hz))
+        self.timeout_cycles = frame_timeout_cycles(frame_timeout_s, clk_hz, self.divisor)
         self.link = LinkTop(layer, fold, clk_hz=self.clk_hz, divisor=self.divisor,
                             timeout_cycles=self.timeout_cycles)
         self.info = self.link.info

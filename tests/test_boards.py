@@ -25,39 +25,46 @@ from board_fixtures.link_pins import exchange  # noqa: E402
 
 TINY = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
 TINY_FOLD = Folding(pe=4, simd=4)
-#: frames written by the hand-written CRC code before amaranth.lib.crc (see its "about")
-FRAMES_V1 = json.loads((Path(__file__).parent / "board_fixtures" / "frames_v1.json").read_text())
+#: protocol-2 frames derived from the hand-written CRC code's v1 frames, CRC by binascii (see its "about")
+FRAMES_V2 = json.loads((Path(__file__).parent / "board_fixtures" / "frames_v2.json").read_text())
 
 
 # ---- protocol ------------------------------------------------------------------------------------
 
 def test_crc_is_ccitt_false():
     assert P.crc16(b"123456789") == 0x29B1  # the catalogue's check value
+    data, check = FRAMES_V2["crc_check"]
+    assert P.crc16(bytes.fromhex(data)) == P.CRC.compute(bytes.fromhex(data)) == int(check, 16)
     rng = random.Random(1)
     for n in (0, 1, 2, 7, 64, 300):  # the standard library's CRC-CCITT as an independent reference
         data = bytes(rng.randrange(256) for _ in range(n))
         assert P.crc16(data) == binascii.crc_hqx(data, 0xFFFF)
 
 
-def test_host_frames_are_unchanged():
-    """The wire format did not change: byte-identical frames to the hand-written CRC's."""
-    for ftype, payload, frame in FRAMES_V1["host_frames"]:
-        assert P.encode_frame(ftype, bytes.fromhex(payload)).hex() == frame
-        assert P.decode_frame(bytes.fromhex(frame)) == P.Frame(ftype, bytes.fromhex(payload))
+def test_host_frames_are_the_v2_format():
+    """Byte-identical to frames built independently of boards.protocol (SYNC, TYPE, SEQ, LEN, PAYLOAD,
+    CRC over TYPE..PAYLOAD by binascii), from the hand-written CRC code's v1 frames."""
+    assert P.PROTOCOL_VERSION == 2 and P.HEADER_BYTES == 5
+    for ftype, seq, payload, frame in FRAMES_V2["host_frames"]:
+        assert P.encode_frame(ftype, bytes.fromhex(payload), seq).hex() == frame
+        assert P.decode_frame(bytes.fromhex(frame)) == P.Frame(ftype, bytes.fromhex(payload), seq)
 
 
 def test_frame_roundtrip_and_zero_residue():
     rng = random.Random(2)
     for n in (0, 1, 5, 200):
         pl = bytes(rng.randrange(256) for _ in range(n))
-        fr = P.encode_frame(0x42, pl)
-        assert fr[0] == P.SYNC and fr[1] == 0x42 and struct.unpack("<H", fr[2:4])[0] == n
+        fr = P.encode_frame(0x42, pl, seq=n % 256)
+        assert fr[0] == P.SYNC and fr[1] == 0x42 and fr[2] == n % 256 and struct.unpack("<H", fr[3:5])[0] == n
         assert len(fr) == P.OVERHEAD + n
         assert P.crc16(fr[1:]) == P.CRC.residue() == 0  # the CRC of a whole frame body
-        assert P.decode_frame(fr) == P.Frame(0x42, pl)
+        assert P.decode_frame(fr) == P.Frame(0x42, pl, n % 256)
+    with pytest.raises(ValueError, match="sequence number"):
+        P.encode_frame(0x42, b"", seq=256)
+    assert [P.next_seq(s) for s in (0, 1, 254, 255)] == [1, 2, 255, 1]  # never SEQ_UNKNOWN
 
 
-@pytest.mark.parametrize("damage", ["short", "sync", "length", "crc", "payload"])
+@pytest.mark.parametrize("damage", ["short", "sync", "length", "crc", "payload", "seq"])
 def test_decode_rejects_damaged_frames(damage):
     fr = bytearray(P.encode_frame(P.STEP, b"\x01\x02\x03"))
     if damage == "short":
@@ -68,6 +75,8 @@ def test_decode_rejects_damaged_frames(damage):
         fr = fr[:-1]
     elif damage == "crc":
         fr[-1] ^= 0x10
+    elif damage == "seq":
+        fr[2] ^= 0x01  # the SEQ is covered by the CRC
     else:
         fr[5] ^= 0x01
     with pytest.raises(P.ProtocolError):
@@ -91,26 +100,26 @@ def test_info_and_status_blocks_roundtrip():
         P.DesignInfo.unpack(b"XXXX" + info.pack()[4:])
     with pytest.raises(P.ProtocolError, match="version"):
         P.DesignInfo.unpack(info.pack()[:4] + b"\x09" + info.pack()[5:])
-    st = P.Status(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1)
+    st = P.Status(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1)
     assert P.Status.unpack(st.pack()) == st and st.loaded
 
 
 # ---- gateware in Amaranth's simulator -------------------------------------------------------------
 
-def test_link_gateware_replies_are_unchanged():
-    """LinkTop on its UART pins: byte-identical replies to the hand-written CRC's (STEP, READ_OUT,
-    a NAK CRC for a bad CRC byte, RESET_STATE, a NAK ARG), so both directions' CRC and the frame
-    check are the same; the INFO reply is the host's encoding of the INFO block."""
+def test_link_gateware_replies_are_the_v2_frames():
+    """LinkTop on its UART pins: byte-identical replies to the v2 fixture (STEP, READ_OUT, a NAK CRC
+    for a bad CRC byte, RESET_STATE, a NAK ARG: the v1 gateware's payloads with their request's SEQ),
+    so both directions' CRC and the frame check hold; the INFO reply is the host's encoding of the
+    INFO block."""
     layer = QuantLayer.random(TINY, seed=0)
     top = LinkTop(layer, TINY_FOLD, clk_hz=1_000_000, divisor=4, timeout_cycles=256)
-    requests = [bytes.fromhex(r) for r, _ in FRAMES_V1["link_exchange"]]
-    bad_hi = bytearray(P.encode_frame(P.STEP, b"\x00"))
+    requests = [bytes.fromhex(r) for _v1, _seq, r, _a in FRAMES_V2["link_exchange"]]
+    bad_hi = bytearray(P.encode_frame(P.STEP, b"\x00", seq=0x77))
     bad_hi[-2] ^= 0x01  # the CRC's first byte
-    replies = exchange(top, [P.encode_frame(P.INFO), *requests, bytes(bad_hi)], divisor=4)
-    assert replies[0] == P.encode_frame(P.INFO | P.REPLY, top.info.pack())
-    assert [r.hex() for r in replies[1:-1]] == [a for _, a in FRAMES_V1["link_exchange"]]
-    nak_crc = P.encode_frame(P.NAK, bytes([P.NAK_CRC, P.STEP]))
-    assert replies[3] == replies[-1] == nak_crc
+    replies = exchange(top, [P.encode_frame(P.INFO, seq=1), *requests, bytes(bad_hi)], divisor=4)
+    assert replies[0] == P.encode_frame(P.INFO | P.REPLY, top.info.pack(), seq=1)
+    assert [r.hex() for r in replies[1:-1]] == [a for _v1, _seq, _r, a in FRAMES_V2["link_exchange"]]
+    assert replies[-1] == P.encode_frame(P.NAK, bytes([P.NAK_CRC, P.STEP]), seq=0x77)
 
 
 def test_baud_divisor():
@@ -189,7 +198,7 @@ def test_run_sequence_against_the_emulator(emulated):
 def test_nak_crc_is_resent_and_lost_step_reply_is_recovered(emulated):
     layer, board, link = emulated
     link.connect()
-    board.corrupt_next_request = 2  # a LEN byte of the next request: NAK HEADER, resent
+    board.corrupt_next_request = 3  # a LEN byte of the next request: NAK HEADER, resent
     assert link.status().header_errors == 1
     assert link.stats.resent == 1 and link.stats.naks == {"HEADER": 1}
     board.corrupt_next_reply = 6  # a corrupted reply: CRC error on the host, resent
@@ -202,9 +211,10 @@ def test_nak_crc_is_resent_and_lost_step_reply_is_recovered(emulated):
         if t == 2:
             board.drop_next_reply = True  # no reply at all: same recovery
         if t == 3:
-            board.corrupt_next_request = 4  # a payload byte of the STEP: NAK CRC, not executed, resent
+            board.corrupt_next_request = P.HEADER_BYTES  # a payload byte of the STEP: NAK CRC, not executed, resent
     res = run_sequence(link, layer, np.ones((5, TINY.input), np.int64), load=False, on_step=faults)
-    assert res.ok and board.steps == 5 and link.stats.steps_recovered == 2
+    # answered again, not executed again: the STATUS and the two STEPs whose replies were lost
+    assert res.ok and board.steps == 5 and link.stats.steps_recovered == 2 and board.duplicates == 3
     assert link.stats.naks == {"HEADER": 1, "CRC": 1}
     assert board.counters["crc_errors"] == 1
 

@@ -20,6 +20,8 @@ def _check(res):
     assert cor["mismatches"] == [] and cor["stats"]["steps_recovered"] == 1
     c = cor["status"]
     assert (c["crc_errors"], c["header_errors"], c["timeouts"], c["arg_errors"], c["uart_errors"]) == (4, 3, 5, 2, 1)
+    assert c["duplicates"] == 1  # the STEP resent after its corrupted reply was answered, not executed
+    assert seq["status"]["duplicates"] == 0
 
 
 def test_board_sim_icarus(tmp_path):

@@ -8,7 +8,8 @@ $HWRNN_BOARD_RESULT (one JSON object per test, merged).
 
 The host code runs in a ``cocotb.task.bridge`` thread; each transport call resumes the simulator
 (``cocotb.task.resume``) and returns when its bytes are on the line or its (simulated) timeout
-ran out, so every timeout is simulated time and every run is repeatable.
+ran out, so every timeout and deadline is simulated time (``SimTransport.clock``: the simulator
+does not advance while the host thread runs) and every run is repeatable.
 """
 import json
 import os
@@ -18,6 +19,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 
 from boards import protocol as P
 from boards.host import BoardLink, Transport, compare_step, run_sequence
@@ -58,6 +60,14 @@ class SimTransport(Transport):
         self.bytes_out = 0
         self.bytes_in = 0
         self.baud = 1e9 / (divisor * period_ns)
+        self._now = 0.0
+
+    def clock(self) -> float:
+        """Simulated seconds at the end of the last transport call (time stands still in between)."""
+        return self._now
+
+    def _tick_clock(self):
+        self._now = get_sim_time(unit="ns") * 1e-9
 
     def _bit_time(self, bits=1.0):
         return Timer(self.D * self.period_ns * bits, unit="ns")
@@ -101,8 +111,10 @@ class SimTransport(Transport):
             if not stop:
                 rx.value = 1
                 await self._bit_time()
+                self._tick_clock()
                 return
         rx.value = 1
+        self._tick_clock()
 
     async def _recv(self, n, timeout_ns):
         waited = 0.0
@@ -113,6 +125,7 @@ class SimTransport(Transport):
         out = bytearray()
         while self.rxq and len(out) < n:
             out.append(self.rxq.popleft())
+        self._tick_clock()
         return bytes(out)
 
     def write(self, data: bytes, bad_stop_at=()) -> None:
@@ -168,14 +181,15 @@ async def sequence(dut):
         return info, r1, r2, st, link.stats.to_dict()
 
     info, r1, r2, st, stats = await bridge(host)()
-    errors = [st.crc_errors, st.header_errors, st.timeouts, st.arg_errors, st.uart_errors, st.dropped]
+    errors = [st.crc_errors, st.header_errors, st.timeouts, st.arg_errors, st.uart_errors, st.dropped,
+              st.duplicates]
     _record("sequence", {"baked_steps": r1.steps, "runtime_steps": r2.steps, "load_frames": r2.load_frames,
                          "mismatches": r1.mismatches + r2.mismatches, "latency": info.latency,
                          "cycles": r1.cycles + r2.cycles, "status": st.__dict__, "stats": stats,
                          "bytes_out": tr.bytes_out, "bytes_in": tr.bytes_in})
     assert r1.ok and r2.ok, "; ".join((r1.mismatches + r2.mismatches)[:5])
     assert st.steps == r1.steps + r2.steps, f"STATUS.steps {st.steps}, host ran {r1.steps + r2.steps}"
-    assert errors == [0] * 6, f"error counters not zero: {st}"
+    assert errors == [0] * 7, f"error counters not zero: {st}"
     assert st.last_cycles == info.latency
     assert tr.line_errors == 0
 
@@ -183,9 +197,10 @@ async def sequence(dut):
 @cocotb.test()
 async def corrupted_frames(dut):
     """Broken requests (bad CRC in header/payload/CRC bytes, truncated frames, bad headers, a UART
-    framing error, bytes sent during a reply, a bad LOAD address) are NAKed or dropped and change
-    nothing; a corrupted reply and a corrupted request inside BoardLink.step are recovered; every
-    step still equals the integer model; the STATUS counters count exactly these faults."""
+    framing error, bytes sent during a reply, a bad LOAD address) are NAKed (with their SEQ) or
+    dropped and change nothing; a corrupted reply and a corrupted request inside BoardLink.step are
+    recovered (the resent STEP is answered, not executed again); every step still equals the
+    integer model; the STATUS counters count exactly these faults."""
     plan = _plan()
     tr = await _setup(dut, plan)
 
@@ -212,23 +227,25 @@ async def corrupted_frames(dut):
             mism.extend(compare_step(checked[0], out, state[0].h[0], state[0].c[0], info.latency))
             checked[0] += 1
 
-        def expect_nak(raw, code, ftype, what, bad_stop_at=()):
+        RAW = 0x5A  # SEQ of the frames sent raw
+
+        def expect_nak(raw, code, ftype, what, bad_stop_at=(), seq=RAW):
             if bad_stop_at:
                 tr.write(raw, bad_stop_at=bad_stop_at)
             else:
                 link.send_raw(raw)
             fr = link.read_frame(link.reply_deadline_s(len(raw), P.OVERHEAD + P.NAK_LEN))
-            got = (fr.type, bytes(fr.payload))
-            want = (P.NAK, bytes([code, ftype]))
+            got = (fr.type, fr.seq, bytes(fr.payload))
+            want = (P.NAK, seq, bytes([code, ftype]))
             assert got == want, f"{what}: reply {got}, expected NAK {want}"
             log(f"{what}: NAK {P.NAK_NAMES[code]} as expected")
 
         x0 = P.pack_bits(plan["xs"][0], info.abits, info.input)
-        step_frame = P.encode_frame(P.STEP, x0)
+        step_frame = P.encode_frame(P.STEP, x0, RAW)
         step()
         # a LOAD that would zero weight word 0 and the multiplier, with a broken CRC: nothing changes
         for sel in (P.LOAD_WEIGHT, P.LOAD_MULT):
-            bad = bytearray(P.encode_frame(P.LOAD, P.encode_load(info, sel, 0, 0)))
+            bad = bytearray(P.encode_frame(P.LOAD, P.encode_load(info, sel, 0, 0), RAW))
             bad[-1] ^= 0x01
             expect_nak(bad, P.NAK_CRC, P.LOAD, f"LOAD sel {sel} with a bad CRC")
         step()
@@ -241,16 +258,17 @@ async def corrupted_frames(dut):
         expect_nak(bad, P.NAK_HEADER, P.READ_OUT, "STEP whose TYPE became READ_OUT")
         step()
         # truncated frames: the device times out and NAKs
-        for cut in (1, 2, 4, len(step_frame) - 1):
-            expect_nak(step_frame[:cut], P.NAK_TIMEOUT, 0 if cut < 2 else P.STEP, f"STEP cut after {cut} bytes")
+        for cut in (1, 2, 4, len(step_frame) - 1):  # the NAK has the TYPE and SEQ received before the cut
+            expect_nak(step_frame[:cut], P.NAK_TIMEOUT, 0 if cut < 2 else P.STEP, f"STEP cut after {cut} bytes",
+                       seq=RAW if cut > 2 else P.SEQ_UNKNOWN)
         step()
         # bad headers: an unknown type, a STEP with one byte too many
-        expect_nak(P.encode_frame(0x33, b""), P.NAK_HEADER, 0x33, "unknown TYPE 0x33")
-        expect_nak(P.encode_frame(P.STEP, x0 + b"\x00"), P.NAK_HEADER, P.STEP, "STEP with LEN + 1")
+        expect_nak(P.encode_frame(0x33, b"", RAW), P.NAK_HEADER, 0x33, "unknown TYPE 0x33")
+        expect_nak(P.encode_frame(P.STEP, x0 + b"\x00", RAW), P.NAK_HEADER, P.STEP, "STEP with LEN + 1")
         # LOAD address beyond the weight memory
-        expect_nak(P.encode_frame(P.LOAD, P.encode_load(info, P.LOAD_WEIGHT, info.weight_depth, 0)),
+        expect_nak(P.encode_frame(P.LOAD, P.encode_load(info, P.LOAD_WEIGHT, info.weight_depth, 0), RAW),
                    P.NAK_ARG, P.LOAD, "LOAD beyond the weight memory")
-        expect_nak(P.encode_frame(P.LOAD, P.encode_load(info, 3, 0, 0)), P.NAK_ARG, P.LOAD, "LOAD with sel 3")
+        expect_nak(P.encode_frame(P.LOAD, P.encode_load(info, 3, 0, 0), RAW), P.NAK_ARG, P.LOAD, "LOAD with sel 3")
         step()
         # a UART framing error inside a frame: the byte is dropped, the frame times out
         expect_nak(step_frame, P.NAK_TIMEOUT, P.STEP, "STEP with a framing error in byte 4", bad_stop_at={4})
@@ -258,9 +276,10 @@ async def corrupted_frames(dut):
         link.send_raw(b"\x00\xff\x13")
         step()
         # bytes sent while the device replies are dropped (and counted)
-        info_frame = P.encode_frame(P.INFO)
+        # (SEQ 0, which the driver never uses: this STEP cannot equal the driver's last request)
+        info_frame = P.encode_frame(P.INFO, b"", P.SEQ_UNKNOWN)
         x = np.asarray(next(xs), dtype=np.int64)
-        link.send_raw(P.encode_frame(P.STEP, P.pack_bits(x, info.abits, info.input)) + info_frame)
+        link.send_raw(P.encode_frame(P.STEP, P.pack_bits(x, info.abits, info.input), P.SEQ_UNKNOWN) + info_frame)
         out = P.decode_out(info, link.read_frame(link.reply_deadline_s(20, info.out_len + 6)).payload)
         link.device_steps += 1
         state[0], _ = model.step(x[None, :], state[0])
@@ -268,8 +287,9 @@ async def corrupted_frames(dut):
         checked[0] += 1
         assert link.drain() == 0, "the INFO frame sent during the reply was answered"
         step()
-        # a corrupted STEP reply: BoardLink.step sees the CRC fail, finds the step happened, READ_OUT
-        tr.corrupt_read_at = 7
+        # a corrupted STEP reply: BoardLink.step sees the CRC fail and resends the same frame (same SEQ):
+        # the device answers it from the OUT block it holds without stepping again (one duplicate)
+        tr.corrupt_read_at = P.HEADER_BYTES + 2
         step()
         assert link.stats.steps_recovered == 1, link.stats
         # a corrupted STEP request: NAK CRC, BoardLink.step resends it
@@ -286,7 +306,7 @@ async def corrupted_frames(dut):
     st, stats, mism, steps, dropped = await bridge(host)()
     # CRC: two LOADs, a STEP payload bit, the request corrupted inside BoardLink.step
     want = {"crc_errors": 4, "header_errors": 3, "timeouts": 5, "arg_errors": 2, "uart_errors": 1,
-            "dropped": dropped, "steps": steps}
+            "dropped": dropped, "duplicates": 1, "steps": steps}
     got = {k: getattr(st, k) for k in want}
     _record("corrupted_frames", {"steps": steps, "mismatches": mism, "status": st.__dict__, "stats": stats,
                                  "expected_counters": want})
