@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import json
 import sys
 import time
 
@@ -208,6 +209,9 @@ def generate_main(argv) -> int:
 
         files = generate(layer, fold, args.name, source, steps=args.steps, weights=args.weights)
         write_output(files, args.out)
+        warn = json.loads(files["manifest.json"]).get("cell_saturation", {}).get("warning")
+        if warn and not source.startswith("random"):  # a trained layer's cell saturating on many values
+            print(f"rtl_gen: {warn}", file=sys.stderr)
     except (ConfigError, CheckpointError) as e:
         print(f"rtl_gen: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from amaranth.lib import wiring
 
 import hwrnn
 from hwrnn import formats as fm
+from hwrnn import saturation
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import Geometry, weight_image
@@ -86,6 +87,7 @@ def report_text(manifest: dict) -> str:
         f"hwrnn core '{manifest['name']}': W{c['wbits']}A{c['abits']} LSTM, hidden {c['hidden']}, input {c['input']}, "
         f"cell {c['cell']}, candidate {c['candidate']}",
         f"weights: {manifest['weights_source']}",
+        *([f"cell state: {manifest['cell_saturation']['note']}"] if "cell_saturation" in manifest else []),
         f"folding: PE {f['pe']} rows x SIMD {f['simd']} columns per cycle, bit planes {f['planes']}",
         f"weights: {'on-chip memory initialised from ' + mem['weights_file'] if manifest['weights'] == 'memory' else 'streamed through port w, ' + str(manifest['geometry']['weight_word_bits']) + ' bits per cycle (' + mem['weights_file'] + ' holds one step of words)'}",
         f"latency: {lat['cycles_per_step']} cycles per time step (MAC {lat['mac_cycles']} + pipeline "
@@ -100,6 +102,10 @@ def report_text(manifest: dict) -> str:
     if not fits and manifest["weights"] == "memory":
         lines.append("for devices whose block RAM is too small, generate with --weights stream")
     return "\n".join(lines) + "\n" + resources_text(manifest)
+
+
+#: time steps of the saturation calibration run (batch of hwrnn.saturation.CALIBRATION_BATCH)
+CALIBRATION_STEPS = 35
 
 
 def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: int = 35,
@@ -119,6 +125,11 @@ def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: in
     if weights == "memory":
         text = text + "\n" + WMEM_VERILOG
     manifest = build_manifest(core, name, source, steps)
+    # cell-state saturation over a seeded calibration input (hwrnn.saturation): a format note, and a
+    # warning on stderr (rtl_gen's CLI) when a trained layer saturates its cell on many values
+    sat = saturation.measure(layer, saturation.calibration_codes(layer.cfg, steps=CALIBRATION_STEPS))
+    manifest["cell_saturation"] = {**sat.to_dict(), "note": saturation.note(sat),
+                                   "warning": saturation.warning(sat)}
     files = {
         f"{name}.v": text,
         WEIGHTS_FILE: hex_image(weight_image(layer, fold), g.word_bits),

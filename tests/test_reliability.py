@@ -424,3 +424,33 @@ def test_a_datapath_too_wide_for_the_verilog_back_end_is_refused(tmp_path):
     r = tool("rtl_gen", "--wbits", 8, "--abits", 2, "--hidden", 64, "--pe", 64, "--simd", 128, "-o", tmp_path / "o")
     assert "--pe or --simd" in one_error_line(r, "rtl_gen: error: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_manifest_notes_cell_saturation_and_the_cli_warns_for_trained_layers(tmp_path):
+    """Issue 18: the manifest's notes state how often the cell state saturates over a calibration
+    run, and rtl_gen warns on stderr when a trained (non-random) layer saturates on many values."""
+    import json as _json
+    import subprocess
+    import sys as _sys
+
+    from hwrnn import LayerConfig, saturation
+    from hwrnn.checkpoint import QuantLayer
+
+    cfg = LayerConfig(wbits=2, abits=2, hidden=6, cell="fixed:1.5")  # c in [-2, 2)
+    rnd = QuantLayer.random(cfg, seed=1)
+    bias = rnd.bias.copy()
+    bias[:3 * cfg.hidden] = 6.0  # i, f, g near 1: c grows by about 1 a step and sits at the top
+    layer = QuantLayer(cfg, rnd.codes, rnd.scale, bias)
+    ck = tmp_path / "layer.npz"
+    layer.save(ck)
+    out = tmp_path / "out"
+    r = subprocess.run([_sys.executable, "-m", "rtl_gen", "--checkpoint", str(ck), "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    man = _json.loads((out / "manifest.json").read_text())
+    sat = man["cell_saturation"]
+    want = saturation.measure(layer, saturation.calibration_codes(cfg, steps=35))
+    assert sat["fraction"] == want.fraction and sat["note"] == saturation.note(want)
+    assert sat["note"] in (out / "report.txt").read_text()
+    assert want.fraction > saturation.WARN_FRACTION and "saturates on" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
