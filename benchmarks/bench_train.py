@@ -54,6 +54,16 @@ class TorchLSTMLM(nn.Module):
         return None if state is None else tuple(s.detach() for s in state)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (avx512_bf16 or AMX); without them torch
+    emulates bf16 GEMMs, which is slower than fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def make(name, vocab, hidden):
     torch.manual_seed(1111)
     if name.startswith("torch.nn.LSTM"):
@@ -94,6 +104,7 @@ def main():
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--accuracy-batches", type=int, default=400, help="0 skips the accuracy check")
+    p.add_argument("--force-bf16", action="store_true", help="measure the bf16 decoder even without native bf16")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data)
@@ -101,8 +112,11 @@ def main():
     corpus = load_ptb(data_dir)
     V, H = len(corpus.vocab), args.hidden
     train_b = batchify(corpus.train, 20)
+    bf16 = native_bf16() or args.force_bf16
     names = ["W4A2 quantized, fp32 decoder", "W4A2 quantized, bf16 decoder", "float (same cell), fp32 decoder",
              "float (same cell), bf16 decoder", "torch.nn.LSTM, fp32 decoder"]
+    if not bf16:
+        names = [n for n in names if "bf16" not in n]
     models = {n: make(n, V, H) for n in names}
     speeds = {n: [] for n in names}
     for t in range(args.turns):
@@ -114,15 +128,19 @@ def main():
                       f"--batches {args.batches} --turns {args.turns} --accuracy-batches {args.accuracy_batches}",
            "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H, "threads": args.threads,
-           "batch": "20 x 35 tokens", "throughput": {}}
+           "batch": "20 x 35 tokens", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "native_bf16": native_bf16(), "throughput": {}}
     for n in names:
         med = statistics.median(speeds[n])
         res["throughput"][n] = {"tokens_per_s": round(med, 1), "turns": [round(s, 1) for s in speeds[n]],
                                 "vs_torch_nn_lstm": round(med / ref, 3)}
-    target = res["throughput"]["W4A2 quantized, bf16 decoder"]["vs_torch_nn_lstm"]
-    res["target"] = {"quantized_vs_torch_nn_lstm": ">= 1.3", "measured_best": target}
+    best = max(v["vs_torch_nn_lstm"] for n, v in res["throughput"].items() if n.startswith("W4A2"))
+    res["target"] = {"quantized_vs_torch_nn_lstm": ">= 1.3", "measured_best": best}
+    if not bf16:
+        res["bf16"] = ("not measured: this CPU has no bf16 matrix instructions (avx512_bf16/AMX), so torch "
+                       "emulates bf16 GEMMs, slower than fp32; the decoder stays fp32 here (--force-bf16 measures it)")
 
-    if args.accuracy_batches:
+    if args.accuracy_batches and bf16:
         acc = {}
         for prec in ("fp32", "bf16"):
             out = tempfile.mkdtemp(prefix="bench-train-acc-", dir=ROOT)
