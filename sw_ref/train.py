@@ -27,9 +27,9 @@ Public API
              eval_every=0 (batches; > 0 also validates every eval_every batches inside an epoch,
              keeping best.pt and annealing lr on a stall there too, so a short fine-tuning run
              reacts within an epoch), decoder_precision='fp32'|'bf16' (the decoder Linear's GEMMs
-             in training: bf16 runs
-             them under CPU autocast, about 1.5x faster per batch on CPUs with bf16 matmul;
-             validation, test and the integer model stay fp32).
+             in training: bf16 runs them under CPU autocast, faster only on CPUs with bf16 matrix
+             instructions, avx512_bf16/AMX, slower where torch emulates bf16; validation, test and
+             the integer model stay fp32).
 
     Recipe (PyTorch word_language_model): TBPTT with the state carried across windows (detached)
     and reset at each epoch; loss = mean cross-entropy per token; after each epoch the valid
