@@ -19,7 +19,8 @@ File: ``torch.save`` of a dict with 'format' ('hwrnn-lm-resume-1'), 'config', 'v
 (fp16 state_dict), 'best_model' (fp16 state_dict or None), 'epoch' (completed epochs), 'batch'
 (batches done in the next epoch), 'hidden' (TBPTT state or None), 'epoch_loss', 'epoch_tokens',
 'epoch_seconds', 'lr', 'valid_ppl', 'best_valid_ppl', 'best_epoch', 'train_opts',
-'optimizer_name', 'rng_torch', 'metrics' (list).
+'optimizer_name', 'rng_torch', 'metrics' (list), 'experiment_state' (the run directory's
+experiment.json: training wall time and invocations of sw_ref.experiment, or None).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def pack(run_dir, dest) -> dict:
     if last.get("best_epoch") is not None and last.get("best_epoch") != last.get("epoch"):
         best = _read_checkpoint(best_path)
         best_model = _half(best["model"])
+    exp_path = run_dir / "experiment.json"  # sw_ref.experiment's training wall time and invocations
+    experiment_state = json.loads(exp_path.read_text()) if exp_path.is_file() else None
     metrics = []
     mpath = run_dir / "metrics.jsonl"
     if mpath.is_file():
@@ -62,7 +65,8 @@ def pack(run_dir, dest) -> dict:
              "lr": float(last["lr"]), "valid_ppl": last.get("valid_ppl"),
              "best_valid_ppl": last.get("best_valid_ppl"), "best_epoch": last.get("best_epoch"),
              "train_opts": dict(last.get("train_opts", {})), "optimizer_name": opt_name,
-             "rng_torch": last["rng_torch"], "metrics": metrics, "batch": int(last.get("batch", 0)),
+             "rng_torch": last["rng_torch"], "metrics": metrics, "experiment_state": experiment_state,
+             "batch": int(last.get("batch", 0)),
              "hidden": last.get("hidden"), "epoch_loss": float(last.get("epoch_loss", 0.0)),
              "epoch_tokens": int(last.get("epoch_tokens", 0)), "epoch_seconds": float(last.get("epoch_seconds", 0.0))}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,8 @@ def unpack(path, run_dir) -> dict:
         _atomic_save(lm_checkpoint(point, "best"), run_dir / "best.pt")
     metrics = point.get("metrics") or []
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if point.get("experiment_state") is not None:
+        (run_dir / "experiment.json").write_text(json.dumps(point["experiment_state"]))
     note = " (Adam moments restart)" if opt_name == "adam" else ""
     return {"run_dir": str(run_dir), "epoch": point["epoch"], "batch": int(point.get("batch", 0)), "lr": point["lr"],
             "best_valid_ppl": point["best_valid_ppl"], "note": "parameters restored from fp16" + note}

@@ -29,6 +29,7 @@ def _restore_threads():
 def test_pack_unpack_continues_the_run(corpus, tmp_path):
     run = tmp_path / "run"
     train(data=corpus, out=run, epochs=2, **QUICK)
+    (run / "experiment.json").write_text(json.dumps({"wall_s": 12.5, "invocations": 2}))
     point = tmp_path / "points" / "float_h16.pt"
     info = resume_point.pack(run, point)
     assert info["epoch"] == 2
@@ -54,6 +55,7 @@ def test_pack_unpack_continues_the_run(corpus, tmp_path):
     lines = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "epoch" in r and "event" not in r] == [1, 2, 3]
 
+    assert json.loads((again / "experiment.json").read_text()) == {"wall_s": 12.5, "invocations": 2}
     with pytest.raises(TrainError, match="exists"):
         resume_point.unpack(point, again)
 
