@@ -72,10 +72,7 @@ from .validation import CANDIDATES, INIT_STATES, ConfigError, int_in as _int_in,
 
 PLANE_MODES = ("parallel", "serial")
 
-#: the parsed cell-state format class (kept under its earlier name for importers)
-CellFormat = CellState
-
-__all__ = ["CANDIDATES", "INIT_STATES", "PLANE_MODES", "DEFAULT_CELL", "FORMAT_FIELDS", "CellFormat", "ConfigError",
+__all__ = ["CANDIDATES", "INIT_STATES", "PLANE_MODES", "DEFAULT_CELL", "FORMAT_FIELDS", "CellState", "ConfigError",
            "LayerConfig", "Folding", "default_formats"]
 
 #: the LayerConfig fields that are hardware number formats (derived by ``default_formats`` when not given)

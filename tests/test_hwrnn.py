@@ -7,7 +7,8 @@ import pytest
 
 from hwrnn import formats as fm
 from hwrnn.checkpoint import FORMAT_NAME, CheckpointError, QuantLayer, load_layer
-from hwrnn.config import CellFormat, ConfigError, Folding, LayerConfig
+from hwrnn.cell_state import CellState
+from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.quant import (activation_codes, check_bits, levels, odd_from_code, round_half_up, weight_codes,
                          weight_value)
 
@@ -76,7 +77,7 @@ def test_config_defaults_and_json_round_trip():
     assert cfg.input == 450 and cfg.gamma == 2.5 and cfg.cell == "fixed:3.10"
     assert LayerConfig(wbits=1, abits=2, hidden=4).gamma == 2.0
     assert LayerConfig.from_json(cfg.to_json()) == cfg
-    assert CellFormat.parse("fp16").width == 16 and str(CellFormat.parse("e5m2")) == "e5m2"
+    assert CellState.parse("fp16").width == 16 and str(CellState.parse("e5m2")) == "e5m2"
 
 
 @pytest.mark.parametrize("kw,msg", [
