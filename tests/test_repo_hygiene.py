@@ -151,3 +151,36 @@ def test_relative_command(argv, want, tmp_path, monkeypatch):
     cwd = os.getcwd()
     assert relative_command([a.format(cwd=cwd) for a in argv]) == want
     assert relative_command(want) == want  # a recorded (string) command that is relative stays as it is
+
+
+MODEL_PATHS = ("checkpoints", "hwrnn/data")  # committed resume points and shipped layers (issue 16: <= 80 MB ever)
+
+
+def _model_blobs() -> dict[str, int]:
+    """{blob id: size} of every version of every model file (.pt, .npz) ever committed under
+    MODEL_PATHS, over the whole history (git keeps replaced versions)."""
+    log = subprocess.run(["git", "log", "--all", "--format=", "--raw", "--no-abbrev", "--", *MODEL_PATHS], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    blobs = {}
+    for line in log.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[-1].endswith((".pt", ".npz")) and set(parts[3]) != {"0"}:
+            blobs[parts[3]] = None
+    for b in blobs:
+        blobs[b] = int(subprocess.run(["git", "cat-file", "-s", b], cwd=ROOT, capture_output=True, text=True,
+                                      check=True).stdout)
+    return blobs
+
+
+def test_committed_model_files_stay_within_their_budget():
+    """Resume points <= 25 MB each, the shipped layer <= 12 MB, and every version ever committed of
+    all of them <= 80 MB together; each committed resume point loads as one."""
+    from sw_ref import resume_point
+
+    total = sum(_model_blobs().values())
+    assert total <= 80 * 2 ** 20, f"model files ever committed: {total / 2 ** 20:.1f} MB > 80 MB"
+    for p in sorted((ROOT / "checkpoints").glob("*.pt")):
+        assert p.stat().st_size <= 25 * 2 ** 20, f"{p.name}: {p.stat().st_size / 2 ** 20:.1f} MB > 25 MB"
+        resume_point.read(p)
+    for p in sorted((ROOT / "hwrnn" / "data").glob("*.npz")):
+        assert p.stat().st_size <= 12 * 2 ** 20
