@@ -12,13 +12,11 @@ import math
 import numpy as np
 
 from hwrnn.checkpoint import QuantLayer
-from hwrnn.config import LayerConfig
+from hwrnn.config import FORMAT_FIELDS, LayerConfig  # format fields: not part of the trained model
 from hwrnn.quant import activation_codes, levels
 
 from hwrnn.integer_model import IntegerLSTM
 
-#: LayerConfig fields that are hardware number formats (not part of the trained model)
-FORMAT_FIELDS = ("z_frac", "lut_bits", "gate_frac", "mult_bits", "cell")
 
 
 class ExportError(ValueError):
