@@ -123,7 +123,7 @@ class LayerConfig:
       gate_frac G: gate outputs are unsigned (tanh: signed) fixed point value q / 2**G, |q| <= 2**G
       mult_bits significant bits of the integer multiplier that applies the weight scale
       cell      cell-state format (hwrnn.cell_state text form, e.g. fixed:3.10, fp16)
-      cell_type gate set (hwrnn.gates: lstm)
+      cell_type gate set (hwrnn.gates: lstm, gru, gru_ott, rnn)
       weight_code weight coding (hwrnn.weight_code: balanced)
     """
 
@@ -197,7 +197,8 @@ class LayerConfig:
 
     @property
     def rows(self) -> int:
-        """Rows of the weight matrix: one block of hidden rows per gate (LSTM: i, f, g, o)."""
+        """Rows of the weight matrix: one block of hidden rows per gate (LSTM: i, f, g, o; GRU: u, r, g;
+        RNN: g)."""
         return self.gate_set.n_gates * self.hidden
 
     def to_dict(self) -> dict:
@@ -229,9 +230,10 @@ class LayerConfig:
 class Folding:
     """How the hardware schedules one time step.
 
-    pe:     weight-matrix rows computed in parallel; a multiple of the layer's gate count (LSTM: 4),
-            because the gate rows of a unit are computed together (pe // gates units per row fold;
-            checked against the layer by ``check_against``).
+    pe:     weight-matrix rows computed in parallel; a multiple of the layer's lane multiple (the
+            gate count of each phase: LSTM 4, GRU 2, RNN 1), because the gate rows of a unit are
+            computed together (pe // gates units per row fold of a phase; checked against the layer
+            by ``check_against``).
     simd:   columns of [x_t ; h_{t-1}] consumed per cycle.
     planes: "parallel" (all weight bit planes per cycle) or "serial" (one plane per cycle).
     """
@@ -249,10 +251,10 @@ class Folding:
     def check_against(self, cfg: LayerConfig) -> None:
         """ConfigError unless this folding schedules cfg: pe a multiple of the gate count, pe and
         simd within the matrix."""
-        n = cfg.gate_set.n_gates
+        n = cfg.gate_set.lane_multiple
         if self.pe % n:
-            raise ConfigError(f"pe must be a multiple of {n} (the {n} gates of a {cfg.cell_type} unit share a row fold), "
-                              f"got {self.pe}")
+            raise ConfigError(f"pe must be a multiple of {n} (the gates of a {cfg.cell_type} unit in one phase share a "
+                              f"row fold), got {self.pe}")
         if self.pe > cfg.rows:
             raise ConfigError(f"pe={self.pe} exceeds the {cfg.rows} rows of a hidden={cfg.hidden} layer")
         if self.simd > cfg.columns:
@@ -264,8 +266,8 @@ class Folding:
     @classmethod
     def default_for(cls, cfg: LayerConfig) -> "Folding":
         """Defaults: about 1/64 of the rows and 1/32 of the columns per cycle, clipped to the layer."""
-        n = cfg.gate_set.n_gates
-        pe = max(n, min(cfg.rows, n * max(1, round(cfg.hidden / 64))))
+        n = cfg.gate_set.lane_multiple
+        pe = max(n, min(cfg.rows - cfg.rows % n, n * max(1, round(cfg.rows / n / 64))))
         pe = min(pe, 64 - 64 % n)
         simd = max(1, min(cfg.columns, 32))
         return cls(pe=pe, simd=simd, planes="parallel")

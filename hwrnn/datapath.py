@@ -1,19 +1,26 @@
 """Geometry of the folded datapath, memory image contents, reference functions of the MAC blocks
 and the exact latency formula. Shared by rtl_gen (which builds it) and sim/tests (which check it).
 
-Schedule of one time step (Folding: PE rows, SIMD columns per cycle, planes parallel/serial):
+Schedule of one time step (Folding: PE rows, SIMD columns per cycle, planes parallel/serial), phase
+after phase of the layer's gate set (hwrnn.gates: one phase for the LSTM and the RNN, two for the GRU):
 
-* rows are taken unit-major: row fold rf holds units u = rf*U .. rf*U + U - 1 (U = PE/n, n the gate
-  set's gate count, 4 for the LSTM) and lane l = n*k + gate (gate order of hwrnn.gates, LSTM i, f,
-  g, o) computes matrix row gate*H + (rf*U + k);
-* columns are [x_t ; h_{t-1}] zero-padded to Cf*SIMD; column fold cf takes columns cf*SIMD.. ;
-* one weight-memory word per cycle; address = (rf*Cf + cf)*P + p, P = wbits (serial) or 1;
+* a phase's rows are taken unit-major: its row fold rf holds units u = rf*U .. rf*U + U - 1 (U = PE/n,
+  n the phase's gate count, 4 for the LSTM) and lane l = n*k + j computes the row of the phase's gate
+  j of unit rf*U + k (gate order of hwrnn.gates, LSTM i, f, g, o);
+* row folds are numbered across phases (``row_folds`` in all, the phase's first at
+  ``phase_fold_offset``): the bias memory holds one word per row fold;
+* columns are [x_t ; v] zero-padded to Cf*SIMD (v = h_{t-1} or the vector the phase reads);
+  column fold cf takes columns cf*SIMD.. ;
+* one weight-memory word per cycle; address = (rf*Cf + cf)*P + p (rf numbered across phases),
+  P = wbits (serial) or 1;
 * word bit (l*PW + p)*SIMD + s holds bit p of the code of lane l, column s (PW = wbits in
   parallel mode, 1 in serial mode where the plane is part of the address);
 * padded rows and columns hold code 0; padded columns meet activation 0, so they add nothing.
 
 Latency (cycles from the cycle x_t is accepted to the cycle h_t is valid) is
-``Rf*Cf*P + pipeline_depth(cfg, fold)`` (stages in ``pipeline_stages``); the core accepts the next x_t one cycle after h_t is taken.
+``sum over phases (Rf_p*Cf*P + pipeline_depth(cfg, fold, p)) - (phases - 1)``: a later phase issues
+its first word the cycle after the last word of the earlier phase's result is written (stages in
+``pipeline_stages``); the core accepts the next x_t one cycle after h_t is taken.
 """
 from __future__ import annotations
 
@@ -61,9 +68,10 @@ def dot_levels(cfg: LayerConfig, fold: Folding) -> int:
     return tree_levels(fold.simd) + tree_levels(pw * cfg.abits)
 
 
-def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
-    """Registers from the cycle a weight word is issued to the cycle h_t is valid, stage by stage
-    (in order). rtl_gen.core builds exactly these; the cocotb regression measures their sum."""
+def pipeline_stages(cfg: LayerConfig, fold: Folding, phase: int = 0) -> dict:
+    """Registers from the cycle a weight word of the phase is issued to the cycle its result (h_t
+    for the last phase) is written, stage by stage (in order). rtl_gen.core builds exactly these;
+    the cocotb regression measures their sum."""
     return {
         "weight_read": 1,            # memory read (or the streamed word captured)
         "weight_register": 1,        # the word registered next to its activation slice
@@ -73,14 +81,15 @@ def pipeline_stages(cfg: LayerConfig, fold: Folding) -> dict:
         "scale_bias": SCALE_BIAS_STAGES,
         "gate_lut_read": 1,
         "gate_register": 1,
-        **cfg.gate_set.stages(cfg),  # the gate set's unit: gate values -> h_t (LSTM: cell, sigmoid(c), h)
-        "h_write": 1,                # h_t written; output valid
+        **cfg.gate_set.stages(cfg, phase),  # the phase's unit: gate values -> result (LSTM: cell, sigmoid(c), h)
+        "h_write": 1,                # the result (h_t) written; output valid
     }
 
 
-def pipeline_depth(cfg: LayerConfig, fold: Folding) -> int:
-    """Cycles from the last weight word issued to h_t valid (the latency formula's tail)."""
-    return sum(pipeline_stages(cfg, fold).values())
+def pipeline_depth(cfg: LayerConfig, fold: Folding, phase: int = 0) -> int:
+    """Cycles from the phase's last weight word issued to its result written (the latency formula's
+    tail of the phase)."""
+    return sum(pipeline_stages(cfg, fold, phase).values())
 
 
 @dataclass(frozen=True)
@@ -90,16 +99,46 @@ class Geometry:
 
     @property
     def gates(self) -> int:
-        """Rows per unit: the gate set's gate count."""
+        """Rows per unit: the gate set's gate count (all phases)."""
         return self.cfg.gate_set.n_gates
 
     @property
+    def phases(self) -> int:
+        return len(self.cfg.gate_set.phases)
+
+    def phase_units(self, phase: int) -> int:
+        """Units per row fold of a phase: PE // the phase's gate count."""
+        return self.fold.pe // len(self.cfg.gate_set.phases[phase].gates)
+
+    def phase_row_folds(self, phase: int) -> int:
+        return math.ceil(self.cfg.hidden / self.phase_units(phase))
+
+    def phase_fold_offset(self, phase: int) -> int:
+        """Number (across phases) of the phase's first row fold."""
+        return sum(self.phase_row_folds(p) for p in range(phase))
+
+    def phase_depth(self, phase: int) -> int:
+        """Weight words (MAC cycles) of a phase."""
+        return self.phase_row_folds(phase) * self.col_folds * self.plane_steps
+
+    def phase_of(self, rf: int) -> tuple[int, int]:
+        """(phase, row fold within the phase) of row fold rf (numbered across phases)."""
+        for p in range(self.phases):
+            n = self.phase_row_folds(p)
+            if rf < n:
+                return p, rf
+            rf -= n
+        raise IndexError("row fold beyond the last phase")
+
+    @property
     def units_per_fold(self) -> int:
-        return self.fold.pe // self.gates
+        """Units per row fold of the first phase (``phase_units`` for each)."""
+        return self.phase_units(0)
 
     @property
     def row_folds(self) -> int:
-        return math.ceil(self.cfg.hidden / self.units_per_fold)
+        """Row folds of all phases (bias memory words)."""
+        return sum(self.phase_row_folds(p) for p in range(self.phases))
 
     @property
     def col_folds(self) -> int:
@@ -132,18 +171,24 @@ class Geometry:
 
     @property
     def padded_units(self) -> int:
-        return self.row_folds * self.units_per_fold
+        """Units of the per-unit vectors (h, stores): the most any phase's row folds hold."""
+        return max(self.phase_row_folds(p) * self.phase_units(p) for p in range(self.phases))
 
     @property
     def mac_cycles(self) -> int:
         return self.depth
 
     def lane_row(self, rf: int, lane: int) -> int | None:
-        """Matrix row of lane `lane` in row fold rf, or None for a padding lane."""
-        unit = rf * self.units_per_fold + lane // self.gates
+        """Matrix row of lane `lane` in row fold rf (numbered across phases), or None for a padding
+        lane."""
+        phase, rf = self.phase_of(rf)
+        gs = self.cfg.gate_set
+        names = gs.phases[phase].gates
+        n = len(names)
+        unit = rf * (self.fold.pe // n) + lane // n
         if unit >= self.cfg.hidden:
             return None
-        return (lane % self.gates) * self.cfg.hidden + unit
+        return gs.gates.index(names[lane % n]) * self.cfg.hidden + unit
 
 
 def weight_image(layer: QuantLayer, fold: Folding) -> list[int]:
@@ -186,8 +231,9 @@ def bias_width(layer: QuantLayer) -> int:
 
 
 def latency(cfg: LayerConfig, fold: Folding) -> int:
-    """Exact cycles from accepting x_t to h_t valid."""
-    return Geometry(cfg, fold).mac_cycles + pipeline_depth(cfg, fold)
+    """Exact cycles from accepting x_t to h_t valid (module docstring)."""
+    g = Geometry(cfg, fold)
+    return sum(g.phase_depth(p) + pipeline_depth(cfg, fold, p) for p in range(g.phases)) - (g.phases - 1)
 
 
 def step_period(cfg: LayerConfig, fold: Folding) -> int:
@@ -201,8 +247,10 @@ def sequence_cycles(cfg: LayerConfig, fold: Folding, steps: int) -> int:
 
 
 def mac_bound(cfg: LayerConfig, fold: Folding) -> int:
-    """ceil(4H/PE) * ceil((H+X)/SIMD), the SPEC's MAC bound (plane-parallel)."""
-    return math.ceil(cfg.rows / fold.pe) * math.ceil(cfg.columns / fold.simd)
+    """ceil(4H/PE) * ceil((H+X)/SIMD), the SPEC's MAC bound (plane-parallel), summed over the phases
+    (ceil(n_p H/PE) each)."""
+    return sum(math.ceil(len(ph.gates) * cfg.hidden / fold.pe) for ph in cfg.gate_set.phases) * math.ceil(
+        cfg.columns / fold.simd)
 
 
 # ---- reference functions of the MAC blocks ----------------------------------------------------
@@ -220,7 +268,7 @@ def bitplane_dot(n, a, wbits: int, abits: int) -> int:
 
 
 def memory_bits(cfg: LayerConfig) -> int:
-    """Bits of weight storage without padding: 4H * (X+H) * wbits."""
+    """Bits of weight storage without padding: rows (4H for the LSTM) * (X+H) * wbits."""
     return cfg.rows * cfg.columns * cfg.wbits
 
 

@@ -7,8 +7,9 @@ the hwrnn reference of one hardware block:
                                                   exact: float64 BLAS on integers below 2**53)
     zq   = rshift_round(acc * M + B, R)          scale-and-bias unit (hwrnn.formats)
     gate = table[clamp(zq) + offset]              the gate set's tables (hwrnn.gates)
-    h', c' = gate set's update                    LSTM: cell-state unit (hwrnn.cell_state), then
-                                                  h' = rshift_round(Ka * o * sigmoid(c'), 2G)
+    h', c' = gate set's step                      phase by phase (hwrnn.gates: LSTM cell-state unit,
+                                                  then h' = rshift_round(Ka * o * sigmoid(c'), 2G);
+                                                  GRU reset product, second pass, update; RNN)
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ import numpy as np
 
 from . import formats as fm
 from .checkpoint import QuantLayer
+from .gates import StepDatapath
 from .quant import levels
 
-TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")  # of the LSTM (the gate set's gates and taps)
+TAPS = ("acc", "z", "i", "f", "g", "o", "c", "sc", "h")  # of the LSTM (each gate set's step names its own)
 
 
 @dataclass
 class IntState:
     """h: activation codes [B, H] int64; c: cell state [B, H] int64 (fixed-point integers, or the bit
-    patterns of a floating-point cell format)."""
+    patterns of a floating-point cell format; zeros for cell types without a cell state)."""
 
     h: np.ndarray
     c: np.ndarray
@@ -49,14 +51,16 @@ class IntegerLSTM:
         self._mT = m.T.astype(np.float64)  # [N, rows]
         self.M, self.R, self.B = layer.mult, layer.shift, layer.bias_int
         # acc * M + B + 2**(R-1) (formats.preactivation) in int64: never wrap silently
-        top = bound * int(self.M) + int(np.abs(self.B).max(initial=0)) + (1 << (self.R - 1))
+        top = (bound * int(self.M) + int(np.abs(self.B).max(initial=0)) + (1 << (self.R - 1))) << cfg.gate_set.preactivation_headroom(cfg)
         if top >= 2 ** 63:
             raise ValueError(f"acc * M + B reaches {top.bit_length()} bits: beyond the int64 integer model")
         self.gate_set = cfg.gate_set
         self.tables = self.gate_set.tables(cfg)
+        self._dp = StepDatapath(cfg, self._mT, int(self.M), np.asarray(self.B, np.int64), self.R, self.tables)
 
     def initial_state(self, batch: int = 1) -> IntState:
         h0, c0 = fm.initial_state(self.cfg)
+        c0 = c0 if self.gate_set.has_cell_state else 0
         H = self.cfg.hidden
         return IntState(np.full((batch, H), h0, np.int64), np.full((batch, H), c0, np.int64))
 
@@ -73,19 +77,10 @@ class IntegerLSTM:
 
     def step(self, x, state: IntState, trace: bool = False):
         """One time step. x: [B, X] codes. Returns (new_state, taps dict or None)."""
-        cfg = self.cfg
-        H = cfg.hidden
         x = self._check_x(x)
-        act = np.concatenate([x, state.h], axis=1).astype(np.float64)
-        acc = np.rint(act @ self._mT).astype(np.int64)  # exact: integers below 2**53
-        z = fm.preactivation(acc, self.M, self.B, self.R)
-        addr = fm.lut_address(cfg, z)
-        gates = {name: self.tables[name][addr[:, k * H:(k + 1) * H]] for k, name in enumerate(self.gate_set.gates)}
-        h, c, extra = self.gate_set.update(cfg, self.tables, gates, state.h, state.c)
+        h, c, taps = self.gate_set.step(self.cfg, self._dp, x, state.h, state.c)
         new = IntState(h, c)
-        if not trace:
-            return new, None
-        return new, {"acc": acc, "z": z, **gates, "c": c, **extra, "h": h}
+        return new, (taps if trace else None)
 
     def run(self, xs, state: IntState | None = None, trace: bool = True):
         """xs: [T, X] (one sequence) codes. Returns (final state, list of per-step tap dicts for
@@ -104,7 +99,7 @@ class IntegerLSTM:
 
 def reference_sequence(layer: QuantLayer, xs, h0=None, c0=None):
     """Convenience for simulators: run one sequence from the reset state (or given h0/c0 vectors)
-    and return a list of (h, c) int64 vectors per step."""
+    and return a list of (h, c) int64 vectors per step (c zeros for cell types without one)."""
     model = IntegerLSTM(layer)
     st = model.initial_state(1)
     if h0 is not None:
@@ -112,4 +107,4 @@ def reference_sequence(layer: QuantLayer, xs, h0=None, c0=None):
     if c0 is not None:
         st.c[0] = np.asarray(c0, np.int64)
     _, taps = model.run(xs, st)
-    return [(t["h"], t["c"]) for t in taps]
+    return [(t["h"], t.get("c", np.zeros_like(t["h"]))) for t in taps]

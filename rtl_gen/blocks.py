@@ -366,11 +366,16 @@ class LookupTable(wiring.Component):
         contents = [int(v) for v in contents]
         if len(contents) != 1 << addr_bits:
             raise ConfigError(f"LUT has {len(contents)} entries, expected {1 << addr_bits}")
-        lo, hi = min(contents), max(contents)
-        self.shape = signed(fm.signed_width(lo, hi)) if lo < 0 else unsigned(fm.unsigned_width(hi))
+        self.shape = self.shape_of(contents)
         self.contents = contents
         self.addr_bits = addr_bits
         super().__init__({"addr": In(addr_bits), "data": Out(self.shape)})
+
+    @staticmethod
+    def shape_of(contents):
+        """The data shape of a table: signed when it has negative entries."""
+        lo, hi = min(int(v) for v in contents), max(int(v) for v in contents)
+        return signed(fm.signed_width(lo, hi)) if lo < 0 else unsigned(fm.unsigned_width(hi))
 
     @classmethod
     def built(cls, width: int, addr_bits: int, name: str = "rom") -> Built:

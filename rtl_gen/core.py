@@ -1,16 +1,20 @@
-"""The k-bit LSTM core: folded popcount MAC array, scale-and-bias, LUTs, cell-state unit and h
-requantizer, sequenced by a small controller (schedule and latency in hwrnn.datapath).
+"""The k-bit recurrent core: folded popcount MAC array, scale-and-bias, LUTs and the gate set's
+units (LSTM: cell-state unit and h requantizer; GRU: reset product, then the update; RNN: the h
+requantizer), sequenced phase by phase by a small controller (schedule and latency in
+hwrnn.datapath; phases in hwrnn.gates).
 
 Ports (Amaranth streams, valid/ready):
   x       In  stream, payload X*abits bits: code of x_t[j] at bits j*abits.. (LSB first)
   out     Out stream, payload {h: H*abits, c: H*cell_width}: h_t and c_t of the step, unit j at
-          bits j*width of its field; h is the low part of the flat payload
+          bits j*width of its field; h is the low part of the flat payload (cell types without a
+          cell state: {h} only)
   load    In  stream, payload {data, addr, sel}: run-time loading while idle; sel 0 = weight word
-          at addr, 1 = bias word of row fold addr (PE lanes of bias_width bits), 2 = multiplier M
+          at addr, 1 = bias word of row fold addr (numbered across phases; PE lanes of bias_width
+          bits), 2 = multiplier M
   w       In  stream (weights="stream" only), payload one weight-memory word: the words of
           hwrnn.datapath.weight_image in address order, depth words per time step; the MAC
           array advances only on accepted words, so each cycle without a word adds one cycle
-  reset_state In: while idle, sets h and c to the reset state (h0, c0) instead of accepting x
+  reset_state In: while idle, sets h and the stores (c) to the reset state (h0, c0) instead of accepting x
   busy    Out: a step is in flight
   last_cycles Out(32): cycles from accepting x_t to h_t valid of the last step
 
@@ -37,7 +41,7 @@ from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 from .blocks import LookupTable, ScaleBias, delay_line
 from .memory import WeightMemory
 from .multiplier import check_dsp
-from .units import gate_set_unit, mac_unit
+from .units import gate_set_unit, gate_set_unit_class, mac_unit
 
 LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2
 WEIGHT_MODES = ("memory", "stream")
@@ -52,10 +56,31 @@ def port_widths(layer: QuantLayer, fold: Folding) -> dict:
     return {"bias": bias_w, "mult": mult_w, "load_data": max(g.word_bits, fold.pe * bias_w, mult_w)}
 
 
+def lane_tables(cfg, fold: Folding) -> list[tuple[list[int], int]]:
+    """Per PE lane, the contents and address bits of its gate table: the table of its gate in every
+    phase (lane n*k + j reads the table of the phase's gate j), one table when they agree, else all
+    of them with the phase in the top address bits (unused phase codes 0)."""
+    gate_set = cfg.gate_set
+    tables = gate_set.tables(cfg)
+    phases = gate_set.phases
+    phase_bits = (len(phases) - 1).bit_length()
+    out = []
+    for lane in range(fold.pe):
+        per = [tables[ph.gates[lane % len(ph.gates)]] for ph in phases]
+        if all((t == per[0]).all() for t in per):
+            out.append(([int(v) for v in per[0]], cfg.lut_bits))
+        else:
+            pad = ((1 << phase_bits) - len(per)) << cfg.lut_bits
+            out.append(([int(v) for t in per for v in t] + [0] * pad, cfg.lut_bits + phase_bits))
+    return out
+
+
 class LstmCore(wiring.Component):
     def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory",
                  dsp: str | None = None):
         fold.check_against(layer.cfg)
+        for p in range(len(layer.cfg.gate_set.phases)):
+            gate_set_unit_class(layer.cfg, p)  # ConfigError now for a cell type without RTL units
         self.dsp = check_dsp(dsp)
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
@@ -64,13 +89,15 @@ class LstmCore(wiring.Component):
         self.geom = g = Geometry(layer.cfg, fold)
         self.image_file = image_file
         cfg = self.cfg
-        self.cell_width = cfg.cell_format.width
+        self.stores = cfg.gate_set.stores(cfg)
+        self.cell_width = self.stores["c"].width if "c" in self.stores else 0
         widths = port_widths(layer, fold)
         self.bias_w, self.mult_w = widths["bias"], widths["mult"]
         self.addr_w = max(1, (g.depth - 1).bit_length())
         self.load_data_w = widths["load_data"]
         self.load_addr_w = max(self.addr_w, max(1, (g.row_folds - 1).bit_length()))
-        self.out_layout = data.StructLayout({"h": cfg.hidden * cfg.abits, "c": cfg.hidden * self.cell_width})
+        self.out_layout = data.StructLayout({"h": cfg.hidden * cfg.abits,
+                                             **{n: cfg.hidden * self.stores[n].width for n in cfg.gate_set.state_stores}})
         self.load_layout = data.StructLayout({"data": self.load_data_w, "addr": self.load_addr_w, "sel": 2})
         ports = {}
         if weights == "stream":
@@ -89,11 +116,16 @@ class LstmCore(wiring.Component):
         m = Module()
         cfg, fold, g, layer = self.cfg, self.fold, self.geom, self.layer
         PE, S, A = fold.pe, fold.simd, cfg.abits
-        U = g.units_per_fold
-        Rf, Cf, P = g.row_folds, g.col_folds, g.plane_steps
+        Cf, P = g.col_folds, g.plane_steps
         H, X = cfg.hidden, cfg.input
-        cw = self.cell_width
-        h0, c0 = fm.initial_state(cfg)
+        gate_set = cfg.gate_set
+        phases = gate_set.phases
+        NP = len(phases)
+        Rfs = [g.phase_row_folds(q) for q in range(NP)]   # row folds of each phase
+        Us = [g.phase_units(q) for q in range(NP)]        # units per row fold of each phase
+        Rf = g.row_folds                                  # across phases (bias words)
+        NU = g.padded_units
+        h0, _c0 = fm.initial_state(cfg)
 
         # ---- storage -------------------------------------------------------------------------
         streamed = self.weights == "stream"
@@ -115,18 +147,31 @@ class LstmCore(wiring.Component):
         act = Signal(g.padded_columns * A, init=h_init << (X * A))
         act_x = act[0:X * A]
         act_h = act[X * A:(X + H) * A]
-        h_next = Signal(g.padded_units * A)
-        c_all = Signal(g.padded_units * cw, init=sum((c0 & ((1 << cw) - 1)) << (cw * j) for j in range(g.padded_units)))
-        m.d.comb += [self.out.payload.h.eq(h_next[:H * A]), self.out.payload.c.eq(c_all[:H * cw])]
+        h_next = Signal(NU * A)
+        # the vectors phases write ("h": h_next) and read in their h columns ("h": h_{t-1})
+        results = {"h": h_next}
+        for ph in phases:
+            if ph.result != "h" and ph.result not in results:
+                results[ph.result] = Signal(NU * A, name=ph.result)
+        # per-unit stores (hwrnn.gates: the LSTM's c, the GRU's u)
+        stores = {}
+        for name, st in self.stores.items():
+            w = st.width
+            stores[name] = Signal(NU * w, init=sum((st.init & ((1 << w) - 1)) << (w * j) for j in range(NU)),
+                                  name="c_all" if name == "c" else f"{name}_all")
+        m.d.comb += self.out.payload.h.eq(h_next[:H * A])
+        for name in gate_set.state_stores:
+            m.d.comb += getattr(self.out.payload, name).eq(stores[name][:H * self.stores[name].width])
 
         # ---- controller ----------------------------------------------------------------------
-        rf = Signal(range(max(Rf, 2)))
+        rf = Signal(range(max(max(Rfs), 2)))
         cf = Signal(range(max(Cf, 2)))
         p = Signal(range(max(P, 2)))
+        phase = Signal(range(NP)) if NP > 1 else Const(0, 1)
         addr = Signal(self.addr_w)
         issue = Signal()
         cycles = Signal(32)
-        done = Signal()  # the tail writes the last row fold's h this cycle
+        done = Signal()  # the tail writes the last row fold of the current phase this cycle
         m.d.comb += self.busy.eq(0)
         # `alive` rises one cycle after reset; gating the ready outputs with it also gives event-driven
         # simulators (Icarus) a change to evaluate them on, instead of leaving them X at time 0.
@@ -153,6 +198,15 @@ class LstmCore(wiring.Component):
             m.d.sync += [w_we.eq(self.load.valid & idle & (pl.sel == LOAD_WEIGHT)), w_waddr.eq(pl.addr),
                          w_wdata.eq(pl.data)]
             m.d.comb += [wmem.we.eq(w_we), wmem.waddr.eq(w_waddr), wmem.wdata.eq(w_wdata)]
+
+        def per_phase(values, sel):
+            """values[phase] as a value selected by ``sel`` (a constant with one phase)."""
+            out = values[-1]
+            for q in range(len(values) - 2, -1, -1):
+                out = Mux(sel == q, values[q], out)
+            return out
+
+        last_rf = per_phase([Const(n - 1, len(rf)) for n in Rfs], phase)
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 m.d.sync += idle.eq(1)
@@ -160,10 +214,13 @@ class LstmCore(wiring.Component):
                 with m.If(self.load.valid & idle):
                     pass  # loading (above); x and reset_state wait
                 with m.Elif(self.reset_state & idle):
-                    m.d.sync += [act_h.eq(h_init), c_all.eq(c_all.init)]
+                    m.d.sync += act_h.eq(h_init)
+                    m.d.sync += [v.eq(v.init) for v in stores.values()]
                 with m.Elif(self.x.valid & idle):
                     m.d.sync += [act_x.eq(self.x.payload), rf.eq(0), cf.eq(0), p.eq(0), addr.eq(0), cycles.eq(1),
                                  idle.eq(0)]
+                    if NP > 1:
+                        m.d.sync += phase.eq(0)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -182,13 +239,22 @@ class LstmCore(wiring.Component):
                         m.d.sync += cf.eq(Mux(last_cf, 0, cf + 1))
                         with m.If(last_cf):
                             m.d.sync += rf.eq(rf + 1)
-                            with m.If(rf == Rf - 1):
+                            with m.If(rf == last_rf):
                                 m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(done):
-                    m.next = "OUT"
+                    if NP > 1:
+                        # the next phase issues its first word from the next cycle (its source vector is
+                        # written at the end of this one)
+                        with m.If(phase == NP - 1):
+                            m.next = "OUT"
+                        with m.Else():
+                            m.d.sync += [phase.eq(phase + 1), rf.eq(0)]
+                            m.next = "RUN"
+                    else:
+                        m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [self.out.valid.eq(1), self.busy.eq(1)]
                 with m.If(self.out.ready):
@@ -196,13 +262,14 @@ class LstmCore(wiring.Component):
                     m.next = "IDLE"
 
         # ---- the pipeline (stages and their cycles: hwrnn.datapath.pipeline_stages) ------------
-        # control travels with the data: valid, first/last column fold of a row, row fold, plane
+        # control travels with the data: valid, first/last column fold of a row, row fold, plane, phase
         if not streamed:
             m.d.comb += wmem.raddr.eq(addr)
         c_valid = Signal()
         c_first, c_last = Signal(), Signal()
         m.d.comb += [c_valid.eq(issue), c_first.eq((cf == 0) & (p == 0)), c_last.eq((cf == Cf - 1) & (p == P - 1))]
         ctl = Cat(c_valid, c_first, c_last, rf, p)
+        rf_ph = Cat(rf, phase) if NP > 1 else rf   # row fold and phase, travelling together
 
         def delayed(value, n, name):
             return delay_line(m, value, n, name)
@@ -210,29 +277,51 @@ class LstmCore(wiring.Component):
         def unpack(bits):
             return bits[0], bits[1], bits[2], bits[3:3 + len(rf)], bits[3 + len(rf):]
 
+        def split(v):
+            """(row fold, phase) of a delayed rf_ph."""
+            return (v[:len(rf)], v[len(rf):]) if NP > 1 else (v, Const(0, 1))
+
         # weight read (1) and weight register (1); the activation slice travels alongside
         w_reg = Signal(g.word_bits)
         m.d.sync += w_reg.eq(w_word)
         act_slice = Signal(S * A)
-        m.d.sync += act_slice.eq(act.word_select(cf, S * A))
+        pad = g.padded_columns * A - (X + H) * A
+        sources = []
+        for ph in phases:
+            if ph.source == "h":
+                sources.append(act)
+            else:
+                sources.append(Cat(act_x, results[ph.source][:H * A], Const(0, pad)) if pad else
+                               Cat(act_x, results[ph.source][:H * A]))
+        if NP == 1:
+            m.d.sync += act_slice.eq(act.word_select(cf, S * A))
+        else:
+            m.d.sync += act_slice.eq(per_phase([v.word_select(cf, S * A) for v in sources], phase))
         act_reg = delayed(act_slice, 1, "act_slice")
         ctl_dot = delayed(ctl, 2, "ctl_w")
         dot_valid, dot_first, dot_last, dot_rf, dot_p = unpack(ctl_dot)
+        dot_rfph = Cat(dot_rf, delayed(phase, 2, "phase_w")) if NP > 1 else dot_rf
 
         # the weight coding's MAC array (popcount trees | partial | accumulate): per-lane acc
         m.submodules.mac = mac = mac_unit(cfg, fold)
         m.d.comb += [mac.w.eq(w_reg), mac.a.eq(act_reg), mac.valid.eq(dot_valid), mac.first.eq(dot_first),
                      mac.last.eq(dot_last), mac.plane.eq(dot_p)]
-        s2_rf = delayed(dot_rf, mac.latency - 1, "rf_mac")
+        s2_rfph = delayed(dot_rfph, mac.latency - 1, "rf_mac")
         s3_valid = mac.done
-        s3_rf = Signal.like(rf)
-        m.d.sync += s3_rf.eq(s2_rf)
-        # bias word of the row fold: read while the last partial is accumulated (valid with the sums)
-        m.d.comb += b_rd.addr.eq(s2_rf)
+        s3_rfph = Signal.like(rf_ph)
+        m.d.sync += s3_rfph.eq(s2_rfph)
+        # bias word of the row fold (numbered across phases): read while the last partial is
+        # accumulated (valid with the sums)
+        s2_rf, s2_phase = split(s2_rfph)
+        if NP == 1:
+            m.d.comb += b_rd.addr.eq(s2_rf)
+        else:
+            m.d.comb += b_rd.addr.eq(s2_rf + per_phase([Const(g.phase_fold_offset(q), len(b_rd.addr))
+                                                        for q in range(NP)], s2_phase))
         b_word = b_rd.data
         aw = mac.acc_width
         fins = [mac.acc[lane] for lane in range(PE)]
-        s4_valid, s4_rf = s3_valid, s3_rf
+        s4_valid, s4_rfph = s3_valid, s3_rfph
 
         # scale and bias -> gate LUT address (ScaleBias.latency registers, the address into the LUT's)
         addrs = []
@@ -245,49 +334,72 @@ class LstmCore(wiring.Component):
             addrs.append(sb.addr)
             sb_latency = sb.latency
         s5_valid = delayed(s4_valid, sb_latency, "v_sb")
-        s5_rf = delayed(s4_rf, sb_latency, "rf_sb")
+        s5_rfph = delayed(s4_rfph, sb_latency, "rf_sb")
+        s5_rf, s5_phase = split(s5_rfph)
 
-        # gate table read (1) and register (1): lane n*k + j reads gate j's table (hwrnn.gates);
-        # the old c of the row fold read alongside
-        gate_set = cfg.gate_set
-        n_gates = gate_set.n_gates
-        tables = gate_set.tables(cfg)
+        # gate table read (1) and register (1): lane n*k + j reads the table of the phase's gate j
+        # (hwrnn.gates); a lane whose gates' tables differ between phases reads one table of them
+        # all, the phase in the address's top bits
         gate_vals = []
-        for lane in range(PE):
-            lut = LookupTable(tables[gate_set.gates[lane % n_gates]], cfg.lut_bits)
+        for lane, (contents, addr_bits) in enumerate(lane_tables(cfg, fold)):
+            lut = LookupTable(contents, addr_bits)
+            m.d.comb += lut.addr.eq(addrs[lane] if addr_bits == cfg.lut_bits else Cat(addrs[lane], s5_phase))
             m.submodules[f"lut{lane}"] = lut
-            m.d.comb += lut.addr.eq(addrs[lane])
             gv = Signal(lut.data.shape(), name=f"gate{lane}")
             m.d.sync += gv.eq(lut.data)
             gate_vals.append(gv)
         s6_valid = delayed(s5_valid, 2, "v_lut")
-        s6_rf = delayed(s5_rf, 2, "rf_lut")
-        c_old = Signal(U * cw)
-        m.d.sync += c_old.eq(c_all.word_select(delayed(s5_rf, 1, "rf_cread"), U * cw))
+        s6_rf, s6_phase = split(delayed(s5_rfph, 2, "rf_lut"))
+        # old words of the stores and of h_{t-1} the phase's units read, for its row fold: read with
+        # the gate table, registered beside the gate values
+        reads = any(ph.reads or gate_set_unit_class(cfg, q).reads_h for q, ph in enumerate(phases))
+        rf_read = delayed(s5_rf, 1, "rf_cread") if reads else None
+        h_prev = Cat(act_h, Const(0, (NU - H) * A)) if NU > H else act_h
 
-        # the gate set's unit per unit of the fold (LSTM: cell update written back in place,
-        # sigmoid(c), h requantization)
-        hs, c_new_all = [], []
-        for k in range(U):
-            unit = gate_set_unit(cfg, dsp=self.dsp)
-            m.submodules[f"unit{k}"] = unit
-            for j, name in enumerate(gate_set.gates):
-                m.d.comb += getattr(unit, name).eq(gate_vals[n_gates * k + j])
-            m.d.comb += unit.c.eq(c_old[k * cw:(k + 1) * cw])
-            c_new_all.append(unit.c_new)
-            hs.append(unit.h)
-            c_lat, unit_lat = unit.c_latency, unit.latency
-        c_write = delayed(s6_valid, c_lat, "v_cell")
-        c_write_rf = delayed(s6_rf, c_lat, "rf_cell")
-        with m.If(c_write):
-            m.d.sync += c_all.word_select(c_write_rf, U * cw).eq(Cat(*c_new_all))
-        h_valid = delayed(s6_valid, unit_lat, "v_h")
-        h_rf = delayed(s6_rf, unit_lat, "rf_h")
-
-        # h_t written; the step is done
-        with m.If(h_valid):
-            m.d.sync += h_next.word_select(h_rf, U * A).eq(Cat(*hs))
-        m.d.comb += done.eq(h_valid & (h_rf == Rf - 1))
-        with m.If(done):
+        # each phase's units, one per unit of its row fold (LSTM: cell update written back in place,
+        # sigmoid(c), h requantization; GRU: reset product, then the update)
+        done_terms = []
+        for q, ph in enumerate(phases):
+            U, n = Us[q], len(ph.gates)
+            sfx = "" if NP == 1 else f"_p{q}"
+            valid_q = s6_valid if NP == 1 else s6_valid & (s6_phase == q)
+            olds = {}
+            for name in ph.reads:
+                w = self.stores[name].width
+                old = Signal(U * w, name=("c_old" if name == "c" else f"{name}_old") + sfx)
+                m.d.sync += old.eq(stores[name].word_select(rf_read, U * w))
+                olds[name] = old
+            units = []
+            for k in range(U):
+                unit = gate_set_unit(cfg, dsp=self.dsp, phase=q)
+                m.submodules[f"unit{k}" if NP == 1 else f"unit{k}_p{q}"] = unit
+                for j, name in enumerate(ph.gates):
+                    m.d.comb += getattr(unit, name).eq(gate_vals[n * k + j])
+                for name in ph.reads:
+                    w = self.stores[name].width
+                    m.d.comb += getattr(unit, name).eq(olds[name][k * w:(k + 1) * w])
+                units.append(unit)
+            if units[0].reads_h:
+                h_old = Signal(U * A, name="h_old" + sfx)
+                m.d.sync += h_old.eq(h_prev.word_select(rf_read, U * A))
+                for k, unit in enumerate(units):
+                    m.d.comb += unit.h_old.eq(h_old[k * A:(k + 1) * A])
+            for name in ph.writes:
+                lat = units[0].write_latency[name]
+                tag = "cell" if name == "c" else f"{name}_write"
+                w_valid = delayed(valid_q, lat, "v_" + tag + sfx)
+                w_rf = delayed(s6_rf, lat, "rf_" + tag + sfx)
+                w = self.stores[name].width
+                with m.If(w_valid):
+                    m.d.sync += stores[name].word_select(w_rf, U * w).eq(Cat(*(getattr(u, f"{name}_new") for u in units)))
+            lat = units[0].latency
+            r_valid = delayed(valid_q, lat, "v_h" + sfx)
+            r_rf = delayed(s6_rf, lat, "rf_h" + sfx)
+            # the phase's result written (h_t: the step is done with the last row fold)
+            with m.If(r_valid):
+                m.d.sync += results[ph.result].word_select(r_rf, U * A).eq(Cat(*(u.h for u in units)))
+            done_terms.append(r_valid & (r_rf == Rfs[q] - 1))
+        m.d.comb += done.eq(Cat(*done_terms).any())
+        with m.If(done & (phase == NP - 1) if NP > 1 else done):
             m.d.sync += self.last_cycles.eq(cycles + 1)
         return m

@@ -40,8 +40,9 @@ from hwrnn.resources import (BLOCK_FEATURES, BLOCKS, COEFFICIENTS, FLATTEN, RESO
                              coefficients, layer_consts)
 
 from .blocks import BitPlaneDot, LookupTable, ScaleBias
+from .core import lane_tables
 from .memory import WeightMemory
-from .units import GATE_SET_UNITS, gate_set_built, mac_built
+from .units import gate_set_unit_class, mac_built
 
 #: instance name (without its index) -> block; the rest belongs to its parent's block
 INSTANCE_BLOCKS = {
@@ -57,31 +58,38 @@ MEMORY_TEXT = {"wmem": "weights", "bmem": "biases", "gate_rom": "gate tables", "
 
 def core_built(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts: dict | None = None) -> Built:
     """What rtl_gen.core.LstmCore builds (dsp=None), without elaborating it: its own registers
-    (controller, activation / h / c registers, weight-load and control delay lines, gate registers)
-    and bias memory, and its submodules' reports. ``consts``: see hwrnn.resources.layer_consts.
+    (controller, activation / h / store registers, weight-load and control delay lines, gate registers)
+    and bias memory, and its submodules' reports (per phase of the gate set: its units). ``consts``:
+    see hwrnn.resources.layer_consts.
     Kept bits: the plane counter is constant without serial planes (ECP5 keeps one bit), the read
     address is unread with streamed weights and ``alive`` with stored ones, padding of act and
-    h_next is never written, and the cell-update copies of the valid and row-fold delay lines are
-    the first stages of the h copies (merged)."""
+    h_next is never written, and the store-write copies of the valid and row-fold delay lines are
+    the first stages of the result copies (merged)."""
     fold.check_against(cfg)
     g = Geometry(cfg, fold)
     bias_bits, mult_bits, shift = layer_consts(cfg, consts)
-    PE, S, A, U = fold.pe, fold.simd, cfg.abits, g.units_per_fold
-    H, X, cw = cfg.hidden, cfg.input, cfg.cell_format.width
+    PE, S, A = fold.pe, fold.simd, cfg.abits
+    H, X = cfg.hidden, cfg.input
+    gate_set = cfg.gate_set
+    phases = gate_set.phases
+    NP = len(phases)
+    NU = g.padded_units
+    stores = gate_set.stores(cfg)
     memory = weights == "memory"
     serial = fold.planes == "serial"
-    rf_w = max(1, (max(g.row_folds, 2) - 1).bit_length())
+    rf_w = max(1, (max(max(g.phase_row_folds(q) for q in range(NP)), 2) - 1).bit_length())
+    ph_w = (NP - 1).bit_length()
+    rfph_w = rf_w + ph_w
     cf_w = max(1, (max(g.col_folds, 2) - 1).bit_length())
     p_w = max(1, (max(g.plane_steps, 2) - 1).bit_length())
     p_kept = (g.plane_steps - 1).bit_length() if serial else 0
     addr_w = max(1, (g.depth - 1).bit_length())
     mac = mac_built(cfg, fold)
-    unit = gate_set_built(cfg)
-    unit_lat = unit.stages
-    c_lat = cfg.gate_set.stages(cfg).get("cell_update", 0)
-    widths = GATE_SET_UNITS[type(cfg.gate_set)].gate_widths(cfg)
-    gate_w = [widths[gate] for gate in cfg.gate_set.gates]
-    regs = (
+    luts = [(LookupTable.shape_of(contents).width, bits) for contents, bits in lane_tables(cfg, fold)]
+    results = {ph.result for ph in phases} - {"h"}
+    unit_classes = [gate_set_unit_class(cfg, q) for q in range(NP)]
+    reads = any(ph.reads or unit_classes[q].reads_h for q, ph in enumerate(phases))
+    regs = [
         Reg("rf", rf_w), Reg("cf", cf_w),
         Reg("p", p_w, p_kept if serial else {"ecp5": 1, "*": 0}),
         Reg("addr", addr_w, addr_w if memory else 0),
@@ -89,30 +97,52 @@ def core_built(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts:
         Reg("alive", 1, 0 if memory else 1),
         Reg("mult", mult_bits),
         Reg("act", g.padded_columns * A, (X + H) * A),
-        Reg("h_next", g.padded_units * A, H * A),
-        Reg("c_all", g.padded_units * cw),
+        Reg("h_next", NU * A, H * A),
+        *(Reg(name, NU * A, H * A) for name in sorted(results)),
+        *(Reg("c_all" if name == "c" else f"{name}_all", NU * st.width) for name, st in stores.items()),
         *((Reg("w_load", 1 + addr_w + g.word_bits),) if memory else (Reg("w_word", g.word_bits),)),
         Reg("ctl_w", 2 * (3 + rf_w + p_w), 2 * (3 + rf_w + p_kept)),
         Reg("w_reg", g.word_bits), Reg("act_slice", 2 * S * A),
-        Reg("rf_mac", rf_w * (mac.stages - 1)), Reg("s3_rf", rf_w),
-        Reg("v_sb", SCALE_BIAS_STAGES), Reg("rf_sb", rf_w * SCALE_BIAS_STAGES),
-        Reg("gate", U * sum(gate_w)),
-        Reg("v_lut", 2), Reg("rf_lut", 2 * rf_w), Reg("rf_cread", rf_w, 0), Reg("c_old", U * cw),
-        Reg("v_cell", c_lat, 0), Reg("rf_cell", rf_w * c_lat, 0),
-        Reg("v_h", unit_lat), Reg("rf_h", rf_w * unit_lat),
-    )
+        Reg("rf_mac", rfph_w * (mac.stages - 1)), Reg("s3_rf", rfph_w),
+        Reg("v_sb", SCALE_BIAS_STAGES), Reg("rf_sb", rfph_w * SCALE_BIAS_STAGES),
+        Reg("gate", sum(w for w, _bits in luts)),
+        Reg("v_lut", 2), Reg("rf_lut", 2 * rfph_w),
+    ]
+    if NP > 1:
+        regs += [Reg("phase", ph_w), Reg("phase_w", 2 * ph_w)]
+    if reads:
+        regs.append(Reg("rf_cread", rf_w, 0))
+    subs = []
+    store_mux = 0
+    for q, ph in enumerate(phases):
+        U, unit_cls = g.phase_units(q), unit_classes[q]
+        unit = unit_cls.built(cfg)
+        lat = unit.stages
+        for name in ph.reads:
+            regs.append(Reg(f"{name}_old", U * stores[name].width))
+            store_mux += U * stores[name].width * (g.phase_row_folds(q) - 1)
+        if unit_cls.reads_h:
+            regs.append(Reg("h_old", U * A))
+        write_lat = unit_cls(cfg).write_latency if ph.writes else {}
+        for name in ph.writes:
+            wl = write_lat[name]
+            regs += [Reg(f"v_{name}_write", wl, 0), Reg(f"rf_{name}_write", rf_w * wl, 0)]
+        regs += [Reg("v_h", lat), Reg("rf_h", rf_w * lat)]
+        subs.append(("unit", U, unit))
     mems = (Mem("bmem", PE * bias_bits, max(g.row_folds, 2), True),)
     if not memory:  # no storage; listed so that the estimate shows how the weight memory would map
         mems += (Mem("wmem", g.word_bits, g.depth, True, copies=0),)
     subs = ((("wmem", 1, WeightMemory.built(g.word_bits, g.depth)),) if memory else ()) + (
         ("mac", 1, mac),
         ("sb", PE, ScaleBias.built(cfg, fm.acc_width(cfg), mult_bits, bias_bits, shift)),
-        *(("lut", U, LookupTable.built(w, cfg.lut_bits, "gate_rom")) for w in gate_w),
-        ("unit", U, unit),
+        *(("lut", 1, LookupTable.built(w, bits, "gate_rom")) for w, bits in luts),
+        *subs,
     )
-    return Built(regs=regs, mems=mems, subs=subs, logic={
-        "act_mux": S * A * (g.col_folds - 1), "c_mux": U * cw * (g.row_folds - 1),   # mux inputs
-        "state_bits": H * (cw + 2 * A) + X * A + (0 if memory else g.word_bits), "const": 1})
+    store_bits = sum(st.width for st in stores.values())
+    return Built(regs=tuple(regs), mems=mems, subs=subs, logic={
+        "act_mux": S * A * (g.col_folds * NP - 1), "c_mux": store_mux,   # mux inputs
+        "state_bits": H * (store_bits + (2 + len(results)) * A) + X * A + (0 if memory else g.word_bits),
+        "const": 1})
 
 
 # ---- summing per block ------------------------------------------------------------------------------

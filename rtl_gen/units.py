@@ -4,9 +4,12 @@ one gate set's part of the core.
 * cell-state formats (hwrnn.cell_state) -> ``CELL_STATE_UNITS``: a component with inputs f, i, g,
   c (cell word) and outputs c_new (``c_latency`` cycles later) and c_addr, the sigmoid(c_new) table
   address (``addr_latency`` cycles after c_new, for a table's read-address register);
-* gate sets (hwrnn.gates) -> ``GATE_SET_UNITS``: a component per unit with one input per gate
-  (the registered table outputs), the old state in and h (and c_new) out, latencies equal to the
-  gate set's ``stages``;
+* gate sets (hwrnn.gates) -> ``GATE_SET_UNITS``: per phase of the gate set, a component per unit
+  with one input per gate of the phase (the registered table outputs), ``h_old`` (the unit's
+  h_{t-1} code) if it reads it (class attribute ``reads_h``), one input per store the phase reads
+  (its old word) and one output ``<store>_new`` per store it writes (valid ``write_latency[store]``
+  cycles after the gates), and ``h``, the phase's result code, ``latency`` cycles after the gates
+  (the gate set's ``stages`` of the phase);
 * weight codings (hwrnn.weight_code) -> ``MAC_UNITS``: a MAC array (rtl_gen.mac) from weight
   words and activation slices to per-lane accumulators acc = sum mac_value * a.
 
@@ -25,7 +28,8 @@ from amaranth.lib.wiring import In, Out
 from hwrnn import formats as fm
 from hwrnn.cell_state import FixedPointCell, FloatingPointCell
 from hwrnn.config import ConfigError, Folding, LayerConfig
-from hwrnn.gates import LstmGates
+from hwrnn.gates import GruGates, LstmGates, RnnGates
+from hwrnn.quant import levels
 from hwrnn.resources import Built, Reg
 from hwrnn.weight_code import BalancedCode
 
@@ -69,11 +73,14 @@ class LstmUnit(wiring.Component):
     h Out(abits), valid ``latency`` cycles after the gates.
     """
 
+    reads_h = False
+
     def __init__(self, cfg: LayerConfig, dsp: str | None = None):
         self.cfg = cfg
         self.dsp = check_dsp(dsp)
         stages = LstmGates().stages(cfg)
         self.c_latency = stages["cell_update"]
+        self.write_latency = {"c": self.c_latency}
         self.latency = sum(stages.values())
         cw = cfg.cell_format.width
         cell_shape = signed(cw) if cfg.cell_format.signed_word else unsigned(cw)
@@ -125,20 +132,165 @@ class LstmUnit(wiring.Component):
         return m
 
 
-#: gate set class -> unit constructor ``(cfg, dsp=...)``
+class GruResetUnit(wiring.Component):
+    """Phase 1 of He et al.'s GRU, one unit: rh = rshift_round(r * h_old, G) (hwrnn.gates.reset_product),
+    the phase's result; u passed on to the store for phase 2. Latency GruGates.RESET_STAGES = 2:
+    operands registered | product + rounding, shift registered (u delayed alongside)."""
+
+    reads_h = True
+    latency = GruGates.RESET_STAGES
+
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.cfg = cfg
+        self.write_latency = {"u": self.latency}
+        G1 = fm.gate_width(cfg)
+        super().__init__({"u": In(unsigned(G1)), "r": In(unsigned(G1)), "h_old": In(cfg.abits),
+                          "u_new": Out(unsigned(G1)), "h": Out(cfg.abits)})
+
+    @staticmethod
+    def gate_widths(cfg: LayerConfig) -> dict[str, int]:
+        return {"u": fm.gate_width(cfg), "r": fm.gate_width(cfg)}
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        """Operands r, h_old; u delayed twice; rh."""
+        G1, A = fm.gate_width(cfg), cfg.abits
+        return Built(regs=(Reg("operands", G1 + A), Reg("u_delay", 2 * G1), Reg("rh", A)), stages=cls.latency,
+                     logic={"units": 1})
+
+    def elaborate(self, platform):
+        m = Module()
+        G = self.cfg.gate_frac
+        r, h = Signal.like(self.r), Signal.like(self.h_old)
+        m.d.sync += [r.eq(self.r), h.eq(self.h_old)]
+        m.d.sync += self.h.eq((r * h + (1 << (G - 1))) >> G)  # <= h: r <= 2**G
+        m.d.comb += self.u_new.eq(delay_line(m, self.u, 2, "u"))
+        return m
+
+
+class GruUpdateUnit(wiring.Component):
+    """Phase 2 of He et al.'s GRU, one unit: h = clamp(rshift_round((2**G - u) * h_old * 2**G + Ka * u * g,
+    2G), 0, Ka) (hwrnn.gates.gru_h). Latency GruGates.UPDATE_STAGES = 3: operands | (2**G - u) * h_old,
+    u * g | sum, rounding shift, clamp."""
+
+    reads_h = True
+    latency = GruGates.UPDATE_STAGES
+
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.cfg = cfg
+        self.write_latency = {}
+        G1 = fm.gate_width(cfg)
+        gs = signed(fm.candidate_width(cfg)) if cfg.candidate == "tanh" else unsigned(fm.candidate_width(cfg))
+        super().__init__({"g": In(gs), "u": In(unsigned(G1)), "h_old": In(cfg.abits), "h": Out(cfg.abits)})
+
+    @staticmethod
+    def gate_widths(cfg: LayerConfig) -> dict[str, int]:
+        return {"g": fm.candidate_width(cfg)}
+
+    @staticmethod
+    def _product_widths(cfg: LayerConfig) -> tuple[int, int]:
+        G1, A = fm.gate_width(cfg), cfg.abits
+        return G1 + A, G1 + fm.candidate_width(cfg)
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        """Operands g, u, h_old; the products (1 - u) h and u g; h."""
+        G1, A = fm.gate_width(cfg), cfg.abits
+        keep, ug = cls._product_widths(cfg)
+        return Built(regs=(Reg("operands", fm.candidate_width(cfg) + G1 + A), Reg("keep", keep), Reg("ug", ug),
+                           Reg("h", A)), stages=cls.latency, logic={"units": 1})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        G, A = cfg.gate_frac, cfg.abits
+        g, u, h = Signal.like(self.g), Signal.like(self.u), Signal.like(self.h_old)
+        m.d.sync += [g.eq(self.g), u.eq(self.u), h.eq(self.h_old)]
+        keep_w, ug_w = self._product_widths(cfg)
+        keep = Signal(keep_w)
+        ug = Signal(signed(ug_w) if cfg.candidate == "tanh" else unsigned(ug_w))
+        m.d.sync += [keep.eq(((1 << G) - u) * h), ug.eq(u * g)]
+        # Ka * ug as (ug << A) - ug (Ka = 2**A - 1)
+        assert levels(A) == (1 << A) - 1
+        total = Signal(signed(max(keep_w + G, ug_w + A) + 2))
+        m.d.comb += total.eq((keep << G) + (ug << A) - ug + (1 << (2 * G - 1)))
+        v = total >> (2 * G)
+        Ka = levels(A)
+        with m.If(total < 0):
+            m.d.sync += self.h.eq(0)
+        with m.Elif(v > Ka):
+            m.d.sync += self.h.eq(Ka)
+        with m.Else():
+            m.d.sync += self.h.eq(v)
+        return m
+
+
+class RnnUnit(wiring.Component):
+    """The vanilla RNN's unit: h = clamp(rshift_round(Ka * g, G), 0, Ka) (hwrnn.gates.rnn_h), latency
+    RnnGates.H_STAGES = 1 (Ka * g as (g << A) - g, rounding shift and clamp, registered)."""
+
+    reads_h = False
+    latency = RnnGates.H_STAGES
+
+    def __init__(self, cfg: LayerConfig, dsp: str | None = None):
+        self.cfg = cfg
+        self.write_latency = {}
+        gs = signed(fm.candidate_width(cfg)) if cfg.candidate == "tanh" else unsigned(fm.candidate_width(cfg))
+        super().__init__({"g": In(gs), "h": Out(cfg.abits)})
+
+    @staticmethod
+    def gate_widths(cfg: LayerConfig) -> dict[str, int]:
+        return {"g": fm.candidate_width(cfg)}
+
+    @classmethod
+    def built(cls, cfg: LayerConfig) -> Built:
+        return Built(regs=(Reg("h", cfg.abits),), stages=cls.latency, logic={"units": 1})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        G, A = cfg.gate_frac, cfg.abits
+        Ka = levels(A)
+        total = Signal(signed(fm.candidate_width(cfg) + A + 2))
+        m.d.comb += total.eq((self.g << A) - self.g + (1 << (G - 1)))
+        v = total >> G
+        with m.If(total < 0):
+            m.d.sync += self.h.eq(0)
+        with m.Elif(v > Ka):
+            m.d.sync += self.h.eq(Ka)
+        with m.Else():
+            m.d.sync += self.h.eq(v)
+        return m
+
+
+#: gate set class -> one unit constructor ``(cfg, dsp=...)`` per phase
 GATE_SET_UNITS = {
-    LstmGates: LstmUnit,
+    LstmGates: (LstmUnit,),
+    GruGates: (GruResetUnit, GruUpdateUnit),
+    RnnGates: (RnnUnit,),
 }
 
 
-def gate_set_unit(cfg: LayerConfig, dsp: str | None = None):
-    """The per-unit component of cfg's gate set."""
-    return _unit_of(GATE_SET_UNITS, cfg.gate_set, f"cell type {cfg.cell_type}")(cfg, dsp=dsp)
+def _phase_units(cfg: LayerConfig):
+    if not cfg.gate_set.has_rtl:
+        raise ConfigError(f"cell type {cfg.cell_type} has no RTL units (integer model and training only); "
+                          f"rtl_gen builds {', '.join(c.name for c in GATE_SET_UNITS)}")
+    return _unit_of(GATE_SET_UNITS, cfg.gate_set, f"cell type {cfg.cell_type}")
 
 
-def gate_set_built(cfg: LayerConfig) -> Built:
-    """What ``gate_set_unit(cfg)`` builds."""
-    return _unit_of(GATE_SET_UNITS, cfg.gate_set, f"cell type {cfg.cell_type}").built(cfg)
+def gate_set_unit(cfg: LayerConfig, dsp: str | None = None, phase: int = 0):
+    """The per-unit component of a phase of cfg's gate set."""
+    return _phase_units(cfg)[phase](cfg, dsp=dsp)
+
+
+def gate_set_unit_class(cfg: LayerConfig, phase: int = 0):
+    """The class of ``gate_set_unit(cfg, phase=phase)`` (for its gate widths and report)."""
+    return _phase_units(cfg)[phase]
+
+
+def gate_set_built(cfg: LayerConfig, phase: int = 0) -> Built:
+    """What ``gate_set_unit(cfg, phase=phase)`` builds."""
+    return _phase_units(cfg)[phase].built(cfg)
 
 
 #: weight coding class -> MAC array constructor ``(cfg, fold)``

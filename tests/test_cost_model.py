@@ -116,6 +116,10 @@ def consts_of(layer):
     (CFGS[1], Folding(pe=8, simd=5, planes="serial"), "stream"),
     (CFGS[2], Folding(pe=4, simd=3), "memory"),
     (CFGS[3], Folding(pe=8, simd=2), "stream"),
+    (LayerConfig(wbits=2, abits=2, hidden=7, input=5, cell_type="gru"), Folding(pe=4, simd=3), "memory"),
+    (LayerConfig(wbits=3, abits=2, hidden=6, cell_type="gru", candidate="tanh"), Folding(pe=6, simd=4, planes="serial"),
+     "stream"),
+    (LayerConfig(wbits=2, abits=3, hidden=5, cell_type="rnn", candidate="tanh"), Folding(pe=3, simd=4), "memory"),
 ])
 def test_core_report_is_what_the_core_builds(cfg, fold, weights):
     layer = QuantLayer.random(cfg, seed=3)

@@ -12,12 +12,17 @@ from hwrnn.config import Folding
 from hwrnn.datapath import Geometry, weight_image
 from hwrnn.gates import GATE_SETS
 from hwrnn.weight_code import WEIGHT_CODES
-from rtl_gen.units import CELL_STATE_UNITS, GATE_SET_UNITS, MAC_UNITS, LstmUnit, mac_unit
+from hwrnn.config import ConfigError
+from hwrnn.gates import gru_h, reset_product, rnn_h
+from rtl_gen.units import (CELL_STATE_UNITS, GATE_SET_UNITS, MAC_UNITS, GruResetUnit, GruUpdateUnit, LstmUnit, RnnUnit,
+                           gate_set_unit, mac_unit)
 
 
 def test_every_axis_class_has_an_rtl_unit():
     assert set(CELL_STATE_UNITS) == set(FORMATS)
-    assert set(GATE_SET_UNITS) == set(GATE_SETS)
+    assert set(GATE_SET_UNITS) == {gs for gs in GATE_SETS if gs.has_rtl}
+    for gs, units in GATE_SET_UNITS.items():
+        assert len(units) == len(gs.phases), f"{gs.name}: one unit per phase"
     assert set(MAC_UNITS) == set(WEIGHT_CODES)
 
 
@@ -121,3 +126,62 @@ def test_mac_unit_matches_the_weight_coding(wbits, abits, hidden, inp, pe, simd,
     assert got["t"] == len(words) - 1 + dut.latency - 1
     assert got["acc"] == [int(v) for v in want]
     assert max(abs(int(v)) for v in want) <= fm.acc_bound(cfg)
+
+
+def _run_unit(dut, inputs: dict, n: int, outputs: dict) -> dict:
+    """Feed n samples of each input (one per cycle); collect each output (name -> latency) per sample."""
+    got = {name: {} for name in outputs}
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def tb(ctx):
+        for t in range(n + max(outputs.values())):
+            if t < n:
+                for name, vals in inputs.items():
+                    ctx.set(getattr(dut, name), int(vals[t]))
+            await ctx.tick()
+            for name, lat in outputs.items():
+                k = t - lat + 1
+                if 0 <= k < n:
+                    got[name][k] = ctx.get(getattr(dut, name))
+
+    sim.add_testbench(tb)
+    sim.run()
+    return {name: [v[k] for k in range(n)] for name, v in got.items()}
+
+
+@pytest.mark.parametrize("abits,candidate", [(1, "sigmoid"), (2, "tanh"), (3, "sigmoid"), (8, "tanh")])
+def test_gru_and_rnn_units_match_the_gate_set_references(abits, candidate):
+    """GRU phase 1 (rh = reset_product, u passed to the store), phase 2 (gru_h) and the RNN unit
+    (rnn_h), at the extremes of every input (gates 0 and 2**G, tanh -2**G, h 0 and Ka) and at random."""
+    rng = np.random.default_rng(abits)
+    n = 60
+    for cell_type in ("gru", "rnn"):
+        cfg = LayerConfig(wbits=2, abits=abits, hidden=4, cell_type=cell_type, candidate=candidate)
+        top, Ka = 1 << cfg.gate_frac, (1 << abits) - 1
+        lo_g = -top if candidate == "tanh" else 0
+        gate = np.concatenate([[0, top, 0, top, 0, top], rng.integers(0, top + 1, n - 6)])
+        g = np.concatenate([[lo_g, top, top, lo_g, lo_g, 0], rng.integers(lo_g, top + 1, n - 6)])
+        h = np.concatenate([[0, Ka, Ka, 0, Ka, Ka], rng.integers(0, Ka + 1, n - 6)])
+        if cell_type == "rnn":
+            dut = gate_set_unit(cfg)
+            assert isinstance(dut, RnnUnit) and dut.latency == sum(cfg.gate_set.stages(cfg).values())
+            got = _run_unit(dut, {"g": g}, n, {"h": dut.latency})
+            assert got["h"] == [int(v) for v in rnn_h(cfg, g)]
+            continue
+        r = rng.permutation(gate)
+        p1 = gate_set_unit(cfg, phase=0)
+        assert isinstance(p1, GruResetUnit) and p1.latency == sum(cfg.gate_set.stages(cfg, 0).values())
+        got = _run_unit(p1, {"u": gate, "r": r, "h_old": h}, n, {"h": p1.latency, "u_new": p1.write_latency["u"]})
+        assert got["h"] == [int(v) for v in reset_product(cfg, r, h)]
+        assert got["u_new"] == [int(v) for v in gate]
+        p2 = gate_set_unit(cfg, phase=1)
+        assert isinstance(p2, GruUpdateUnit) and p2.latency == sum(cfg.gate_set.stages(cfg, 1).values())
+        got = _run_unit(p2, {"g": g, "u": gate, "h_old": h}, n, {"h": p2.latency})
+        assert got["h"] == [int(v) for v in gru_h(cfg, gate, g, h)]
+
+
+def test_a_cell_type_without_rtl_units_is_refused():
+    cfg = LayerConfig(wbits=2, abits=2, hidden=4, cell_type="gru_ott")
+    with pytest.raises(ConfigError, match="gru_ott has no RTL units"):
+        gate_set_unit(cfg)
