@@ -29,7 +29,8 @@ def design_info(core: LstmCore, clk_hz: int, divisor: int, timeout_cycles: int) 
     return P.DesignInfo(
         magic=P.MAGIC, version=P.PROTOCOL_VERSION, wbits=cfg.wbits, abits=cfg.abits, hidden=cfg.hidden,
         input=cfg.input, pe=fold.pe, simd=fold.simd, planes=int(fold.planes == "serial"),
-        cell_bits=core.cell_width, cell_float=int(isinstance(cfg.cell_format, FloatingPointCell)), shift=layer.shift, bias_bits=core.bias_w, mult_bits=core.mult_w,
+        cell_bits=core.cell_width, cell_float=int(isinstance(cfg.cell_format, FloatingPointCell)),
+        cell_type=P.CELL_TYPES.index(cfg.cell_type), shift=layer.shift, bias_bits=core.bias_w, mult_bits=core.mult_w,
         load_data_bits=core.load_data_w, load_addr_bits=core.load_addr_w, weight_depth=g.depth,
         row_folds=g.row_folds, latency=latency(cfg, fold), clk_hz=int(clk_hz), divisor=int(divisor),
         timeout_cycles=int(timeout_cycles), design_id=P.design_id(cfg, fold, layer.shift))
@@ -129,7 +130,7 @@ class LinkTop(wiring.Component):
         info_bytes = info.pack()
         info_vec = Const(int.from_bytes(info_bytes, "little"), 8 * len(info_bytes))
         out_vec = Cat(_pad_bytes(core.out.payload.h, info.hidden * info.abits),
-                      _pad_bytes(core.out.payload.c, info.hidden * info.cell_bits),
+                      *((_pad_bytes(core.out.payload.c, info.hidden * info.cell_bits),) if info.cell_bits else ()),
                       core.last_cycles)
         status_vec = Cat(uptime_snap, steps, core.last_cycles, frames_ok, c_crc, c_hdr, c_to, c_arg,
                          c_uart, c_drop, c_dup, loaded, Const(0, 7))

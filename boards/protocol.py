@@ -11,8 +11,8 @@ period is ``divisor`` clock cycles, ``divisor = round(clk_hz / baud)`` (>= 4); t
 samples each bit ``divisor // 2`` cycles after the falling edge of the start bit, plus whole
 periods. A byte whose stop bit reads 0 is dropped and counted (``uart_errors``).
 
-Frame (both directions; protocol version 2)
-===========================================
+Frame (both directions; protocol version 3: the frames of version 2, INFO with cell_type)
+========================================================================================
 ::
 
     byte  0        SYNC = 0xA5
@@ -68,7 +68,7 @@ TYPE   name          request payload                        reply payload
   h_t and c_t until the next STEP or RESET_STATE). A STEP whose reply was lost is resent with its
   SEQ: the device answers it from the held OUT block without stepping twice.
 * OUT block: h (HB = ceil(hidden*abits / 8) bytes, unit j at bits j*abits), c (CB =
-  ceil(hidden*cell_bits / 8) bytes, unit j at bits j*cell_bits: two's complement for a fixed-point
+  ceil(hidden*cell_bits / 8) bytes, none without a cell state; unit j at bits j*cell_bits: two's complement for a fixed-point
   cell, the bit pattern for a floating-point cell; INFO.cell_float says which), cycles u32
   (the core's ``last_cycles``: cycles from accepting x_t to h_t valid).
 * RESET_STATE sets h and c to the reset state (h0, c0) of the layer.
@@ -91,8 +91,9 @@ bytes that arrive while the device executes a request or sends its reply are dro
 in STATUS.dropped), so the host waits for each reply (or NAK) before sending the next frame.
 
 INFO block (``INFO_FIELDS``, little endian): magic ``b"HWRN"``, protocol version, the layer's
-wbits, abits, hidden, input, the folding (pe, simd, planes 0=parallel 1=serial), cell_bits,
-cell_float (0: c is fixed point, two's complement; 1: c is a floating-point bit pattern), shift R, bias_bits, mult_bits, load_data_bits, load_addr_bits, weight_depth, row_folds, latency
+wbits, abits, hidden, input, the folding (pe, simd, planes 0=parallel 1=serial), cell_bits (0: a
+cell type without a cell state, whose OUT block has no c), cell_float (0: c is fixed point, two's
+complement; 1: c is a floating-point bit pattern), cell_type (index in ``CELL_TYPES``), shift R, bias_bits, mult_bits, load_data_bits, load_addr_bits, weight_depth, row_folds, latency
 (cycles per step), clk_hz, divisor, timeout_cycles and design_id (``design_id()``: CRC-32 of the
 hardware-relevant layer configuration, folding and shift).
 
@@ -112,12 +113,14 @@ from dataclasses import dataclass, fields
 
 from amaranth.lib.crc import catalog
 
+from hwrnn.gates import GATE_SETS
+
 SYNC = 0xA5
 HEADER_BYTES = 5  # SYNC, TYPE, SEQ, LEN
 SEQ_OFFSET, LEN_OFFSET = 2, 3  # byte offsets in a frame
 CRC_BYTES = 2
 OVERHEAD = HEADER_BYTES + CRC_BYTES
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 SEQ_UNKNOWN = 0  # the SEQ of a NAK for a frame cut before its SEQ byte; never used by the host
 MAGIC = b"HWRN"
 
@@ -137,11 +140,14 @@ LOAD_WEIGHT, LOAD_BIAS, LOAD_MULT = 0, 1, 2  # the core's load.sel values (rtl_g
 #: (``crc16``: about 1000x faster than ``CRC.compute``, held equal to it at import and in the tests).
 CRC = catalog.CRC16_CCITT_FALSE(data_width=8)
 
+#: INFO.cell_type codes: the cell types (hwrnn.gates) in registry order
+CELL_TYPES = tuple(gs.name for gs in GATE_SETS)
+
 # (name, struct code); the order is the byte order of the block
 INFO_FIELDS = (
     ("magic", "4s"), ("version", "B"), ("wbits", "B"), ("abits", "B"), ("hidden", "H"),
     ("input", "H"), ("pe", "H"), ("simd", "H"), ("planes", "B"), ("cell_bits", "B"), ("cell_float", "B"),
-    ("shift", "B"), ("bias_bits", "B"), ("mult_bits", "B"), ("load_data_bits", "H"),
+    ("cell_type", "B"), ("shift", "B"), ("bias_bits", "B"), ("mult_bits", "B"), ("load_data_bits", "H"),
     ("load_addr_bits", "B"), ("weight_depth", "H"), ("row_folds", "H"), ("latency", "I"),
     ("clk_hz", "I"), ("divisor", "I"), ("timeout_cycles", "I"), ("design_id", "I"),
 )
@@ -273,6 +279,7 @@ class DesignInfo:
     planes: int
     cell_bits: int
     cell_float: int
+    cell_type: int
     shift: int
     bias_bits: int
     mult_bits: int
@@ -386,7 +393,7 @@ def decode_out(info: DesignInfo, payload: bytes) -> Out:
         raise ProtocolError(f"OUT block has {len(payload)} bytes, expected {info.out_len}")
     hb, cb = info.h_bytes, info.c_bytes
     h = unpack_bits(payload[:hb], info.abits, info.hidden)
-    c = unpack_bits(payload[hb:hb + cb], info.cell_bits, info.hidden, signed=not info.cell_float)
+    c = unpack_bits(payload[hb:hb + cb], info.cell_bits, info.hidden, signed=not info.cell_float) if cb else []
     (cycles,) = struct.unpack_from("<I", payload, hb + cb)
     return Out(h, c, cycles)
 

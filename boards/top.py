@@ -69,7 +69,7 @@ class BoardSpec:
         return _platform(self.name)()
 
     def default_folding(self, cfg) -> Folding:
-        n = cfg.gate_set.n_gates  # the gate rows of a unit share a row fold
+        n = cfg.gate_set.lane_multiple  # the gate rows of a unit in one phase share a row fold
         pe = max(n, min(self.default_pe, cfg.rows))
         pe -= pe % n
         return Folding(pe=pe, simd=max(1, min(self.default_simd, cfg.columns)), planes="parallel")

@@ -188,7 +188,6 @@ def initial_state(cfg: LayerConfig):
 def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=None) -> dict:
     """Human/machine-readable description of every tap (for manifests and docs)."""
     Kw, Ka = levels(cfg.wbits), levels(cfg.abits)
-    cf = cfg.cell_format
     G = cfg.gate_frac
     d = {
         "x": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka]},
@@ -208,7 +207,7 @@ def tap_formats(cfg: LayerConfig, M: int | None = None, R: int | None = None, B=
         "candidate": {"bits": candidate_width(cfg), "signed": cfg.candidate == "tanh", "frac": G,
                       "function": cfg.candidate},
     }
-    d["cell"] = cf.tap_format(cfg)
+    d.update(cfg.gate_set.tap_formats(cfg))  # the LSTM's cell, the GRU's rh, each cell's h rounding
     if M is not None:
         d["z"]["multiplier"] = int(M)
         d["z"]["shift"] = int(R)

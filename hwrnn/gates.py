@@ -135,6 +135,10 @@ class GateSet(ABC):
         """PE must be a multiple of this: every phase puts all gate rows of a unit in one row fold."""
         return math.lcm(*(len(ph.gates) for ph in self.phases))
 
+    def cell_bits(self, cfg) -> int:
+        """Bits per unit of the cell state on the core's output (0 for cell types without one)."""
+        return sum(self.stores(cfg)[n].width for n in self.state_stores)
+
     def preactivation_headroom(self, cfg) -> int:
         """Bits a pre-activation's integer form takes beyond acc * M + B (the integer model checks it
         fits int64)."""
@@ -142,6 +146,11 @@ class GateSet(ABC):
 
     def stores(self, cfg) -> dict[str, Store]:
         """The per-unit words the phases read and write (name -> Store)."""
+        return {}
+
+    def tap_formats(self, cfg) -> dict[str, dict]:
+        """The formats of the taps after the gate tables (hwrnn.formats.tap_formats adds them to the
+        shared taps; an entry named like a shared tap replaces it)."""
         return {}
 
     @abstractmethod
@@ -154,6 +163,10 @@ class GateSet(ABC):
         """(h', c', taps) of one time step: x, h codes int64 [B, X], [B, H]; c the state store's
         words (zeros for cell types without one); taps per name (the gates, the pre-activations
         "acc" and "z" of all rows, the intermediate vectors, "h")."""
+
+    def write_stages(self, cfg, phase: int = 0) -> dict[str, int]:
+        """Per store the phase writes: registers from the registered gate values to its new word."""
+        return {}
 
     @abstractmethod
     def stages(self, cfg, phase: int = 0) -> dict[str, int]:
@@ -201,6 +214,12 @@ class LstmGates(GateSet):
     def stores(self, cfg) -> dict[str, Store]:
         cell = cfg.cell_format
         return {"c": Store(cell.width, cell.signed_word, cell.initial_word(cfg))}
+
+    def tap_formats(self, cfg) -> dict[str, dict]:
+        return {"cell": cfg.cell_format.tap_format(cfg)}
+
+    def write_stages(self, cfg, phase: int = 0) -> dict[str, int]:
+        return {"c": cfg.cell_format.update_stages}
 
     def stages(self, cfg, phase: int = 0) -> dict[str, int]:
         cell = cfg.cell_format
@@ -261,8 +280,20 @@ class GruGates(GateSet):
     def stores(self, cfg) -> dict[str, Store]:
         return {"u": Store(cfg.gate_frac + 1, False, 0)}
 
+    def tap_formats(self, cfg) -> dict[str, dict]:
+        Ka = levels(cfg.abits)
+        return {
+            "rh": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka],
+                   "rounding": f"half up: rshift_round(r * h, {cfg.gate_frac}) = Q_a(r * h)"},
+            "h": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka],
+                  "rounding": f"half up, clamped to 0..{Ka}: rshift_round((2^G - u) * h * 2^G + {Ka} * u * g, 2G)"},
+        }
+
     def stages(self, cfg, phase: int = 0) -> dict[str, int]:
         return {"rh_requant": self.RESET_STAGES} if phase == 0 else {"h_update": self.UPDATE_STAGES}
+
+    def write_stages(self, cfg, phase: int = 0) -> dict[str, int]:
+        return {"u": self.RESET_STAGES} if phase == 0 else {}  # u written with rh
 
     def tables(self, cfg) -> dict[str, np.ndarray]:
         sig = sigmoid_lut(cfg)
@@ -295,6 +326,11 @@ class GruOttGates(GateSet):
 
     def preactivation_headroom(self, cfg) -> int:
         return cfg.gate_frac  # (acc_x * 2**G + r * acc_h) * M + B * 2**G
+
+    def tap_formats(self, cfg) -> dict[str, dict]:
+        return {"h": GruGates().tap_formats(cfg)["h"],
+                "z_g": {"frac": cfg.z_frac, "signed": True, "value": f"zq / 2^{cfg.z_frac}",
+                        "rounding": "half up of ((acc_x * 2^G + r * acc_h) * M + B * 2^G) / 2^(R + G)"}}
 
     def stages(self, cfg, phase: int = 0) -> dict[str, int]:
         return {"h_update": GruGates.UPDATE_STAGES}
@@ -337,6 +373,11 @@ class RnnGates(GateSet):
 
     def stages(self, cfg, phase: int = 0) -> dict[str, int]:
         return {"h_requant": self.H_STAGES}
+
+    def tap_formats(self, cfg) -> dict[str, dict]:
+        Ka = levels(cfg.abits)
+        return {"h": {"bits": cfg.abits, "signed": False, "value": f"n / {Ka}", "range": [0, Ka],
+                      "rounding": f"half up, clamped to 0..{Ka}: rshift_round({Ka} * g, G)"}}
 
     def tables(self, cfg) -> dict[str, np.ndarray]:
         return {"g": candidate_lut(cfg)}

@@ -9,7 +9,7 @@ Contract (the same for every tool that calls ``add_layer_options`` and ``resolve
   otherwise seeded random weights (``--seed``, default 0) drawn like a freshly initialised layer.
 - number formats: --z-frac/--lut-bits/--gate-frac/--mult-bits/--cell (as sw_ref eval has them); each
   one not given is derived from the bit widths by LayerConfig's one rule (hwrnn.config).
-- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate and of the format options
+- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate/--cell-type and of the format options
   that is given must agree with the checkpoint's config (refused otherwise: the checkpoint's formats
   are the layer's); --random with --checkpoint is refused.
 - folding: --pe/--simd/--planes, each defaulting to the tool's default folding for the config
@@ -27,9 +27,10 @@ from typing import Callable
 from . import pretrained
 from .checkpoint import QuantLayer, load_layer
 from .config import CANDIDATES, PLANE_MODES, ConfigError, Folding, LayerConfig
+from .gates import GATE_SETS
 
 REQUIRED = ("wbits", "abits", "hidden")  # without --checkpoint
-CHECKED = ("wbits", "abits", "hidden", "input", "candidate")  # must agree with a checkpoint when given
+CHECKED = ("wbits", "abits", "hidden", "input", "candidate", "cell_type")  # must agree with a checkpoint when given
 #: the number-format options (LayerConfig fields), each derived from the bit widths when not given;
 #: --cell is compared by the format it names (fixed:3.10 == FIXED:3.10), the others by value
 FORMATS = ("z_frac", "lut_bits", "gate_frac", "mult_bits")
@@ -55,14 +56,19 @@ def add_layer_options(parser: argparse.ArgumentParser, folding: bool = True,
     g.add_argument("--gate-frac", type=int, default=None,
                    help="fraction bits of the gate outputs (default: from --abits, 8 up to A5)")
     g.add_argument("--mult-bits", type=int, default=None, help="significant bits of the scale multiplier (default 16)")
-    g.add_argument("--candidate", choices=CANDIDATES, default=None, help="candidate gate nonlinearity (default sigmoid)")
+    g.add_argument("--cell-type", choices=[gs.name for gs in GATE_SETS], default=None,
+                   help="recurrent cell (hwrnn.gates): lstm (default), gru (He et al.: reset before the product), "
+                        "gru_ott (reset after the product: integer model only), rnn (vanilla)")
+    g.add_argument("--candidate", choices=CANDIDATES, default=None,
+                   help="candidate nonlinearity (LSTM g, GRU candidate, RNN activation; default sigmoid)")
     g.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export` (default: the shipped "
                                         "trained layer for exactly this config, else seeded random weights)")
     g.add_argument("--random", action="store_true",
                    help="seeded random weights even where a trained layer ships (W4A2 H=450: the PTB layer)")
     g.add_argument("--seed", type=int, default=None, help="seed of the random weights (default 0)")
     if folding:
-        g.add_argument("--pe", type=int, help=f"rows in parallel, a multiple of 4 (default: {folding_default})")
+        g.add_argument("--pe", type=int, help=f"rows in parallel, a multiple of the gates a unit computes in one phase: "
+                                              f"LSTM 4, GRU 2, RNN 1 (default: {folding_default})")
         g.add_argument("--simd", type=int, help="columns per cycle (default: see --pe)")
         g.add_argument("--planes", choices=PLANE_MODES, default=None, help="weight bit planes per cycle (default parallel)")
     return g
@@ -77,7 +83,8 @@ def weight_seed(args) -> int:
 
 
 def config_from_args(args) -> LayerConfig:
-    """LayerConfig from --wbits/--abits/--hidden/--input/--candidate and the format options (no checkpoint)."""
+    """LayerConfig from --wbits/--abits/--hidden/--input/--cell-type/--candidate and the format options (no
+    checkpoint)."""
     missing = [o for o in REQUIRED if getattr(args, o) is None]
     if missing:
         raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
@@ -86,6 +93,8 @@ def config_from_args(args) -> LayerConfig:
         kw["cell"] = args.cell
     if args.candidate is not None:
         kw["candidate"] = args.candidate
+    if getattr(args, "cell_type", None) is not None:
+        kw["cell_type"] = args.cell_type
     for opt in FORMATS:
         if getattr(args, opt, None) is not None:
             kw[opt] = getattr(args, opt)
@@ -95,7 +104,7 @@ def config_from_args(args) -> LayerConfig:
 def check_against_checkpoint(args, cfg: LayerConfig) -> None:
     """Refuse any given layer option that disagrees with a checkpoint's config."""
     for opt in CHECKED:
-        given = getattr(args, opt)
+        given = getattr(args, opt, None)
         if given is not None and given != getattr(cfg, opt):
             raise ConfigError(f"--{opt} {given} disagrees with the checkpoint ({opt}={getattr(cfg, opt)})")
     for opt in FORMATS:

@@ -19,7 +19,7 @@ def parse_args(argv):
     add_layer_options(p)
     p.add_argument("--weights", choices=["memory", "stream"], default="memory",
                    help="weights in on-chip memory (default) or streamed in through port w every step")
-    p.add_argument("--name", default="hwrnn_lstm", help="Verilog top module name")
+    p.add_argument("--name", default=None, help="Verilog top module name (default hwrnn_<cell type>, e.g. hwrnn_lstm)")
     p.add_argument("--steps", type=int, default=35, help="sequence length for the per-sequence latency figure")
     p.add_argument("-o", "--out", default="build", help="output directory (default build/)")
     p.add_argument("--synth", action="append", metavar="FAMILY",
@@ -47,7 +47,8 @@ def check_tool_options(args) -> None:
     """rtl_gen's own options (the layer group is checked by hwrnn.layer_options)."""
     from .report import check_module_name
 
-    check_module_name(args.name)
+    if args.name is not None:
+        check_module_name(args.name)
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
 
@@ -187,7 +188,8 @@ def generate_main(argv) -> int:
             if args.synth:
                 raise ConfigError("--estimate generates nothing, so it cannot be combined with --synth")
             layer_cfg, fold = resolve_config(args)
-            print(estimate_report(layer_cfg, fold, args.weights, args.steps, args.name), end="")
+            print(estimate_report(layer_cfg, fold, args.weights, args.steps, args.name or f"hwrnn_{layer_cfg.cell_type}"),
+                  end="")
         except (ConfigError, CheckpointError) as e:
             print(f"rtl_gen: error: {e}", file=sys.stderr)
             return 2
@@ -207,7 +209,8 @@ def generate_main(argv) -> int:
               + ("" if args.pe and args.simd else " (defaults where not given)"))
         from .emit import generate, write_output  # amaranth import after validation
 
-        files = generate(layer, fold, args.name, source, steps=args.steps, weights=args.weights)
+        files = generate(layer, fold, args.name or f"hwrnn_{layer.cfg.cell_type}", source, steps=args.steps,
+                         weights=args.weights)
         write_output(files, args.out)
         warn = json.loads(files["manifest.json"]).get("cell_saturation", {}).get("warning")
         if warn and not source.startswith("random"):  # a trained layer's cell saturating on many values

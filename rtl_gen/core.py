@@ -90,7 +90,7 @@ class LstmCore(wiring.Component):
         self.image_file = image_file
         cfg = self.cfg
         self.stores = cfg.gate_set.stores(cfg)
-        self.cell_width = self.stores["c"].width if "c" in self.stores else 0
+        self.cell_width = cfg.gate_set.cell_bits(cfg)
         widths = port_widths(layer, fold)
         self.bias_w, self.mult_w = widths["bias"], widths["mult"]
         self.addr_w = max(1, (g.depth - 1).bit_length())

@@ -123,7 +123,7 @@ def core_built(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts:
             store_mux += U * stores[name].width * (g.phase_row_folds(q) - 1)
         if unit_cls.reads_h:
             regs.append(Reg("h_old", U * A))
-        write_lat = unit_cls(cfg).write_latency if ph.writes else {}
+        write_lat = gate_set.write_stages(cfg, q)
         for name in ph.writes:
             wl = write_lat[name]
             regs += [Reg(f"v_{name}_write", wl, 0), Reg(f"rf_{name}_write", rf_w * wl, 0)]

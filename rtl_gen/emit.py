@@ -61,8 +61,9 @@ def build_manifest(core: LstmCore, name: str, source: str, steps: int) -> dict:
         "payload_fields": {
             "x": {"element_bits": cfg.abits, "elements": cfg.input},
             "out": {"h": {"offset": 0, "element_bits": cfg.abits, "elements": cfg.hidden},
-                    "c": {"offset": cfg.hidden * cfg.abits, "element_bits": core.cell_width, "elements": cfg.hidden,
-                          "signed": cfg.cell_format.signed_word}},
+                    **({"c": {"offset": cfg.hidden * cfg.abits, "element_bits": core.cell_width,
+                              "elements": cfg.hidden, "signed": cfg.cell_format.signed_word}}
+                       if cfg.gate_set.has_cell_state else {})},
             "load": {"data": {"offset": 0, "bits": core.load_data_w},
                      "addr": {"offset": core.load_data_w, "bits": core.load_addr_w},
                      "sel": {"offset": core.load_data_w + core.load_addr_w, "bits": 2,
@@ -84,8 +85,9 @@ def report_text(manifest: dict) -> str:
     fits = [n for n, d in devices if d["fits_block_ram"]]
     nofit = [n for n, d in devices if not d["fits_block_ram"]]
     lines = [
-        f"hwrnn core '{manifest['name']}': W{c['wbits']}A{c['abits']} LSTM, hidden {c['hidden']}, input {c['input']}, "
-        f"cell {c['cell']}, candidate {c['candidate']}",
+        f"hwrnn core '{manifest['name']}': W{c['wbits']}A{c['abits']} {c.get('cell_type', 'lstm').upper()}, hidden "
+        f"{c['hidden']}, input {c['input']}, " + (f"cell {c['cell']}, " if "c" in manifest["payload_fields"]["out"] else "")
+        + f"candidate {c['candidate']}",
         f"weights: {manifest['weights_source']}",
         *([f"cell state: {manifest['cell_saturation']['note']}"] if "cell_saturation" in manifest else []),
         f"folding: PE {f['pe']} rows x SIMD {f['simd']} columns per cycle, bit planes {f['planes']}",
@@ -127,9 +129,10 @@ def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: in
     manifest = build_manifest(core, name, source, steps)
     # cell-state saturation over a seeded calibration input (hwrnn.saturation): a format note, and a
     # warning on stderr (rtl_gen's CLI) when a trained layer saturates its cell on many values
-    sat = saturation.measure(layer, saturation.calibration_codes(layer.cfg, steps=CALIBRATION_STEPS))
-    manifest["cell_saturation"] = {**sat.to_dict(), "note": saturation.note(sat),
-                                   "warning": saturation.warning(sat)}
+    if layer.cfg.gate_set.has_cell_state:
+        sat = saturation.measure(layer, saturation.calibration_codes(layer.cfg, steps=CALIBRATION_STEPS))
+        manifest["cell_saturation"] = {**sat.to_dict(), "note": saturation.note(sat),
+                                       "warning": saturation.warning(sat)}
     files = {
         f"{name}.v": text,
         WEIGHTS_FILE: hex_image(weight_image(layer, fold), g.word_bits),

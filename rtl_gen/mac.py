@@ -98,7 +98,7 @@ class BalancedMac(wiring.Component):
                               levels_per_stage=TREE_LEVELS_PER_STAGE)
             m.submodules[f"dot{lane}"] = dot
             m.d.comb += [dot.w.eq(self.w[lane * PW * S:(lane + 1) * PW * S]), dot.a.eq(self.a)]
-            if self.serial:
+            if dot.max_shift:  # serial planes of wbits > 1 (one plane: no shift, and no zero-width port)
                 m.d.comb += dot.shift.eq(self.plane)
             pr = Signal(dot.out_width, name=f"partial{lane}")
             m.d.sync += pr.eq(dot.dot)

@@ -78,10 +78,16 @@ def config_sections(cfg: LayerConfig, fold: Folding, weights: str, steps: int, b
     property of the layer's biases): geometry, latency, memory and device fit. rtl_gen writes them
     and ``verify_output`` re-derives them, so a hand-edited manifest is refused."""
     g = Geometry(cfg, fold)
+    phases = cfg.gate_set.phases
+    lat = latency(cfg, fold)
     return {
         "geometry": {
             "units_per_fold": g.units_per_fold, "row_folds": g.row_folds, "col_folds": g.col_folds,
             "plane_steps": g.plane_steps, "weight_word_bits": g.word_bits, "weight_depth": g.depth,
+            "phases": [{"gates": list(ph.gates), "columns": f"[x ; {ph.source}]", "writes": ph.result,
+                        "units_per_fold": g.phase_units(q), "row_folds": g.phase_row_folds(q),
+                        "mac_cycles": g.phase_depth(q), "pipeline_depth": pipeline_depth(cfg, fold, q)}
+                       for q, ph in enumerate(phases)],
         },
         "latency": {
             "cycles_per_step": latency(cfg, fold),
@@ -89,10 +95,13 @@ def config_sections(cfg: LayerConfig, fold: Folding, weights: str, steps: int, b
             "steps": steps,
             "cycles_per_sequence": sequence_cycles(cfg, fold, steps),
             "mac_cycles": g.mac_cycles,
-            "pipeline_depth": pipeline_depth(cfg, fold),
-            "pipeline_stages": pipeline_stages(cfg, fold),
+            "pipeline_depth": lat - g.mac_cycles,
+            "pipeline_stages": (pipeline_stages(cfg, fold) if len(phases) == 1 else
+                                {f"phase {q + 1} ({', '.join(ph.gates)})": pipeline_stages(cfg, fold, q)
+                                 for q, ph in enumerate(phases)}),
             "mac_bound": mac_bound(cfg, fold),
-            "formula": "row_folds * col_folds * plane_steps + pipeline_depth"
+            "formula": ("row_folds * col_folds * plane_steps + pipeline_depth" if len(phases) == 1 else
+                        "sum over phases (row_folds_p * col_folds * plane_steps + pipeline_depth_p) - (phases - 1)")
                        + (" + cycles the w stream is not valid while the core waits" if weights == "stream" else ""),
         },
         "memory": {
@@ -523,8 +532,9 @@ def estimate_report(cfg: LayerConfig, fold: Folding, weights: str, steps: int, n
     add_analytic(man)
     lat = latency(cfg, fold)
     head = [
-        f"hwrnn core '{name}' (analytic estimate, nothing generated): W{cfg.wbits}A{cfg.abits} LSTM, hidden "
-        f"{cfg.hidden}, input {cfg.input}, cell {cfg.cell}",
+        f"hwrnn core '{name}' (analytic estimate, nothing generated): W{cfg.wbits}A{cfg.abits} "
+        f"{cfg.cell_type.upper()}, hidden {cfg.hidden}, input {cfg.input}"
+        + (f", cell {cfg.cell}" if cfg.gate_set.has_cell_state else ""),
         f"folding: PE {fold.pe} rows x SIMD {fold.simd} columns per cycle, bit planes {fold.planes}; weights {weights}",
         f"latency: {lat} cycles per time step (MAC {g.mac_cycles}; MAC bound {mac_bound(cfg, fold)}), "
         f"step period {step_period(cfg, fold)}, {sequence_cycles(cfg, fold, steps)} cycles for {steps} steps",

@@ -80,7 +80,7 @@ class LstmUnit(wiring.Component):
         self.dsp = check_dsp(dsp)
         stages = LstmGates().stages(cfg)
         self.c_latency = stages["cell_update"]
-        self.write_latency = {"c": self.c_latency}
+        self.write_latency = LstmGates().write_stages(cfg)
         self.latency = sum(stages.values())
         cw = cfg.cell_format.width
         cell_shape = signed(cw) if cfg.cell_format.signed_word else unsigned(cw)
@@ -142,7 +142,7 @@ class GruResetUnit(wiring.Component):
 
     def __init__(self, cfg: LayerConfig, dsp: str | None = None):
         self.cfg = cfg
-        self.write_latency = {"u": self.latency}
+        self.write_latency = GruGates().write_stages(cfg, 0)
         G1 = fm.gate_width(cfg)
         super().__init__({"u": In(unsigned(G1)), "r": In(unsigned(G1)), "h_old": In(cfg.abits),
                           "u_new": Out(unsigned(G1)), "h": Out(cfg.abits)})
@@ -153,10 +153,11 @@ class GruResetUnit(wiring.Component):
 
     @classmethod
     def built(cls, cfg: LayerConfig) -> Built:
-        """Operands r, h_old; u delayed twice; rh."""
+        """Operands r, h_old; u delayed twice; rh (a requantizer: "hq")."""
         G1, A = fm.gate_width(cfg), cfg.abits
-        return Built(regs=(Reg("operands", G1 + A), Reg("u_delay", 2 * G1), Reg("rh", A)), stages=cls.latency,
-                     logic={"units": 1})
+        return Built(regs=(Reg("u_delay", 2 * G1),), stages=cls.latency,
+                     subs=(("hq", 1, Built(regs=(Reg("operands", G1 + A), Reg("rh", A)), stages=cls.latency,
+                                           logic={"units": 1})),))
 
     def elaborate(self, platform):
         m = Module()
@@ -194,11 +195,12 @@ class GruUpdateUnit(wiring.Component):
 
     @classmethod
     def built(cls, cfg: LayerConfig) -> Built:
-        """Operands g, u, h_old; the products (1 - u) h and u g; h."""
+        """Operands g, u, h_old; the products (1 - u) h and u g; h (a requantizer: "hq")."""
         G1, A = fm.gate_width(cfg), cfg.abits
         keep, ug = cls._product_widths(cfg)
-        return Built(regs=(Reg("operands", fm.candidate_width(cfg) + G1 + A), Reg("keep", keep), Reg("ug", ug),
-                           Reg("h", A)), stages=cls.latency, logic={"units": 1})
+        return Built(stages=cls.latency, subs=(("hq", 1, Built(
+            regs=(Reg("operands", fm.candidate_width(cfg) + G1 + A), Reg("keep", keep), Reg("ug", ug), Reg("h", A)),
+            stages=cls.latency, logic={"units": 1})),))
 
     def elaborate(self, platform):
         m = Module()
@@ -244,7 +246,8 @@ class RnnUnit(wiring.Component):
 
     @classmethod
     def built(cls, cfg: LayerConfig) -> Built:
-        return Built(regs=(Reg("h", cfg.abits),), stages=cls.latency, logic={"units": 1})
+        return Built(stages=cls.latency, subs=(("hq", 1, Built(regs=(Reg("h", cfg.abits),), stages=cls.latency,
+                                                               logic={"units": 1})),))
 
     def elaborate(self, platform):
         m = Module()

@@ -39,11 +39,17 @@ class RegressionResult:
                 f"(predicted {self.predicted}), {self.sim_cycles_per_s:,.0f} simulated cycles/s, seed {self.seed}")
 
 
-def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str = "hwrnn_lstm",
+def top_name(layer: QuantLayer) -> str:
+    """The Verilog top module of a layer's core when none is given: hwrnn_<cell type>."""
+    return f"hwrnn_{layer.cfg.cell_type}"
+
+
+def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str | None = None,
                   weights: str = "memory", source: str = "sim") -> Path:
     """The core of ``layer`` in ``out_dir`` (Verilog, images, manifest naming ``source``) and its layer.npz."""
     from rtl_gen.emit import generate, write_output
 
+    name = name or top_name(layer)
     files = generate(layer, fold, name, source=source, weights=weights)
     write_output(files, str(out_dir))
     layer.save(out_dir / "layer.npz")
@@ -53,13 +59,14 @@ def generate_core(layer: QuantLayer, fold: Folding, out_dir: Path, name: str = "
 def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "verilator", steps: int = 20,
                    seed: int = 0, stall_in: float = 0.3, stall_out: float = 0.3, resets: bool = True,
                    load_layer: QuantLayer | None = None, waves: bool = False,
-                   name: str = "hwrnn_lstm", inject=None, weights: str = "memory",
+                   name: str | None = None, inject=None, weights: str = "memory",
                    source: str = "sim") -> RegressionResult:
     """Raises sim.runner.SimulationFailed (one line) when anything differs.
 
     ``source`` describes where the weights came from (the manifest's weights_source);
     ``inject(verilog_text) -> text`` lets tests break the design on purpose."""
     work = Path(work).resolve()
+    name = name or top_name(layer)
     gen = work / "gen"
     t0 = time.perf_counter()
     generate_core(layer, fold, gen, name, weights, source)

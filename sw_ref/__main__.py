@@ -35,6 +35,12 @@ def _formats(args) -> dict:
             if getattr(args, k) is not None}
 
 
+def _cell_type_arg(p):
+    # checked by sw_ref.cells (one error line), not by argparse choices (usage text + error)
+    p.add_argument("--cell-type", help="recurrent cell: lstm (default), gru (He et al.), gru_ott (Ott et al.), "
+                                       "rnn (vanilla)")
+
+
 def _speed_args(p):
     p.add_argument("--eval-every", type=int, help="also validate every N batches inside an epoch (best.pt and lr "
                                                    "annealing react within the epoch; default 0 = epoch ends only)")
@@ -72,7 +78,8 @@ def build_parser():
     t.add_argument("--no-weight-tanh", dest="weight_tanh", action="store_false", default=None)
     t.add_argument("--quantize-output", action="store_true", default=None)
     t.add_argument("--gamma", type=float)
-    t.add_argument("--cell", help="emulate the hardware cell format in training (fixed:I.F, fp16, bf16, eXmY)")
+    t.add_argument("--cell", help="emulate the hardware cell format in training (fixed:I.F, fp16, bf16, eXmY; LSTM only)")
+    _cell_type_arg(t)
     t.add_argument("--progress", action="store_true", default=None, help="force the progress bar")
     _speed_args(t)
 
@@ -89,11 +96,12 @@ def build_parser():
     r = sub.add_parser("experiment", help="train/fine-tune, evaluate (model and integer model), record in results/ptb.json")
     r.add_argument("--data")
     r.add_argument("--out", required=True, help="run directory (resumable)")
-    r.add_argument("--name", help="entry name in the results file (default e.g. W4A2@450)")
+    r.add_argument("--name", help="entry name in the results file (default e.g. W4A2@450, GRU W2A2@300)")
     r.add_argument("--results", default="results/ptb.json")
     r.add_argument("--hidden", type=int, default=300)
     r.add_argument("--wbits", type=_bits)
     r.add_argument("--abits", type=_bits)
+    _cell_type_arg(r)
     r.add_argument("--epochs", type=int, default=40)
     r.add_argument("--init-from")
     r.add_argument("--lr", type=float)
@@ -116,6 +124,7 @@ def build_parser():
     s.add_argument("--data")
     s.add_argument("--wbits", type=_bits, required=True)
     s.add_argument("--abits", type=_bits, required=True)
+    _cell_type_arg(s)
     s.add_argument("--hidden-sizes", default="300,375,450,600,1000")
     tg = s.add_mutually_exclusive_group(required=True)
     tg.add_argument("--target", type=float, help="target test PPW")
@@ -188,7 +197,8 @@ def cmd_eval(args) -> int:
 
     res = {"checkpoint": args.checkpoint, "split": args.split, "tokens": count,
            "model_ppw": math.exp(total / count), "model_seconds": round(time.perf_counter() - t0, 2),
-           "wbits": model.cfg.wbits, "abits": model.cfg.abits, "hidden": model.cfg.hidden}
+           "wbits": model.cfg.wbits, "abits": model.cfg.abits, "hidden": model.cfg.hidden,
+           "cell_type": model.cfg.cell_type}
     res["ppw"] = res["model_ppw"]
     if args.integer:
         layer = layer_from_model(model, **_formats(args))
@@ -197,7 +207,7 @@ def cmd_eval(args) -> int:
         itotal, icount = ilm.nll(data.numpy(), bsz=args.batch_size)
         assert icount == count
         res.update(integer_ppw=math.exp(itotal / icount), integer_seconds=round(time.perf_counter() - t0, 2),
-                   cell=layer.cfg.cell)
+                   cell=layer.cfg.cell if model.cfg.cell_class.has_cell_state else None)
         res["ppw"] = res["integer_ppw"]
         res["gap_percent"] = 100.0 * (res["integer_ppw"] - res["model_ppw"]) / res["model_ppw"]
     if args.json:
@@ -205,8 +215,9 @@ def cmd_eval(args) -> int:
     else:
         print(f"{args.split} perplexity per word: {res['model_ppw']:.2f} (training model)")
         if args.integer:
+            cell = f"cell {res['cell']}" if res["cell"] else model.cfg.cell_type
             print(f"{args.split} perplexity per word: {res['integer_ppw']:.2f} (integer model = hardware, "
-                  f"cell {res['cell']}; gap {res['gap_percent']:+.2f} %)")
+                  f"{cell}; gap {res['gap_percent']:+.2f} %)")
     return 0
 
 
@@ -221,8 +232,9 @@ def cmd_export(args) -> int:
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "layer.npz")
     layer.save(out)
     c = layer.cfg
+    cell = f"cell {c.cell}" if model.cfg.cell_class.has_cell_state else f"{c.cell_type} cell"
     print(f"wrote {out}: W{c.wbits}A{c.abits} hidden {c.hidden} input {c.input}, scale {layer.scale:.6g}, "
-          f"multiplier {layer.mult} >> {layer.shift}, cell {c.cell}")
+          f"multiplier {layer.mult} >> {layer.shift}, {cell}")
     return 0
 
 
@@ -236,7 +248,8 @@ def cmd_experiment(args) -> int:
     from .experiment import relative_command, run_experiment
 
     e = run_experiment(args.data, args.out, wbits=args.wbits, abits=args.abits, hidden=args.hidden,
-                       epochs=args.epochs, name=args.name, results=args.results, formats=_formats(args),
+                       cell_type=args.cell_type, epochs=args.epochs, name=args.name, results=args.results,
+                       formats=_formats(args),
                        eval_only=args.eval_only, command=relative_command(["python", "-m", "sw_ref", *args.argv]),
                        **_train_extra(args))
     print(json.dumps(e, indent=1))
@@ -272,9 +285,12 @@ def cmd_table(args) -> int:
 def cmd_search(args) -> int:
     import os
 
+    from .cells import cell_class
     from .experiment import (_entry_name, baseline_target, load_results, neuron_increase_search, run_experiment,
                              save_results)
 
+    cell_type = args.cell_type or "lstm"
+    cell_class(cell_type)  # one-line error for an unknown cell type, before anything runs
     results = load_results(args.results)
     target = args.target
     baseline_bits = None
@@ -286,22 +302,23 @@ def cmd_search(args) -> int:
     if args.from_results:
         from .experiment import recorded_search
 
-        print(json.dumps(recorded_search(results, args.wbits, args.abits, target, baseline_bits), indent=1))
+        print(json.dumps(recorded_search(results, args.wbits, args.abits, target, baseline_bits, cell_type), indent=1))
         return 0
     sizes = [int(s) for s in args.hidden_sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--hidden-sizes must be positive integers, got {args.hidden_sizes!r}")
 
     def evaluate_hidden(h):
-        e = run_experiment(args.data, os.path.join(args.runs, _entry_name(args.wbits, args.abits, h)),
-                           wbits=args.wbits, abits=args.abits, hidden=h, epochs=args.epochs, results=args.results,
-                           **_train_extra(args))
+        run_dir = _entry_name(args.wbits, args.abits, h, cell_type=cell_type).replace(" ", "_")
+        e = run_experiment(args.data, os.path.join(args.runs, run_dir), wbits=args.wbits, abits=args.abits, hidden=h,
+                           cell_type=cell_type, epochs=args.epochs, results=args.results, **_train_extra(args))
         ppw = (e["integer_ppw"] or e["model_ppw"])["test"]
         return ppw, e["bits"]
 
     res = neuron_increase_search(evaluate_hidden, sizes, target, baseline_bits)
     d = load_results(args.results)
-    d.setdefault("searches", {})[f"W{args.wbits}A{args.abits}"] = res
+    label = cell_class(cell_type).label
+    d.setdefault("searches", {})[(f"{label} " if label else "") + f"W{args.wbits}A{args.abits}"] = res
     save_results(d, args.results)
     print(json.dumps(res, indent=1))
     return 0

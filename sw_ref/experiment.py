@@ -2,9 +2,12 @@
 integer model on valid and test, record one entry in results/ptb.json; the table of our numbers
 beside the papers'; Kapur et al.'s neuron-increase search.
 
-An entry (keyed by its name) holds: wbits, abits, hidden, cell, recipe (every training option)
-and epochs done, valid/test perplexity of the training model ("model") and of the integer model
-("integer"), the integer/model gap, model size in bits (LSTM layer and whole model, with their
+An entry (keyed by its name: "W2A2@300" for the LSTM, "GRU W2A2@300", "GRU-Ott W2A2@300" or
+"RNN W2A2@300" for the other cell types, "_<cell format>" appended when one is given) holds: wbits,
+abits, hidden, cell (the LSTM's cell-state format; None for cells without a cell state), cell_type,
+recipe (every training option) and epochs done, valid/test perplexity of the training model
+("model") and of the integer model ("integer"), the integer/model gap, model size in bits
+(recurrent layer, under the keys lstm_layer_* whatever the cell type, and whole model, with their
 FP32 sizes), wall time (accumulated over resumed invocations), the command, and a "note" that
 keeps the figures of any earlier entry of the same name that this one replaced.
 
@@ -21,11 +24,17 @@ import sys
 import time
 from pathlib import Path
 
+from .cells import CELLS, DEFAULT_CELL_TYPE, cell_class
+
 #: Kapur et al. Table 2 (test PPW, 1-layer LSTM on PTB; float baseline 108.7) and He et al. Table 1
+#: (LSTM and GRU rows, one layer of 300 units, balanced quantization)
 KAPUR_TABLE2 = {(4, 4): {300: 115.2, 450: 108.8, 1000: 108.4}, (4, 2): {300: 116.7, 450: 111.7, 1000: 113.1},
                 (2, 4): {300: 138.5, 450: 130.6, 1000: 128.4}, (2, 2): {300: 152.2, 450: 148.2, 1000: 148.0}}
 KAPUR_BASELINE = 108.7
 HE_TABLE1_LSTM = {(2, 2): 152, (2, 3): 142, (3, 3): 120, (4, 4): 114, (None, None): 109}
+HE_TABLE1_GRU = {(2, 2): 150, (2, 3): 128, (3, 3): 109, (4, 4): 104, (None, None): 100}
+#: He et al. Table 1 by cell type (their GRU is the "gru" cell: reset before the product)
+HE_TABLE1 = {"lstm": HE_TABLE1_LSTM, "gru": HE_TABLE1_GRU}
 
 
 def relative_path(path, root=None) -> str:
@@ -80,22 +89,31 @@ def replacement_note(prev: dict, new: dict) -> str | None:
 
 
 def model_bits(cfg) -> dict:
-    """Storage of the LM in bits: LSTM weights at wbits, biases 32, embedding at abits, decoder at
-    wbits if quantized else 32; and the FP32 sizes of the same tensors."""
+    """Storage of the LM in bits: recurrent-layer weights (rows = n_gates * H: 4H LSTM, 3H GRU, H RNN)
+    at wbits, biases 32, embedding at abits, decoder at wbits if quantized else 32; and the FP32
+    sizes of the same tensors. The layer's keys are named lstm_layer_* for every cell type."""
     V, H, X = cfg.vocab, cfg.hidden, cfg.input
+    rows = cell_class(getattr(cfg, "cell_type", DEFAULT_CELL_TYPE)).rows_for(H)
     wb = cfg.wbits or 32
     ab = cfg.abits or 32
-    lstm = 4 * H * (X + H) * wb + 4 * H * 32
+    layer = rows * (X + H) * wb + rows * 32
     emb = V * X * ab
     dec = V * H * (wb if cfg.quantize_output else 32) + V * 32
-    fp32 = 32 * (4 * H * (X + H) + 4 * H + V * X + V * H + V)
-    return {"lstm_layer_bits": lstm, "lstm_layer_fp32_bits": 32 * (4 * H * (X + H) + 4 * H),
-            "model_bits": lstm + emb + dec, "model_fp32_bits": fp32}
+    fp32 = 32 * (rows * (X + H) + rows + V * X + V * H + V)
+    return {"lstm_layer_bits": layer, "lstm_layer_fp32_bits": 32 * (rows * (X + H) + rows),
+            "model_bits": layer + emb + dec, "model_fp32_bits": fp32}
 
 
-def _entry_name(wbits, abits, hidden, cell=None) -> str:
+def _entry_name(wbits, abits, hidden, cell=None, cell_type=DEFAULT_CELL_TYPE) -> str:
+    """"W4A2@450" (LSTM), "GRU W2A2@300", "RNN float@300"; "_<cell format>" appended when given."""
     q = "float" if wbits is None and abits is None else f"W{wbits}A{abits}"
-    return f"{q}@{hidden}" + (f"_{cell}" if cell else "")
+    label = cell_class(cell_type).label
+    return (f"{label} " if label else "") + f"{q}@{hidden}" + (f"_{cell}" if cell else "")
+
+
+def _entry_cell_type(e: dict) -> str:
+    """The cell type of a results entry (entries written before the field existed are LSTMs)."""
+    return e.get("cell_type") or DEFAULT_CELL_TYPE
 
 
 def load_results(path) -> dict:
@@ -142,15 +160,16 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
         layer = layer_from_model(model, **(formats or {}))
         ilm = IntegerLM(model, layer)
         out["integer"] = {s: ilm.perplexity(getattr(corpus, s).numpy(), bsz) for s in ("valid", "test")}
-        out["cell"] = layer.cfg.cell
+        out["cell"] = layer.cfg.cell if model.cfg.cell_class.has_cell_state else None
         out["gap_percent"] = 100.0 * (out["integer"]["test"] - out["model"]["test"]) / out["model"]["test"]
     out["bits"] = model_bits(model.cfg)
+    out["cell_type"] = model.cfg.cell_type
     return out
 
 
 #: training options that define the recipe (the rest only steer logging, threads and checkpoints)
-RECIPE_KEYS = ("batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from", "gamma",
-               "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
+RECIPE_KEYS = ("cell_type", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
+               "gamma", "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
                "min_lr", "max_train_tokens", "eval_every", "decoder_precision")
 
 
@@ -175,18 +194,24 @@ def _run_state(out: Path, epochs: int) -> dict:
     last = out / "last.pt"
     if not last.is_file():
         raise ValueError(f"{out} has no last.pt: nothing to evaluate")
-    _model, _vocab, meta = load_lm_checkpoint(last)
+    model, _vocab, meta = load_lm_checkpoint(last)
     done = int(meta.get("epoch", 0))
-    return {"epochs_done": done, "interrupted": done < epochs}
+    return {"epochs_done": done, "interrupted": done < epochs, "cell_type": model.cfg.cell_type}
 
 
 def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, name=None, results="results/ptb.json",
-                   formats=None, command=None, eval_only=False, **train_opts) -> dict:
+                   formats=None, command=None, eval_only=False, cell_type=DEFAULT_CELL_TYPE, **train_opts) -> dict:
     """Train (or resume) into `out`, evaluate, upsert results[name]; returns the entry.
-    ``eval_only``: no training, evaluate the run directory as it stands."""
+    ``eval_only``: no training, evaluate the run directory as it stands. ``cell_type``: sw_ref.cells
+    (lstm, gru, gru_ott, rnn); checked before anything is written."""
     from .data import resolve_data_dir
     from .train import train
 
+    cell_type = DEFAULT_CELL_TYPE if cell_type is None else cell_type
+    cls = cell_class(cell_type)  # one-line ValueError for an unknown cell type
+    if (formats or {}).get("cell") is not None and not cls.has_cell_state:
+        raise ValueError(f"--cell (a cell-state format) applies to the LSTM only: cell_type {cell_type!r} "
+                         "has no cell state")
     data_dir = resolve_data_dir(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,19 +219,23 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_s": 0.0, "invocations": 0}
     if eval_only:  # measure the run as it stands (e.g. while its training runs elsewhere)
         summary = _run_state(out, epochs)
+        if summary["cell_type"] != cell_type:
+            raise ValueError(f"{out} holds a {summary['cell_type']} model, not {cell_type}: "
+                             f"pass --cell-type {summary['cell_type']}")
     else:
         t0 = time.time()
         summary = train(data=str(data_dir), out=str(out), wbits=wbits, abits=abits, hidden=hidden, epochs=epochs,
-                        **train_opts)
+                        cell_type=cell_type, **train_opts)
         state["wall_s"] += time.time() - t0
         state["invocations"] += 1
         state_path.write_text(json.dumps(state))
     ev = evaluate_run(out, data_dir, formats)
-    name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"))
+    name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"), cell_type)
     epochs_done = summary["epochs_done"]
     entry = {
         "name": name, "wbits": wbits, "abits": abits, "hidden": hidden, "cell": ev.get("cell"),
-        "recipe": full_recipe(train_opts, epochs),
+        "cell_type": ev["cell_type"],
+        "recipe": full_recipe({**train_opts, "cell_type": cell_type}, epochs),
         "epochs_done": epochs_done, "best_epoch": ev["best_epoch"], "evaluated": ev["checkpoint"],
         "finished": not summary["interrupted"],  # all epochs run, or stopped by min_lr
         "model_ppw": ev["model"], "integer_ppw": ev["integer"], "gap_percent": ev.get("gap_percent"),
@@ -264,8 +293,11 @@ TARGETS = {"float@300": float(HE_TABLE1_LSTM[(None, None)]),
            **{f"W{w}A{a}@{h}": KAPUR_TABLE2[(w, a)][h] for w, a, h in ((4, 4, 300), (4, 4, 450), (4, 2, 450),
                                                                         (2, 2, 300), (2, 2, 450))},
            **{f"W{w}A{a}@300": float(HE_TABLE1_LSTM[(w, a)]) for w, a in ((2, 3), (3, 3))}}
+#: He et al.'s GRU rows (300 units) for the GRU entries ("gru": the reset gate before the product, theirs)
+TARGETS.update({_entry_name(w, a, 300, cell_type="gru"): float(v) for (w, a), v in HE_TABLE1_GRU.items()})
 TARGET_SOURCES = {"float@300": "He et al. Table 1, float 300 units; Kapur et al.'s baseline 108.7",
-                  "W2A3@300": "He et al. Table 1", "W3A3@300": "He et al. Table 1"}
+                  "W2A3@300": "He et al. Table 1", "W3A3@300": "He et al. Table 1",
+                  **{_entry_name(w, a, 300, cell_type="gru"): "He et al. Table 1, GRU" for w, a in HE_TABLE1_GRU}}
 
 
 def _target_cell(name: str, e: dict) -> str:
@@ -287,16 +319,24 @@ def _training_time(e: dict) -> str:
     return f"{wall / 3600:.1f} h{per}"
 
 
+def _cell_order(e: dict) -> int:
+    ct = _entry_cell_type(e)
+    types = [c.name for c in CELLS]
+    return types.index(ct) if ct in types else len(types)
+
+
 def results_table(d: dict) -> str:
-    """Markdown table of results/ptb.json beside Kapur Table 2 and He Table 1."""
+    """Markdown table of results/ptb.json beside Kapur Table 2 and He Table 1 (LSTM entries first,
+    then each other cell type; Kapur's figures are LSTM ones, He's of the entry's cell type)."""
     lines = ["| run | W | A | hidden | cell | epochs | model valid | model test | integer valid | integer test "
-             "| gap % | target | Kapur T2 | He T1 | LSTM bits (of FP32) | training time |",
+             "| gap % | target | Kapur T2 | He T1 | layer bits (of FP32) | training time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, e in sorted(d["runs"].items(), key=lambda kv: (kv[1]["wbits"] or 99, kv[1]["abits"] or 99,
-                                                             kv[1]["hidden"])):
+    for name, e in sorted(d["runs"].items(), key=lambda kv: (_cell_order(kv[1]), kv[1]["wbits"] or 99,
+                                                             kv[1]["abits"] or 99, kv[1]["hidden"])):
         key = (e["wbits"], e["abits"])
-        kapur = KAPUR_BASELINE if e["wbits"] is None else KAPUR_TABLE2.get(key, {}).get(e["hidden"])
-        he = HE_TABLE1_LSTM.get(key) if e["hidden"] == 300 else None
+        lstm = _entry_cell_type(e) == DEFAULT_CELL_TYPE
+        kapur = None if not lstm else KAPUR_BASELINE if e["wbits"] is None else KAPUR_TABLE2.get(key, {}).get(e["hidden"])
+        he = HE_TABLE1.get(_entry_cell_type(e), {}).get(key) if e["hidden"] == 300 else None
         ip = e.get("integer_ppw") or {}
         ep = f"{e['epochs_done']}" + ("" if e.get("finished") else f" of {e['recipe'].get('epochs')} (unfinished)")
         gap = "-" if e.get("gap_percent") is None else f"{e['gap_percent']:+.2f}"
@@ -322,6 +362,9 @@ def results_table(d: dict) -> str:
         + f"; float baseline {KAPUR_BASELINE}.")
     lines.append("He et al. Table 1 (LSTM, 300 units, balanced): " + ", ".join(
         f"W{w or 32}A{a or 32}: {v}" for (w, a), v in HE_TABLE1_LSTM.items()) + ".")
+    if any(_entry_cell_type(e) == "gru" for e in d["runs"].values()):
+        lines.append("He et al. Table 1 (GRU, 300 units, balanced): " + ", ".join(
+            f"W{w or 32}A{a or 32}: {v}" for (w, a), v in HE_TABLE1_GRU.items()) + ".")
     lines.append("Targets: the paper's test PPW for exactly that cell (bit widths and hidden size), integer model "
                  "(training model for float runs): " + "; ".join(
                      f"{n} <= {t} ({TARGET_SOURCES.get(n, 'Kapur et al. Table 2')})" for n, t in TARGETS.items()) + ".")
@@ -360,15 +403,15 @@ def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_b
     return {"target_ppw": target_ppw, "chosen_hidden": None, "tried": tried, "reached": False}
 
 
-def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None) -> dict:
+def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None, cell_type=DEFAULT_CELL_TYPE) -> dict:
     """``neuron_increase_search`` over the runs already recorded in results `d` (no training):
-    the entries of bit widths (wbits, abits) with the default cell format, by hidden size, each
-    scored by its integer-model test PPW. Every tried size carries its run's ``epochs_done`` and
-    ``finished``; ``provisional`` is True when the answer could still change because a run that
-    missed the target is unfinished (or no entry reached it yet)."""
+    the entries of bit widths (wbits, abits) and cell type (default: LSTM) with the default cell
+    format, by hidden size, each scored by its integer-model test PPW. Every tried size carries its
+    run's ``epochs_done`` and ``finished``; ``provisional`` is True when the answer could still
+    change because a run that missed the target is unfinished (or no entry reached it yet)."""
     entries = {e["hidden"]: e for e in d["runs"].values()
                if e["wbits"] == wbits and e["abits"] == abits and e.get("integer_ppw")
-               and e["name"] == _entry_name(wbits, abits, e["hidden"])}
+               and e["name"] == _entry_name(wbits, abits, e["hidden"], cell_type=cell_type)}
 
     def evaluate_hidden(h):
         return entries[h]["integer_ppw"]["test"], entries[h]["bits"]
@@ -392,7 +435,7 @@ def baseline_target(d: dict, baseline: str, tolerance: float = 0.0):
 
 
 def search_table(d: dict, baseline: str = "float@300") -> list[str]:
-    """Markdown lines: the neuron-increase search over the recorded entries for every bit-width
+    """Markdown lines: the neuron-increase search over the recorded LSTM entries for every bit-width
     pair, target = the float baseline entry's test PPW (or Kapur's baseline if none recorded)."""
     base = d["runs"].get(baseline)
     bt = baseline_target(d, baseline)
@@ -402,7 +445,8 @@ def search_table(d: dict, baseline: str = "float@300") -> list[str]:
                + ("" if base.get("finished") else f", itself unfinished at epoch {base['epochs_done']}"))
     else:
         target, bbits, src = KAPUR_BASELINE, None, f"Kapur et al.'s float baseline {KAPUR_BASELINE}"
-    pairs = sorted({(e["wbits"], e["abits"]) for e in d["runs"].values() if e["wbits"] is not None})
+    pairs = sorted({(e["wbits"], e["abits"]) for e in d["runs"].values()
+                    if e["wbits"] is not None and _entry_cell_type(e) == DEFAULT_CELL_TYPE})
     lines = ["", "## Neuron-increase search over the recorded runs", "",
              f"`python -m sw_ref search --from-results` (Kapur et al.: the smallest hidden size whose integer-model "
              f"test PPW reaches the target); target: {src}.", "",

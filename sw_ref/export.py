@@ -1,9 +1,11 @@
 """From a trained language model to the hardware layer, and the integer model as a language model.
 
 * ``layer_from_model``: the hwrnn layer checkpoint (weight codes by hwrnn.quant in float64, the
-  one scale of the matrix, float biases) of a quantized QuantLSTMLM.
-* ``IntegerLM``: embedding codes -> IntegerLSTM (exactly the hardware) -> h values n/Ka ->
-  the model's decoder in float64 -> log-softmax. Its perplexity is what the hardware would reach.
+  one scale of the matrix, float biases) of a quantized QuantRNNLM (``QuantLSTMLM``), any cell type:
+  the layer's ``cell_type`` is the model's (LMConfig.cell_type; LayerConfig.rows = n_gates * H).
+* ``IntegerLM``: embedding codes -> IntegerLSTM (exactly the hardware; every cell type) -> h values
+  n/Ka -> the model's decoder in float64 -> log-softmax. Its perplexity is what the hardware would
+  reach.
 """
 from __future__ import annotations
 
@@ -13,10 +15,8 @@ import numpy as np
 
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import FORMAT_FIELDS, LayerConfig  # format fields: not part of the trained model
-from hwrnn.quant import activation_codes, levels
-
 from hwrnn.integer_model import IntegerLSTM
-
+from hwrnn.quant import activation_codes, levels
 
 
 class ExportError(ValueError):
@@ -30,10 +30,14 @@ def layer_config(model, **formats) -> LayerConfig:
     unknown = sorted(set(formats) - set(FORMAT_FIELDS))
     if unknown:
         raise ExportError(f"unknown format option(s): {', '.join(unknown)}")
+    if formats.get("cell") is not None and not c.cell_class.has_cell_state:
+        raise ExportError(f"--cell (a cell-state format) applies to the LSTM only: cell_type {c.cell_type!r} "
+                          "has no cell state")
     if formats.get("cell") is None and getattr(c, "cell", None) is not None:
         formats = {**formats, "cell": c.cell}  # the cell format the model was trained with
     return LayerConfig(wbits=c.wbits, abits=c.abits, hidden=c.hidden, input=c.input, gamma=c.gamma,
                        weight_tanh=c.weight_tanh, candidate=c.candidate, init_state=c.init_state,
+                       cell_type=c.cell_type,
                        **{k: v for k, v in formats.items() if v is not None})
 
 
@@ -42,13 +46,13 @@ def layer_from_model(model, **formats) -> QuantLayer:
     w = model.rnn.weight.detach().double().numpy()
     b = model.rnn.bias.detach().double().numpy()
     if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-        raise ExportError("the model's LSTM weights or biases contain NaN or inf")
+        raise ExportError(f"the model's recurrent-layer ({model.cfg.cell_type}) weights or biases contain NaN or inf")
     codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)
     return QuantLayer(cfg, codes, s, b)
 
 
 class IntegerLM:
-    """The language model whose LSTM layer is the bit-exact integer model."""
+    """The language model whose recurrent layer is the bit-exact integer model."""
 
     def __init__(self, model, layer: QuantLayer):
         import torch

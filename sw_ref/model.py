@@ -1,4 +1,5 @@
-"""Quantized LSTM language model of He et al. (training model of sw_ref).
+"""Quantized recurrent language model of He et al. (training model of sw_ref): an LSTM, or a GRU,
+Ott et al.'s GRU or a vanilla RNN cell (sw_ref.cells; ``LMConfig.cell_type``).
 
 Public API
 ----------
@@ -10,13 +11,20 @@ Public API
     checkpoint is a valid starting point for quantized fine-tuning),
     candidate='sigmoid'|'tanh' (activation of g), embedding='clip'|'relu',
     init_state='zero'|'half', quantize_output=False (quantize the decoder weight with wbits),
-    dropout=0.3.
+    cell=None (LSTM only: the hardware cell-state format emulated in training),
+    dropout=0.3, cell_type='lstm'|'gru'|'gru_ott'|'rnn' (sw_ref.cells; a config without the key,
+    as written before it existed, is an LSTM).
 
-``QuantLSTMLM(cfg)`` (nn.Module), parameters (exact names):
+``QuantRNNLM(cfg)`` (nn.Module; ``QuantLSTMLM`` is the same class, its older name): the layer is the
+cell of ``cfg.cell_type``, ``model.rnn`` (sw_ref.cells, which states the GRU and RNN cells'
+formulas, state and trace keys). The LSTM, the default:
+
+Parameters (exact names):
     embedding.weight [V, X]   init U(0, 1)
     rnn.weight       [4H, X+H] rows gate-major i, f, g, o (row = gate*H + unit), columns [x_t ; h_{t-1}]
-                     init U(-1/sqrt(H), 1/sqrt(H))
-    rnn.bias         [4H]      init 0, except the forget gate rows = 1.0
+                     init U(-1/sqrt(H), 1/sqrt(H))   (gru, gru_ott: [3H, X+H], gates u, r, g;
+                     rnn: [H, X+H], gate g)
+    rnn.bias         [4H]      init 0, except the forget gate rows = 1.0  (other cells: all 0)
     decoder.weight   [V, H]    init U(-0.1, 0.1)
     decoder.bias     [V]       init 0
   Cell (per time step t, Q_a = quantize_activation(., abits), identity in float mode):
@@ -32,14 +40,18 @@ Public API
 
   ``forward(tokens [T, B] long, state=None) -> (logits [T*B, V], (h, c))``; state None ->
       ``init_hidden(B)``. Detach the returned state between TBPTT windows (``detach_state``).
+      Cells without a cell state (gru, gru_ott, rnn) carry c as an empty [B, 0] tensor.
   ``init_hidden(bsz) -> (h0, c0)`` each [B, H]: zeros ('zero'), or h0 = Q_a(0.5), c0 = 0.5
       ('half', as hwrnn.config defines it for the integer model and the hardware; the authors'
-      code also rounds c0, round_bit(sigmoid(0)), which differs for c0 only).
+      code also rounds c0, round_bit(sigmoid(0)), which differs for c0 only). Other cells: h0 the
+      same, c0 empty [B, 0].
   ``step_trace(tokens [T] long, state=None, dtype=torch.float64) -> dict`` of tensors [T, H]
       (keys 'x' [T, X], 'z' [T, 4H], 'i', 'f', 'g', 'o', 'c', 'h') for a single sequence in
       inference mode (no dropout), computed with the parameters cast to ``dtype`` (float64 by
       default: then the quantizers equal hwrnn.quant bit for bit). ``state`` is (h0, c0) of shape
-      [H] or [1, H]. Also returns 'logits' [T, V].
+      [H] or [1, H]. Also returns 'logits' [T, V]. Other cells: 'x', the cell's ``trace_keys``
+      ('z' [T, rows]; gru: 'u', 'r', 'rh', 'g', 'h'; gru_ott: 'u', 'r', 'g', 'h'; rnn: 'g', 'h')
+      and 'logits'; ``state`` (h0, c0) with c0 ignored, or h0.
   ``effective_weights() -> dict``: the float matrices the forward uses ('rnn' W_q, 'decoder').
   ``constrain_()``: projects embedding.weight into [0, 1] in place (for embedding='clip'; the
       trainer calls it after each optimizer step so clipped entries keep receiving gradient).
@@ -56,6 +68,7 @@ import torch.nn.functional as F
 from hwrnn import quant as hq
 from hwrnn.cell_state import CellState
 from hwrnn.validation import ConfigError
+from sw_ref.cells import CELL_TYPES, DEFAULT_CELL_TYPE, Cell, cell_class
 from sw_ref.quantizers import normalize_bits, quantize_activation, quantize_weight
 
 CANDIDATES = ("sigmoid", "tanh")
@@ -78,6 +91,7 @@ class LMConfig:
     quantize_output: bool = False
     cell: str | None = None  # None: c in float32; else the hardware cell format, emulated (STE)
     dropout: float = 0.3
+    cell_type: str = DEFAULT_CELL_TYPE  # sw_ref.cells: lstm, gru, gru_ott, rnn
 
     def __post_init__(self):
         for name in ("vocab", "hidden"):
@@ -109,11 +123,20 @@ class LMConfig:
         self.dropout = d
         self.weight_tanh = bool(self.weight_tanh)
         self.quantize_output = bool(self.quantize_output)
+        cls = cell_class(self.cell_type)
+        if self.cell is not None and not cls.has_cell_state:
+            raise ValueError(f"cell (a cell-state format) applies to the LSTM only: cell_type "
+                             f"{self.cell_type!r} has no cell state")
         if self.cell is not None:
             try:
                 self.cell = str(CellState.parse(self.cell))  # validates the format's own widths
             except ConfigError as e:
                 raise ValueError(str(e)) from None
+
+    @property
+    def cell_class(self) -> type[Cell]:
+        """The sw_ref.cells class of ``cell_type``."""
+        return cell_class(self.cell_type)
 
     @property
     def is_float(self) -> bool:
@@ -133,22 +156,16 @@ class LMConfig:
         return cls(**d)
 
 
-class _RNNParams(nn.Module):
-    def __init__(self, rows: int, cols: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(rows, cols))
-        self.bias = nn.Parameter(torch.empty(rows))
-
-
-class QuantLSTMLM(nn.Module):
+class QuantRNNLM(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.cfg = cfg
-        #: the hardware cell-state format emulated in training (hwrnn.cell_state), or None
-        self.cell_state = CellState.parse(cfg.cell) if cfg.cell is not None else None
         V, H, X = cfg.vocab, cfg.hidden, cfg.input
         self.embedding = nn.Embedding(V, X)
-        self.rnn = _RNNParams(4 * H, X + H)
+        #: the recurrent cell (sw_ref.cells), owner of rnn.weight and rnn.bias
+        self.rnn: Cell = cfg.cell_class(cfg)
+        #: the hardware cell-state format emulated in training (hwrnn.cell_state), or None
+        self.cell_state = getattr(self.rnn, "cell_state", None)
         self.decoder = nn.Linear(H, V)
         self.drop = nn.Dropout(cfg.dropout)
         #: dtype of the decoder GEMMs in training mode (None: the parameters' fp32; torch.bfloat16:
@@ -159,13 +176,9 @@ class QuantLSTMLM(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     def reset_parameters(self):
-        H = self.cfg.hidden
         with torch.no_grad():
             self.embedding.weight.uniform_(0.0, 1.0)
-            r = 1.0 / math.sqrt(H)
-            self.rnn.weight.uniform_(-r, r)
-            self.rnn.bias.zero_()
-            self.rnn.bias[H:2 * H].fill_(1.0)  # forget gate
+            self.rnn.reset_parameters()  # the cell's weight and bias init (sw_ref.cells)
             self.decoder.weight.uniform_(-0.1, 0.1)
             self.decoder.bias.zero_()
 
@@ -200,24 +213,8 @@ class QuantLSTMLM(nn.Module):
                 "decoder": self._decoder_weight().detach().clone()}
 
     def init_hidden(self, bsz: int, dtype=None, device=None):
-        H = self.cfg.hidden
         p = self.rnn.weight
-        dtype = dtype or p.dtype
-        device = device or p.device
-        if self.cfg.init_state == "zero":
-            h = torch.zeros(bsz, H, dtype=dtype, device=device)
-            return h, h.clone()
-        c = torch.full((bsz, H), 0.5, dtype=dtype, device=device)
-        return self._qa(c.clone()), c
-
-    def _cell_round(self, c):
-        """Round c to the hardware cell format (straight-through gradient): fixed:I.F rounds half
-        up to F fraction bits and saturates; float formats round to nearest even
-        (hwrnn.cell_state: the format's round_values). Training sees the cell the integer model uses."""
-        if self.cell_state is None:
-            return c
-        q = self.cell_state.round_values(c)
-        return c + (q - c).detach()
+        return self.rnn.init_state(bsz, dtype or p.dtype, device or p.device)
 
     @staticmethod
     def detach_state(state):
@@ -225,25 +222,9 @@ class QuantLSTMLM(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     def _recurrence(self, xw, Wh_t, h, c, trace=None):
-        """xw: [T, B, 4H] input part (bias included); Wh_t: [H, 4H]. Returns list of h_t, (h, c)."""
-        H = self.cfg.hidden
-        sig_cand = self.cfg.candidate == "sigmoid"
-        outs = []
-        for xw_t in xw.unbind(0):   # unbind: one stack in backward (xw[t] would zero-fill [T,B,4H] per step)
-            z = torch.addmm(xw_t, h, Wh_t)
-            if sig_cand:
-                a = torch.sigmoid(z)
-                i, f, g, o = a.split(H, dim=1)
-            else:
-                zi, zf, zg, zo = z.split(H, dim=1)
-                i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
-            c = self._cell_round(torch.addcmul(f * c, i, g))
-            h = self._qa(o * torch.sigmoid(c))
-            outs.append(h)
-            if trace is not None:
-                for k, v in (("z", z), ("i", i), ("f", f), ("g", g), ("o", o), ("c", c), ("h", h)):
-                    trace[k].append(v)
-        return outs, (h, c)
+        """xw: [T, B, rows] input part (bias included); Wh_t: [H, rows]. Returns list of h_t, (h, c)
+        (the cell's recurrence, sw_ref.cells)."""
+        return self.rnn.recurrence(xw, Wh_t, h, c, trace)
 
     def forward(self, tokens: torch.Tensor, state=None):
         T, B = tokens.shape
@@ -252,7 +233,7 @@ class QuantLSTMLM(nn.Module):
             state = self.init_hidden(B)
         h, c = state
         x = self.drop(self._embed(tokens))                      # [T, B, X]
-        W = self._rnn_weight()                                  # [4H, X+H]
+        W = self._rnn_weight()                                  # [rows, X+H]
         Wx_t = W[:, :X].t()
         Wh_t = W[:, X:].t().contiguous()
         xw = torch.addmm(self.rnn.bias, x.reshape(T * B, X), Wx_t).view(T, B, -1)
@@ -278,12 +259,18 @@ class QuantLSTMLM(nn.Module):
         if state is None:
             h, c = self.init_hidden(1, dtype=dtype)
         else:
-            h, c = (torch.as_tensor(s).to(dtype).reshape(1, -1) for s in state)
-        xw = torch.addmm(b, x, W[:, :X].t()).unsqueeze(1)        # [T, 1, 4H]
-        trace = {k: [] for k in ("z", "i", "f", "g", "o", "c", "h")}
+            h, c = self.rnn.state_from(state, dtype)
+        xw = torch.addmm(b, x, W[:, :X].t()).unsqueeze(1)        # [T, 1, rows]
+        trace = {k: [] for k in self.rnn.trace_keys}
         self._recurrence(xw, W[:, X:].t().contiguous(), h, c, trace)
         out = {k: torch.cat(v, 0) for k, v in trace.items()}
         out["x"] = x
         D = self._decoder_weight(self.decoder.weight.to(dtype))
         out["logits"] = F.linear(out["h"], D, self.decoder.bias.to(dtype))
         return out
+
+
+#: the LM's older name (it was the LSTM's only): the same class, any cell type
+QuantLSTMLM = QuantRNNLM
+
+__all__ = ["LMConfig", "QuantRNNLM", "QuantLSTMLM", "CELL_TYPES", "CANDIDATES", "EMBEDDINGS", "INIT_STATES"]

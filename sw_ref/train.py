@@ -1,4 +1,5 @@
-"""Quantization-aware training of the He et al. LSTM language model on PTB (sw_ref).
+"""Quantization-aware training of the He et al. LSTM (or GRU, Ott GRU, vanilla RNN) language model on
+PTB (sw_ref).
 
 Public API
 ----------
@@ -18,8 +19,9 @@ Public API
       resume=None (a run always resumes automatically when out/last.pt exists; a true value
                    additionally requires that checkpoint to exist)
       checkpoint_every=200 (batches; 0 = only at epoch ends)
-      extra: gamma=None, weight_tanh=True, candidate='sigmoid', embedding='clip',
-             init_state='zero', quantize_output=False (model options, see sw_ref.model),
+      extra: cell_type='lstm'|'gru'|'gru_ott'|'rnn' (sw_ref.cells), gamma=None, weight_tanh=True,
+             candidate='sigmoid', embedding='clip', init_state='zero', quantize_output=False,
+             cell=None (LSTM only) (model options, see sw_ref.model),
              max_batches=None (stop this invocation after N training batches, with a checkpoint;
              for tests and time-sliced runs), anneal=4.0 (lr divisor when valid ppl does not
              improve), min_lr=None (stop when lr falls below it), log_every=100 (batches),
@@ -46,9 +48,9 @@ Public API
     state carried across windows, no dropout.
 
 ``load_lm_checkpoint(path) -> (model, vocab, meta)``
-    Rebuilds the QuantLSTMLM (eval mode) of a best.pt/last.pt; ``meta`` holds the other keys
-    ('epoch', 'valid_ppl', 'config', ...). Missing, corrupt or foreign files raise ``CheckpointError``
-    (a ValueError) with one line naming the file.
+    Rebuilds the QuantRNNLM (eval mode; the cell type of its config) of a best.pt/last.pt; ``meta``
+    holds the other keys ('epoch', 'valid_ppl', 'config', ...). Missing, corrupt or foreign files
+    raise ``CheckpointError`` (a ValueError) with one line naming the file.
 
 Checkpoint format: ``torch.save`` of a dict with 'format' ('hwrnn-lm-1'), 'config' (LMConfig dict),
 'vocab' (list of words, id order), 'model' (state_dict), 'epoch' (completed epochs), 'valid_ppl'
@@ -72,7 +74,7 @@ import torch.nn.functional as F
 
 from sw_ref.data import (DataError, batchify, iter_bptt, load_ptb, num_bptt_batches,
                          resolve_data_dir)
-from sw_ref.model import LMConfig, QuantLSTMLM
+from sw_ref.model import LMConfig, QuantRNNLM
 
 FORMAT = "hwrnn-lm-1"
 
@@ -82,7 +84,7 @@ DEFAULTS = dict(
     max_train_tokens=None, out=None, init_from=None, resume=None, checkpoint_every=200,
     gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
     quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
-    eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0,
+    eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0, cell_type="lstm",
 )
 DECODER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # options that must not change when resuming a run mid-way
@@ -136,7 +138,7 @@ def _read_checkpoint(path) -> dict:
     return ck
 
 
-def _model_from_checkpoint(ck: dict, path) -> QuantLSTMLM:
+def _model_from_checkpoint(ck: dict, path) -> QuantRNNLM:
     try:
         cfg = LMConfig.from_dict(dict(ck["config"]))
     except (ValueError, TypeError) as exc:
@@ -145,7 +147,7 @@ def _model_from_checkpoint(ck: dict, path) -> QuantLSTMLM:
     if not isinstance(vocab, list) or len(vocab) != cfg.vocab:
         raise CheckpointError(f"checkpoint {path}: vocabulary does not match its config "
                               f"({len(vocab) if isinstance(vocab, list) else '?'} vs {cfg.vocab})")
-    model = QuantLSTMLM(cfg)
+    model = QuantRNNLM(cfg)
     try:
         model.load_state_dict(ck["model"], strict=True)
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -162,7 +164,7 @@ def load_lm_checkpoint(path):
     return model, list(ck["vocab"]), meta
 
 
-def _init_from(model: QuantLSTMLM, path, vocab) -> None:
+def _init_from(model: QuantRNNLM, path, vocab) -> None:
     """Copy parameters from an LM checkpoint or from a resume point's best parameters
     (sw_ref.resume_point, e.g. a committed float baseline)."""
     from sw_ref import resume_point
@@ -185,6 +187,9 @@ def _init_from(model: QuantLSTMLM, path, vocab) -> None:
                              f"{list(src[name].shape)} but the model needs {list(t.shape)}")
     model.load_state_dict({k: src[k] for k in dst}, strict=True)
     sc = ck["config"]
+    if sc.get("cell_type", "lstm") != model.cfg.cell_type:
+        print(f"warning: --init-from {path} is a {sc.get('cell_type', 'lstm')} model, "
+              f"this model is a {model.cfg.cell_type}", flush=True)
     if sc.get("weight_tanh") != model.cfg.weight_tanh:
         print(f"warning: --init-from {path} was trained with weight_tanh={sc.get('weight_tanh')}, "
               f"this model uses weight_tanh={model.cfg.weight_tanh}", flush=True)
@@ -295,7 +300,8 @@ def train(args=None, **kwargs) -> dict:
         cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input, wbits=o.wbits,
                        abits=o.abits, gamma=o.gamma, weight_tanh=o.weight_tanh,
                        candidate=o.candidate, embedding=o.embedding, init_state=o.init_state,
-                       quantize_output=o.quantize_output, dropout=o.dropout, cell=o.cell)
+                       quantize_output=o.quantize_output, dropout=o.dropout, cell=o.cell,
+                       cell_type=o.cell_type)
     except (ValueError, TypeError) as exc:
         raise TrainError(f"bad model option: {_first_line(exc)}") from None
 
@@ -344,7 +350,7 @@ def train(args=None, **kwargs) -> dict:
         log(f"resuming {out} at epoch {done_epochs + 1}, batch {start_batch}/{n_batches}, lr {lr:g}")
     else:
         torch.manual_seed(o.seed)
-        model = QuantLSTMLM(cfg)
+        model = QuantRNNLM(cfg)
         if o.init_from:
             _init_from(model, o.init_from, vocab)
             model.constrain_()
@@ -357,6 +363,8 @@ def train(args=None, **kwargs) -> dict:
         epoch_loss, epoch_tokens, epoch_seconds = 0.0, 0, 0.0
 
     mode = "float" if cfg.is_float else f"W{cfg.wbits or 32}A{cfg.abits or 32}"
+    if cfg.cell_type != "lstm":
+        mode = f"{cfg.cell_type} {mode}"
     log(f"model {mode} H={cfg.hidden} X={cfg.input} V={cfg.vocab} "
         f"params={sum(p.numel() for p in model.parameters())}; train {len(train_tokens)} tokens "
         f"({n_batches} batches of {o.batch_size}x{o.bptt}), valid {len(valid)}; "

@@ -43,8 +43,9 @@ def test_crc_is_ccitt_false():
 
 def test_host_frames_are_the_v2_format():
     """Byte-identical to frames built independently of boards.protocol (SYNC, TYPE, SEQ, LEN, PAYLOAD,
-    CRC over TYPE..PAYLOAD by binascii), from the hand-written CRC code's v1 frames."""
-    assert P.PROTOCOL_VERSION == 2 and P.HEADER_BYTES == 5
+    CRC over TYPE..PAYLOAD by binascii), from the hand-written CRC code's v1 frames (version 3 keeps
+    the frames of version 2; its INFO block adds cell_type)."""
+    assert P.PROTOCOL_VERSION == 3 and P.HEADER_BYTES == 5
     for ftype, seq, payload, frame in FRAMES_V2["host_frames"]:
         assert P.encode_frame(ftype, bytes.fromhex(payload), seq).hex() == frame
         assert P.decode_frame(bytes.fromhex(frame)) == P.Frame(ftype, bytes.fromhex(payload), seq)
@@ -245,6 +246,9 @@ def test_check_layer_names_the_difference(emulated):
     tanh = QuantLayer.random(LayerConfig(wbits=2, abits=2, hidden=4, input=3, candidate="tanh"), seed=0)
     with pytest.raises(LinkError, match="layer options"):
         link.check_layer(tanh)
+    gru = QuantLayer.random(LayerConfig(wbits=2, abits=2, hidden=4, input=3, cell_type="gru"), seed=0)
+    with pytest.raises(LinkError, match=r"cell_type gru \(board lstm\)"):
+        link.check_layer(gru)
 
 
 def test_serial_transport_on_a_pyserial_loopback():

@@ -33,6 +33,17 @@ def test_board_sim_icarus(tmp_path):
     _check(res)
 
 
+@pytest.mark.parametrize("cell_type,fold", [("gru", Folding(pe=4, simd=3)), ("rnn", Folding(pe=3, simd=4))])
+def test_board_sim_icarus_other_cells(cell_type, fold, tmp_path):
+    """The board design builds any cell: a GRU (two phases, OUT block without c) and a vanilla RNN."""
+    why = simulator_available("icarus")
+    if why:
+        pytest.skip(why)
+    cfg = LayerConfig(wbits=2, abits=2, hidden=4, input=3, cell_type=cell_type)
+    res = run_board_sim(QuantLayer.random(cfg, seed=0), fold, tmp_path, sim="icarus", divisor=4, steps=10, seed=1)
+    _check(res)
+
+
 @pytest.mark.slow
 def test_board_sim_verilator_serial_planes(tmp_path):
     """Verilator builds this design in ~2 min here: slow suite."""

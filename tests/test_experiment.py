@@ -177,10 +177,14 @@ def test_bad_results_file_is_one_line(tmp_path):
 
 
 def test_targets_name_the_papers_cell_exactly():
-    from sw_ref.experiment import HE_TABLE1_LSTM, KAPUR_TABLE2, TARGETS
+    from sw_ref.experiment import HE_TABLE1_GRU, HE_TABLE1_LSTM, KAPUR_TABLE2, TARGETS
 
     assert TARGETS["W2A2@450"] == KAPUR_TABLE2[(2, 2)][450] == 148.2
     for name, t in TARGETS.items():
+        if name.startswith("GRU "):  # He et al.'s GRU rows, 300 units
+            q, h = name[len("GRU "):].split("@")
+            assert h == "300" and t == HE_TABLE1_GRU[(None, None) if q == "float" else (int(q[1]), int(q[3]))]
+            continue
         q, h = name.split("@")
         if q == "float":
             assert t == HE_TABLE1_LSTM[(None, None)]

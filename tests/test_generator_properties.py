@@ -22,16 +22,17 @@ def configs(draw):
     init_state = draw(st.sampled_from(["zero", "half"]))
     int_bits = draw(st.integers(1, 4))
     frac = draw(st.integers(5, 12))
+    cell_type = draw(st.sampled_from(["lstm", "gru", "rnn"]))
     cfg = LayerConfig(wbits=wbits, abits=abits, hidden=hidden, input=inp, candidate=candidate,
-                      init_state=init_state, cell=f"fixed:{int_bits}.{frac}")
-    pe = 4 * draw(st.integers(1, hidden))
+                      init_state=init_state, cell=f"fixed:{int_bits}.{frac}", cell_type=cell_type)
+    pe = cfg.gate_set.lane_multiple * draw(st.integers(1, hidden))
     simd = draw(st.integers(1, hidden + inp))
     planes = draw(st.sampled_from(["parallel", "serial"]))
     seed = draw(st.integers(0, 2 ** 16))
     return cfg, Folding(pe, simd, planes), seed
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(configs())
 def test_any_legal_config_generates_lints_and_matches(case):
@@ -41,7 +42,8 @@ def test_any_legal_config_generates_lints_and_matches(case):
         work = Path(d)
         res = run_regression(layer, fold, work, sim="icarus", steps=5, seed=seed, stall_in=0.2, stall_out=0.2)
         assert res.cycles_per_step == res.predicted
+        top = f"hwrnn_{cfg.cell_type}"
         lint = subprocess.run(["verilator", "--lint-only", "-Wno-WIDTH", "-Wno-CASEINCOMPLETE", "--top-module",
-                               "hwrnn_lstm", "hwrnn_lstm.v"], cwd=work / "gen", capture_output=True, text=True,
+                               top, f"{top}.v"], cwd=work / "gen", capture_output=True, text=True,
                               env=toolchain_env("verilator"), timeout=120)
         assert lint.returncode == 0 and "%Warning" not in lint.stderr, lint.stderr[-1500:]

@@ -23,11 +23,18 @@ MATRIX = [
     (4, 2, 6, 7, 8, 4, "serial", {"cell": "bf16", "candidate": "tanh"}),
     (3, 3, 7, 5, 12, 6, "parallel", {"cell": "e4m3", "init_state": "half"}),
     (2, 4, 5, 5, 4, 3, "parallel", {"cell": "e5m2"}),
+    # GRU (He et al.: two phases) and vanilla RNN
+    (2, 2, 9, 5, 4, 4, "parallel", {"cell_type": "gru"}),
+    (4, 3, 7, 6, 6, 5, "serial", {"cell_type": "gru", "candidate": "tanh", "init_state": "half"}),
+    (1, 8, 6, 4, 2, 3, "parallel", {"cell_type": "gru"}),
+    (3, 2, 8, 5, 3, 4, "parallel", {"cell_type": "rnn"}),
+    (8, 1, 5, 7, 5, 6, "serial", {"cell_type": "rnn", "candidate": "tanh"}),
 ]
 
 
 def _id(c):
-    return f"W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}" + (f"-{c[7]['cell']}" if "cell" in c[7] else "")
+    return (f"W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}" + (f"-{c[7]['cell']}" if "cell" in c[7] else "")
+            + (f"-{c[7]['cell_type']}" if "cell_type" in c[7] else ""))
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=_id)
@@ -39,7 +46,7 @@ def test_verilator_matrix(case, tmp_path):
     assert res.cycles_per_step == res.predicted and res.compared_steps >= 10
 
 
-@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2], MATRIX[8], MATRIX[10]], ids=_id)
+@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2], MATRIX[8], MATRIX[10], MATRIX[13], MATRIX[15]], ids=_id)
 def test_icarus(case, tmp_path):
     w, a, h, x, pe, simd, planes, extra = case
     cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, **extra)
@@ -67,6 +74,24 @@ def test_streamed_weights(sim, tmp_path):
     layer = QuantLayer.random(cfg, seed=5)
     res = run_regression(layer, Folding(8, 4, "serial"), tmp_path, sim=sim, steps=10, seed=6, weights="stream")
     assert res.compared_steps >= 8
+
+
+@pytest.mark.parametrize("cell_type", ["gru", "rnn"])
+def test_streamed_weights_and_runtime_loading_of_other_cells(cell_type, tmp_path):
+    """Weights streamed through port w (a GRU's two phases each take their words), and a layer loaded
+    at run time (the bias words of both phases by their row fold number)."""
+    cfg = LayerConfig(wbits=3, abits=2, hidden=7, input=5, cell_type=cell_type)
+    layer = QuantLayer.random(cfg, seed=5)
+    res = run_regression(layer, Folding(4, 4), tmp_path / "stream", sim="verilator", steps=10, seed=6,
+                         weights="stream")
+    assert res.compared_steps >= 8
+    seed = 2
+    loaded = QuantLayer.random(cfg, seed=seed)
+    while loaded.shift != layer.shift:
+        seed += 1
+        loaded = QuantLayer.random(cfg, seed=seed)
+    res = run_regression(layer, Folding(4, 3), tmp_path / "load", sim="verilator", steps=8, seed=3, load_layer=loaded)
+    assert res.compared_steps >= 6
 
 
 def test_trained_checkpoint(tmp_path, tiny_trained_layer):

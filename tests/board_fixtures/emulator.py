@@ -31,7 +31,8 @@ class EmulatedBoard(Transport):
         self.info = P.DesignInfo(
             magic=P.MAGIC, version=P.PROTOCOL_VERSION, wbits=cfg.wbits, abits=cfg.abits, hidden=cfg.hidden,
             input=cfg.input, pe=fold.pe, simd=fold.simd, planes=int(fold.planes == "serial"),
-            cell_bits=cfg.cell_format.width, cell_float=int(cfg.cell_format.kind == "float"), shift=layer.shift, bias_bits=bw, mult_bits=16,
+            cell_bits=cfg.gate_set.cell_bits(cfg), cell_float=int(cfg.cell_format.kind == "float"),
+            cell_type=P.CELL_TYPES.index(cfg.cell_type), shift=layer.shift, bias_bits=bw, mult_bits=16,
             load_data_bits=max(g.word_bits, fold.pe * bw, 16), load_addr_bits=max(1, (g.depth - 1).bit_length()),
             weight_depth=g.depth, row_folds=g.row_folds, latency=latency(cfg, fold), clk_hz=clk_hz,
             divisor=divisor, timeout_cycles=timeout_cycles, design_id=P.design_id(cfg, fold, layer.shift))
@@ -124,7 +125,7 @@ class EmulatedBoard(Transport):
     def _out_block(self):
         i = self.info
         h = P.pack_bits(self.state.h[0], i.abits, i.hidden)
-        c = P.pack_bits(self.state.c[0], i.cell_bits, i.hidden)
+        c = P.pack_bits(self.state.c[0], i.cell_bits, i.hidden) if i.cell_bits else b""
         return h + c + struct.pack("<I", i.latency)
 
     def _parse(self):
