@@ -8,10 +8,11 @@ key        dtype      meaning
 format     str        "hwrnn-layer"
 version    int64      FORMAT_VERSION
 config     str        LayerConfig as JSON
-codes      uint8      weight codes n in 0..2**wbits-1, shape [4H, X+H]; rows gate-major
-                      (i, f, g, o; row = gate*H + unit), columns [x_t ; h_{t-1}]
+codes      uint8      weight codes n in 0..2**wbits-1, shape [rows, X+H] (rows = gates * H:
+                      4H for the LSTM, 3H for the GRU, H for the RNN); rows gate-major (the gate
+                      order of hwrnn.gates, LSTM i, f, g, o; row = gate*H + unit), columns [x_t ; h_{t-1}]
 scale      float64    s, the one weight scale of the matrix (W_q = s * (n/Kw - 1/2))
-bias       float64    b, shape [4H], float biases (fixed point derived by hwrnn.formats)
+bias       float64    b, shape [rows], float biases (fixed point derived by hwrnn.formats)
 =========  =========  =================================================================
 
 The integer constants of the datapath (M, R, B) are derived from scale and bias by

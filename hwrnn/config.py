@@ -113,7 +113,8 @@ def default_formats(abits: int, **given) -> dict:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """One quantized LSTM layer (He et al. cell) and the formats of all its taps.
+    """One quantized recurrent layer (He et al.'s LSTM or GRU, or a vanilla RNN: ``cell_type``) and
+    the formats of all its taps.
 
     Formats (see hwrnn.formats for the arithmetic; a format not given is derived from abits by the
     rule of the module docstring, ``default_formats``):

@@ -9,7 +9,8 @@ Defaults of z_frac, lut_bits, gate_frac, mult_bits and the cell format come from
 in hwrnn.config (``default_formats``): 5/9/8/16/fixed:3.10 up to A5, one more bit each per activation
 bit above (so the integer model stays within one h code of the ideal cell at every bit width).
 
-Taps of one time step, with Kw = 2**wbits - 1, Ka = 2**abits - 1, N = input + hidden:
+Taps of one time step of the LSTM (the other cell types' taps after the gate tables, GRU rh and
+each cell's h, are in hwrnn.gates), with Kw = 2**wbits - 1, Ka = 2**abits - 1, N = input + hidden:
 
 =========  ======================================================================================
 tap        format
