@@ -97,13 +97,15 @@ class QuantLayer:
 
     @classmethod
     def random(cls, cfg: LayerConfig, seed: int = 0) -> "QuantLayer":
-        """Weights drawn like a freshly initialised layer (U(-1/sqrt(H), 1/sqrt(H)), as torch's LSTM),
-        quantized with the config's quantizer; biases drawn the same way. ``seed``: an integer >= 0."""
+        """Weights drawn like a freshly initialised layer (U(-b, b), b the weight code's ``init_bound``:
+        1/sqrt(H) as torch's LSTM for the balanced code), quantized with the config's quantizer; biases
+        drawn from U(-1/sqrt(H), 1/sqrt(H)). ``seed``: an integer >= 0."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(cfg.hidden)
-        w = rng.uniform(-k, k, size=(cfg.rows, cfg.columns))
+        bw = cfg.weight_coding.init_bound(cfg.rows, cfg.columns, cfg.hidden)
+        w = rng.uniform(-bw, bw, size=(cfg.rows, cfg.columns))
         b = rng.uniform(-k, k, size=(cfg.rows,))
         codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)
         return cls(cfg, codes, s, b)

@@ -260,6 +260,8 @@ class Folding:
             raise ConfigError(f"pe={self.pe} exceeds the {cfg.rows} rows of a hidden={cfg.hidden} layer")
         if self.simd > cfg.columns:
             raise ConfigError(f"simd={self.simd} exceeds the {cfg.columns} columns (input + hidden)")
+        if self.planes == "serial" and not cfg.weight_coding.serial_planes:
+            raise ConfigError(f"{cfg.weight_code} weights need all their bits at once: use planes=parallel")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -63,9 +63,10 @@ def tree_registers(levels: int, per_stage: int = TREE_LEVELS_PER_STAGE) -> int:
 
 
 def dot_levels(cfg: LayerConfig, fold: Folding) -> int:
-    """Adder levels of a BitPlaneDot: popcount of SIMD bits, then the sum of PW*abits plane terms."""
+    """Adder levels of one MAC lane's dot (the weight coding's ``dot_levels``; balanced: popcount of
+    SIMD bits, then the sum of PW*abits plane terms)."""
     pw = 1 if fold.planes == "serial" else cfg.wbits
-    return tree_levels(fold.simd) + tree_levels(pw * cfg.abits)
+    return cfg.weight_coding.dot_levels(fold.simd, cfg.abits, pw)
 
 
 def pipeline_stages(cfg: LayerConfig, fold: Folding, phase: int = 0) -> dict:

@@ -9,8 +9,8 @@ Contract (the same for every tool that calls ``add_layer_options`` and ``resolve
   otherwise seeded random weights (``--seed``, default 0) drawn like a freshly initialised layer.
 - number formats: --z-frac/--lut-bits/--gate-frac/--mult-bits/--cell (as sw_ref eval has them); each
   one not given is derived from the bit widths by LayerConfig's one rule (hwrnn.config).
-- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate/--cell-type and of the format options
-  that is given must agree with the checkpoint's config (refused otherwise: the checkpoint's formats
+- with ``--checkpoint``, each of --wbits/--abits/--hidden/--input/--candidate/--cell-type/--weight-code and of
+  the format options that is given must agree with the checkpoint's config (refused otherwise: the checkpoint's formats
   are the layer's); --random with --checkpoint is refused.
 - folding: --pe/--simd/--planes, each defaulting to the tool's default folding for the config
   (``Folding.default_for`` unless the tool passes another, e.g. a board's), checked against the layer;
@@ -28,9 +28,10 @@ from . import pretrained
 from .checkpoint import QuantLayer, load_layer
 from .config import CANDIDATES, PLANE_MODES, ConfigError, Folding, LayerConfig
 from .gates import GATE_SETS
+from .weight_code import WEIGHT_CODES
 
 REQUIRED = ("wbits", "abits", "hidden")  # without --checkpoint
-CHECKED = ("wbits", "abits", "hidden", "input", "candidate", "cell_type")  # must agree with a checkpoint when given
+CHECKED = ("wbits", "abits", "hidden", "input", "candidate", "cell_type", "weight_code")  # must agree with a checkpoint when given
 #: the number-format options (LayerConfig fields), each derived from the bit widths when not given;
 #: --cell is compared by the format it names (fixed:3.10 == FIXED:3.10), the others by value
 FORMATS = ("z_frac", "lut_bits", "gate_frac", "mult_bits")
@@ -43,7 +44,7 @@ def add_layer_options(parser: argparse.ArgumentParser, folding: bool = True,
     """Add the layer option group to ``parser`` (with --pe/--simd/--planes unless ``folding`` is False);
     ``folding_default`` words the tool's default folding in the help. Returns the group."""
     g = parser.add_argument_group("layer", "the layer, its weights and its folding (the same in rtl_gen, sim, boards)")
-    g.add_argument("--wbits", type=int, help="weight bits (1..8)")
+    g.add_argument("--wbits", type=int, help="weight bits (1..8; default with --weight-code ternary 2, exponential 4)")
     g.add_argument("--abits", type=int, help="activation bits (1..8)")
     g.add_argument("--hidden", type=int, help="hidden units H")
     g.add_argument("--input", type=int, help="input size X (default: hidden)")
@@ -59,6 +60,9 @@ def add_layer_options(parser: argparse.ArgumentParser, folding: bool = True,
     g.add_argument("--cell-type", choices=[gs.name for gs in GATE_SETS], default=None,
                    help="recurrent cell (hwrnn.gates): lstm (default), gru (He et al.: reset before the product), "
                         "gru_ott (reset after the product: integer model only), rnn (vanilla)")
+    g.add_argument("--weight-code", choices=[c.name for c in WEIGHT_CODES], default=None,
+                   help="weight coding (hwrnn.weight_code): balanced (He et al., default), ternary, ternary_mean, "
+                        "pow2_ternary, exponential (Ott et al.)")
     g.add_argument("--candidate", choices=CANDIDATES, default=None,
                    help="candidate nonlinearity (LSTM g, GRU candidate, RNN activation; default sigmoid)")
     g.add_argument("--checkpoint", help="layer checkpoint exported by `python -m sw_ref export` (default: the shipped "
@@ -85,10 +89,16 @@ def weight_seed(args) -> int:
 def config_from_args(args) -> LayerConfig:
     """LayerConfig from --wbits/--abits/--hidden/--input/--cell-type/--candidate and the format options (no
     checkpoint)."""
-    missing = [o for o in REQUIRED if getattr(args, o) is None]
+    code = getattr(args, "weight_code", None)
+    wbits = args.wbits
+    if wbits is None and code is not None:
+        wbits = next(c for c in WEIGHT_CODES if c.name == code).default_bits
+    missing = [o for o in REQUIRED if (wbits if o == "wbits" else getattr(args, o)) is None]
     if missing:
         raise ConfigError("without --checkpoint, give " + ", ".join(f"--{m}" for m in missing))
-    kw = dict(wbits=args.wbits, abits=args.abits, hidden=args.hidden, input=args.input)
+    kw = dict(wbits=wbits, abits=args.abits, hidden=args.hidden, input=args.input)
+    if code is not None:
+        kw["weight_code"] = code
     if args.cell is not None:
         kw["cell"] = args.cell
     if args.candidate is not None:

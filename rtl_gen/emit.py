@@ -85,7 +85,8 @@ def report_text(manifest: dict) -> str:
     fits = [n for n, d in devices if d["fits_block_ram"]]
     nofit = [n for n, d in devices if not d["fits_block_ram"]]
     lines = [
-        f"hwrnn core '{manifest['name']}': W{c['wbits']}A{c['abits']} {c.get('cell_type', 'lstm').upper()}, hidden "
+        f"hwrnn core '{manifest['name']}': W{c['wbits']}A{c['abits']} {c.get('cell_type', 'lstm').upper()}"
+        + (f" ({c['weight_code']} weights)" if c.get("weight_code", "balanced") != "balanced" else "") + ", hidden "
         f"{c['hidden']}, input {c['input']}, " + (f"cell {c['cell']}, " if "c" in manifest["payload_fields"]["out"] else "")
         + f"candidate {c['candidate']}",
         f"weights: {manifest['weights_source']}",

@@ -3,7 +3,7 @@
 A MAC array takes one weight-memory word and the matching activation slice per cycle (with the
 schedule's control: valid, first and last column fold of a row fold, weight plane) and, after the
 last word of a row fold, presents per lane ``acc = sum_j mac_value(n_j) * a_j`` over all columns,
-exactly as the coding's ``acc_from_planes`` defines it.
+exactly as the coding's MAC identity defines it (hwrnn.weight_code; reference ``acc``).
 
 Common interface: In ``w`` (word of PE lanes x PW planes x SIMD bits, hwrnn.datapath layout),
 ``a`` (SIMD activation codes), ``valid``, ``first``, ``last``, ``plane``; Out ``acc`` (an array of
@@ -19,11 +19,12 @@ from amaranth.lib.wiring import In, Out
 
 from hwrnn import formats as fm
 from hwrnn.config import Folding, LayerConfig
-from hwrnn.datapath import TREE_LEVELS_PER_STAGE, Geometry, asum_width, dot_levels, s1_width, tree_registers
+from hwrnn.datapath import (TREE_LEVELS_PER_STAGE, Geometry, asum_width, dot_levels, s1_width, tree_levels,
+                            tree_registers)
 from hwrnn.quant import levels
 from hwrnn.resources import Built, Reg
 
-from .blocks import ActivationSum, BitPlaneDot, delay_line
+from .blocks import ActivationSum, BitPlaneDot, TreePipeline, adder_tree_bits, delay_line, tree_register_bits
 
 
 class BalancedMac(wiring.Component):
@@ -132,3 +133,145 @@ class BalancedMac(wiring.Component):
             twice = Cat(Const(0, 1), accs[lane], Const(0, 1)).as_signed()  # 2*acc, non-negative
             m.d.comb += self.acc[lane].eq(twice - Cat(acc_a, Const(0, 1)).as_signed())
         return m
+
+
+def _ctl_regs(dl: int, plane_w: int, plane_kept: int) -> tuple:
+    """The control (valid, first, last, plane) delayed along the trees and into the partial stage."""
+    ctl_w = 3 + plane_w
+    return (Reg("ctl_tree", ctl_w * dl, (3 + plane_kept) * dl), Reg("ctl_part", ctl_w, 3))
+
+
+class _SignedLaneMac(wiring.Component):
+    """The accumulation shared by the MACs whose lanes form a signed partial per word (ternary,
+    exponential): partial register | accumulator = acc (no correction term). Subclasses build the
+    lane's ``_partial(m, lane)`` (registered ``dot_latency`` cycles after its word)."""
+
+    def __init__(self, cfg: LayerConfig, fold: Folding):
+        self.cfg, self.fold = cfg, fold
+        self.geom = g = Geometry(cfg, fold)
+        self.serial = fold.planes == "serial"
+        self.dot_latency = tree_registers(dot_levels(cfg, fold))
+        self.latency = self.dot_latency + 2   # trees | partial register | accumulate
+        self.acc_width = fm.acc_width(cfg)
+        super().__init__({
+            "w": In(g.word_bits),
+            "a": In(fold.simd * cfg.abits),
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "plane": In(range(max(g.plane_steps, 2))),
+            "acc": Out(data.ArrayLayout(signed(self.acc_width), fold.pe)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        PE = self.fold.pe
+        ctl = delay_line(m, Cat(self.valid, self.first, self.last, self.plane), self.dot_latency, "ctl_tree")
+        self._plane_tree = ctl[3:]
+        partials = [self._partial(m, lane) for lane in range(PE)]
+        ctl_acc = delay_line(m, ctl, 1, "ctl_part")
+        s2_valid, s2_first, s2_last = ctl_acc[0], ctl_acc[1], ctl_acc[2]
+        accs = [Signal(signed(self.acc_width), name=f"acc{lane}") for lane in range(PE)]
+        with m.If(s2_valid):
+            for lane in range(PE):
+                m.d.sync += accs[lane].eq(Mux(s2_first, partials[lane], accs[lane] + partials[lane]))
+        m.d.sync += self.done.eq(s2_valid & s2_last)
+        for lane in range(PE):
+            m.d.comb += self.acc[lane].eq(accs[lane])
+        return m
+
+    @classmethod
+    def _built(cls, cfg: LayerConfig, fold: Folding, partial_bits: int, subs: tuple, logic: dict) -> Built:
+        g = Geometry(cfg, fold)
+        serial = fold.planes == "serial"
+        dl = tree_registers(dot_levels(cfg, fold))
+        plane_w = max(1, (max(g.plane_steps, 2) - 1).bit_length())
+        plane_kept = (g.plane_steps - 1).bit_length() if serial else 0
+        regs = (Reg("partial", fold.pe * partial_bits), *_ctl_regs(dl, plane_w, plane_kept),
+                Reg("acc", fold.pe * fm.acc_width(cfg)), Reg("done", 1))
+        return Built(regs=regs, stages=dl + 2, subs=subs,
+                     logic={"acc_bits": fold.pe * fm.acc_width(cfg), **logic})
+
+
+class TernaryMac(_SignedLaneMac):
+    """MAC array of the ternary codes (hwrnn.weight_code.TernaryCode: planes "positive", "negative"):
+    per lane ``sum m*a = dot(pos, a) - dot(neg, a)``, each a one-plane BitPlaneDot; no multiplier and
+    no correction term. Serial planes: one dot per lane, the positive plane (p = 0) added, the
+    negative (p = 1) subtracted."""
+
+    def _partial(self, m, lane):
+        S, A = self.fold.simd, self.cfg.abits
+        PW = self.geom.planes_per_word
+        word = self.w[lane * PW * S:(lane + 1) * PW * S]
+        dots = []
+        for p in range(PW):
+            dot = BitPlaneDot(S, 1, A, levels_per_stage=TREE_LEVELS_PER_STAGE)
+            m.submodules[f"dot{lane}_{p}"] = dot
+            m.d.comb += [dot.w.eq(word[p * S:(p + 1) * S]), dot.a.eq(self.a)]
+            assert dot.latency == self.dot_latency
+            dots.append(dot.dot)
+        pr = Signal(signed(len(dots[0]) + 1), name=f"partial{lane}")
+        if self.serial:
+            m.d.sync += pr.eq(Mux(self._plane_tree[0], -dots[0], dots[0]))
+        else:
+            m.d.sync += pr.eq(dots[0] - dots[1])
+        return pr
+
+    @classmethod
+    def built(cls, cfg: LayerConfig, fold: Folding) -> Built:
+        """Partials, the control along the trees, accumulators, done; PE (parallel: 2 PE) one-plane
+        popcount dots ("dot")."""
+        g = Geometry(cfg, fold)
+        S, A = fold.simd, cfg.abits
+        dot = BitPlaneDot.built(S, 1, A, 0, TREE_LEVELS_PER_STAGE)
+        partial = BitPlaneDot.output_width(S, 1, A) + 1
+        return cls._built(cfg, fold, partial, (("dot", fold.pe * g.planes_per_word, dot),), {})
+
+
+class ExponentialMac(_SignedLaneMac):
+    """MAC array of the exponential codes (hwrnn.weight_code.ExponentialCode): per lane and column the
+    term (+-) a << (f - 1) (0 for f = 0), summed by one pipelined adder tree; no multiplier.
+    Parallel planes only (a weight's shift needs all its bits)."""
+
+    def _term_width(self) -> int:
+        code = self.cfg.weight_coding
+        return self.cfg.abits + code.top  # |a << (E - 1)| < 2**(A + E - 1), and a sign bit
+
+    def _partial(self, m, lane):
+        S, A = self.fold.simd, self.cfg.abits
+        code = self.cfg.weight_coding
+        W, e = code.bits, code.exp_bits
+        word = self.w[lane * W * S:(lane + 1) * W * S]
+        terms = []
+        for s in range(S):
+            f = Cat(*[word[p * S + s] for p in range(e)])
+            sign = word[e * S + s]
+            a = self.a[s * A:(s + 1) * A]
+            t = Signal(signed(self._term_width()), name=f"term{lane}_{s}")
+            mag = Signal(A + code.top - 1, name=f"mag{lane}_{s}")
+            with m.Switch(f):
+                for k in range(1, code.top + 1):
+                    with m.Case(k):
+                        m.d.comb += mag.eq(a << (k - 1))
+            m.d.comb += t.eq(Mux(sign, -mag, mag))
+            terms.append(t)
+        tree = TreePipeline(m, TREE_LEVELS_PER_STAGE, f"exp{lane}")
+        total = tree.reduce([terms])[0]
+        assert tree.registers == self.dot_latency
+        pr = Signal(signed(len(total)), name=f"partial{lane}")
+        m.d.sync += pr.eq(total)
+        return pr
+
+    @classmethod
+    def built(cls, cfg: LayerConfig, fold: Folding) -> Built:
+        """Partials, the control along the trees, accumulators, done; per lane the adder tree's
+        registers ("dot"); logic: terms (bits)."""
+        S = fold.simd
+        tw = cfg.abits + cfg.weight_coding.top
+        bits, kept, stages = tree_register_bits([[(tw, 0)] * S], None, TREE_LEVELS_PER_STAGE)
+        partial = tw + tree_levels(S)
+        lane = Built(regs=(Reg("tree", bits, kept),), stages=stages,
+                     logic={"and_bits": 0, "tree_bits": partial, "shifter": 0,
+                            "pop_bits": adder_tree_bits([tw] * S), "lanes": 1})
+        return cls._built(cfg, fold, partial, (("dot", fold.pe, lane),), {})

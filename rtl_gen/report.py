@@ -533,7 +533,8 @@ def estimate_report(cfg: LayerConfig, fold: Folding, weights: str, steps: int, n
     lat = latency(cfg, fold)
     head = [
         f"hwrnn core '{name}' (analytic estimate, nothing generated): W{cfg.wbits}A{cfg.abits} "
-        f"{cfg.cell_type.upper()}, hidden {cfg.hidden}, input {cfg.input}"
+        f"{cfg.cell_type.upper()}" + (f" ({cfg.weight_code} weights)" if cfg.weight_code != "balanced" else "")
+        + f", hidden {cfg.hidden}, input {cfg.input}"
         + (f", cell {cfg.cell}" if cfg.gate_set.has_cell_state else ""),
         f"folding: PE {fold.pe} rows x SIMD {fold.simd} columns per cycle, bit planes {fold.planes}; weights {weights}",
         f"latency: {lat} cycles per time step (MAC {g.mac_cycles}; MAC bound {mac_bound(cfg, fold)}), "

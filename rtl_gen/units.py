@@ -31,11 +31,11 @@ from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.gates import GruGates, LstmGates, RnnGates
 from hwrnn.quant import levels
 from hwrnn.resources import Built, Reg
-from hwrnn.weight_code import BalancedCode
+from hwrnn.weight_code import BalancedCode, ExponentialCode, Pow2TernaryCode, TernaryCode, TernaryMeanCode
 
 from .blocks import FixedCellUnit, HRequantizer, LookupTable, delay_line
 from .float_cell import FloatCellUnit
-from .mac import BalancedMac
+from .mac import BalancedMac, ExponentialMac, TernaryMac
 from .multiplier import check_dsp
 
 #: cell-state format class -> unit constructor ``(cfg, dsp=...)`` (pipelined as the core needs it)
@@ -299,6 +299,10 @@ def gate_set_built(cfg: LayerConfig, phase: int = 0) -> Built:
 #: weight coding class -> MAC array constructor ``(cfg, fold)``
 MAC_UNITS = {
     BalancedCode: BalancedMac,
+    TernaryCode: TernaryMac,
+    TernaryMeanCode: TernaryMac,
+    Pow2TernaryCode: TernaryMac,   # ternary codes whose scale is a power of two: the same MAC
+    ExponentialCode: ExponentialMac,
 }
 
 

@@ -116,10 +116,17 @@ CASES = [
     (4, 2, 6, 6, 10, 5, "parallel", {"cell_type": "gru", "candidate": "tanh"}),
     (2, 2, 9, 4, 4, 5, "parallel", {"cell_type": "rnn"}),
     (3, 2, 6, 3, 3, 2, "serial", {"cell_type": "rnn", "candidate": "tanh", "init_state": "half"}),
+    # Ott et al.'s weight codes
+    (2, 2, 8, 5, 8, 4, "parallel", {"weight_code": "ternary"}),
+    (2, 3, 7, 6, 12, 5, "serial", {"weight_code": "pow2_ternary", "cell_type": "gru"}),
+    (2, 2, 6, 4, 8, 3, "parallel", {"weight_code": "ternary_mean", "candidate": "tanh"}),
+    (4, 2, 8, 5, 8, 4, "parallel", {"weight_code": "exponential"}),
+    (3, 4, 6, 7, 4, 6, "parallel", {"weight_code": "exponential", "cell_type": "rnn", "cell": "fp16"}),
+    (5, 1, 5, 3, 4, 3, "parallel", {"weight_code": "exponential", "cell_type": "gru"}),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[7].get('cell_type', 'lstm')}-W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[7].get('cell_type', 'lstm')}-{c[7].get('weight_code', 'balanced')}-W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}")
 def test_core_matches_integer_model(case):
     wbits, abits, hidden, inp, pe, simd, planes, extra = case
     cfg = LayerConfig(wbits=wbits, abits=abits, hidden=hidden, input=inp, **extra)

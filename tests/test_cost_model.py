@@ -16,7 +16,7 @@ from rtl_gen.core import LstmCore, port_widths
 from rtl_gen.float_cell import FloatCellUnit
 from rtl_gen.mac import BalancedMac
 from rtl_gen.multiplier import RegisteredMultiplier
-from rtl_gen.units import LstmUnit, cell_state_built, cell_state_unit
+from rtl_gen.units import LstmUnit, cell_state_built, cell_state_unit, mac_built, mac_unit
 
 
 def sync_bits(frag) -> int:
@@ -106,6 +106,19 @@ def test_mac_array_reports_its_registers(cfg, fold):
     assert BalancedMac.built(cfg, fold).bits == sync_bits(elaborated(mac))
 
 
+@pytest.mark.parametrize("code,wbits,fold", [
+    ("ternary", 2, Folding(pe=4, simd=5)), ("ternary", 2, Folding(pe=8, simd=3, planes="serial")),
+    ("pow2_ternary", 2, Folding(pe=4, simd=7)), ("exponential", 4, Folding(pe=4, simd=5)),
+    ("exponential", 3, Folding(pe=8, simd=9)), ("exponential", 5, Folding(pe=4, simd=2)),
+])
+def test_other_mac_arrays_report_their_registers(code, wbits, fold):
+    cfg = LayerConfig(wbits=wbits, abits=3, hidden=6, input=5, weight_code=code)
+    mac = mac_unit(cfg, fold)
+    report = mac_built(cfg, fold)
+    assert report.stages == mac.latency
+    assert report.bits == sync_bits(elaborated(mac))
+
+
 def consts_of(layer):
     w = port_widths(layer, Folding(pe=4, simd=1))
     return {"shift": layer.shift, "bias_bits": bias_width(layer) + 1, "mult_bits": w["mult"]}
@@ -120,6 +133,9 @@ def consts_of(layer):
     (LayerConfig(wbits=3, abits=2, hidden=6, cell_type="gru", candidate="tanh"), Folding(pe=6, simd=4, planes="serial"),
      "stream"),
     (LayerConfig(wbits=2, abits=3, hidden=5, cell_type="rnn", candidate="tanh"), Folding(pe=3, simd=4), "memory"),
+    (LayerConfig(wbits=2, abits=2, hidden=6, weight_code="ternary"), Folding(pe=8, simd=5, planes="serial"), "memory"),
+    (LayerConfig(wbits=4, abits=2, hidden=6, weight_code="exponential", cell_type="gru"), Folding(pe=4, simd=5),
+     "stream"),
 ])
 def test_core_report_is_what_the_core_builds(cfg, fold, weights):
     layer = QuantLayer.random(cfg, seed=3)

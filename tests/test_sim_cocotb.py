@@ -29,12 +29,20 @@ MATRIX = [
     (1, 8, 6, 4, 2, 3, "parallel", {"cell_type": "gru"}),
     (3, 2, 8, 5, 3, 4, "parallel", {"cell_type": "rnn"}),
     (8, 1, 5, 7, 5, 6, "serial", {"cell_type": "rnn", "candidate": "tanh"}),
+    # Ott et al.'s weight codes
+    (2, 2, 9, 5, 8, 4, "parallel", {"weight_code": "ternary"}),
+    (2, 3, 7, 6, 4, 5, "serial", {"weight_code": "pow2_ternary", "cell_type": "gru"}),
+    (2, 4, 6, 5, 8, 3, "parallel", {"weight_code": "ternary_mean", "candidate": "tanh"}),
+    (4, 2, 8, 5, 8, 4, "parallel", {"weight_code": "exponential"}),
+    (3, 1, 6, 7, 3, 6, "parallel", {"weight_code": "exponential", "cell_type": "rnn"}),
+    (5, 3, 5, 4, 4, 3, "parallel", {"weight_code": "exponential", "cell_type": "gru", "cell": "fp16"}),
 ]
 
 
 def _id(c):
     return (f"W{c[0]}A{c[1]}H{c[2]}X{c[3]}PE{c[4]}S{c[5]}{c[6][0]}" + (f"-{c[7]['cell']}" if "cell" in c[7] else "")
-            + (f"-{c[7]['cell_type']}" if "cell_type" in c[7] else ""))
+            + (f"-{c[7]['cell_type']}" if "cell_type" in c[7] else "")
+            + (f"-{c[7]['weight_code']}" if "weight_code" in c[7] else ""))
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=_id)
@@ -46,7 +54,8 @@ def test_verilator_matrix(case, tmp_path):
     assert res.cycles_per_step == res.predicted and res.compared_steps >= 10
 
 
-@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2], MATRIX[8], MATRIX[10], MATRIX[13], MATRIX[15]], ids=_id)
+@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[2], MATRIX[8], MATRIX[10], MATRIX[13], MATRIX[15], MATRIX[17],
+                                  MATRIX[18], MATRIX[20], MATRIX[22]], ids=_id)
 def test_icarus(case, tmp_path):
     w, a, h, x, pe, simd, planes, extra = case
     cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, **extra)

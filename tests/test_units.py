@@ -71,13 +71,18 @@ def test_lstm_unit_matches_the_gate_set_update(cell, candidate):
     assert dut.latency == sum(gs.stages(cfg).values())
 
 
-@pytest.mark.parametrize("wbits,abits,hidden,inp,pe,simd,planes", [
-    (1, 1, 3, 5, 4, 3, "parallel"), (4, 2, 5, 6, 8, 4, "parallel"), (3, 3, 4, 7, 8, 5, "serial"),
-    (8, 2, 2, 3, 8, 2, "serial")])
-def test_mac_unit_matches_the_weight_coding(wbits, abits, hidden, inp, pe, simd, planes):
-    """One row fold's words through the coding's MAC array: acc per lane = acc_from_planes(sum n*a,
-    sum a) of hwrnn.weight_code (padding lanes included: code 0)."""
-    cfg = LayerConfig(wbits=wbits, abits=abits, hidden=hidden, input=inp)
+@pytest.mark.parametrize("wbits,abits,hidden,inp,pe,simd,planes,code", [
+    (1, 1, 3, 5, 4, 3, "parallel", "balanced"), (4, 2, 5, 6, 8, 4, "parallel", "balanced"),
+    (3, 3, 4, 7, 8, 5, "serial", "balanced"), (8, 2, 2, 3, 8, 2, "serial", "balanced"),
+    (2, 2, 5, 6, 8, 4, "parallel", "ternary"), (2, 3, 4, 7, 8, 5, "serial", "ternary"),
+    (2, 1, 3, 4, 4, 7, "parallel", "pow2_ternary"), (2, 8, 3, 3, 4, 3, "serial", "ternary_mean"),
+    (4, 2, 5, 6, 8, 4, "parallel", "exponential"), (3, 3, 4, 7, 8, 5, "parallel", "exponential"),
+    (5, 8, 2, 3, 8, 2, "parallel", "exponential")])
+def test_mac_unit_matches_the_weight_coding(wbits, abits, hidden, inp, pe, simd, planes, code):
+    """One row fold's words through the coding's MAC array: acc per lane = the coding's reference
+    ``acc`` (sum of MAC values times activations; padding lanes included: code 0); for the balanced
+    code also its plane identity acc_from_planes(sum n*a, sum a)."""
+    cfg = LayerConfig(wbits=wbits, abits=abits, hidden=hidden, input=inp, weight_code=code)
     fold = Folding(pe=pe, simd=simd, planes=planes)
     layer = QuantLayer.random(cfg, seed=3)
     g = Geometry(cfg, fold)
@@ -91,7 +96,10 @@ def test_mac_unit_matches_the_weight_coding(wbits, abits, hidden, inp, pe, simd,
         r = g.lane_row(rf, lane)
         if r is not None:
             codes[lane, :cfg.columns] = layer.codes[r]
-    want = cfg.weight_coding.acc_from_planes(codes @ act, act.sum())
+    want = cfg.weight_coding.acc(codes, act)
+    if code == "balanced":
+        assert list(want) == list(cfg.weight_coding.acc_from_planes(codes @ act, act.sum()))
+    assert len(set(want.tolist())) > 1  # the weights exercise the MAC
 
     dut = mac_unit(cfg, fold)
     words = []

