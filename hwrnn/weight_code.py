@@ -24,7 +24,8 @@ these rules):
 * ``ternary_mean``: the same code with s = 1.4 * mean|W| (threshold 0.7 mean|W|, Li and Liu's
   ternary weight networks).
 * ``pow2_ternary`` (Ott's "dual copy" rounding with i = 0): the same code with s = 2**-f, f =
-  round(log2(1 / sqrt(6 / columns))) (the power of two nearest the Glorot bound), and Wq =
+  round(log2(1 / sqrt(6 / columns))) (the power of two nearest the Glorot bound; rounds, here and
+  below, take halves up), and Wq =
   clip(round(W / s), -1, 1) * s rounding half away from zero (+s if W >= s/2).
 * ``exponential`` (Ott's exponential quantization with a zero code): bits = 1 + e (e = 2..4
   exponent bits), bit e the sign, E = 2**e - 1; exponent field f = 0 is the weight 0, f = 1..E is
@@ -261,7 +262,7 @@ class Pow2TernaryCode(TernaryCode):
     name = "pow2_ternary"
 
     def scale(self, w) -> float:
-        return 2.0 ** -round(math.log2(1.0 / glorot_bound(w)))
+        return 2.0 ** -math.floor(math.log2(1.0 / glorot_bound(w)) + 0.5)  # nearest, halves up
 
     def round_units(self, u):
         """Half away from zero, clipped to +-1: +1 at or above 1/2, -1 at or below -1/2."""
@@ -310,7 +311,7 @@ class ExponentialCode(WeightCode):
 
     def scale(self, w) -> float:
         top = float(np.max(np.abs(w))) if np.size(w) else 0.0
-        return 2.0 ** round(math.log2(top)) if top > 0 else 1.0
+        return 2.0 ** math.floor(math.log2(top) + 0.5) if top > 0 else 1.0  # nearest power, halves up
 
     def codes(self, w, gamma: float, use_tanh: bool = True, scale: float | None = None):
         w = _finite(w)

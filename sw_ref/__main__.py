@@ -10,6 +10,8 @@ import time
 from hwrnn.cli import os_error_line
 
 DEFAULT_RUN = "runs/default"
+#: default of an option whose absence differs from a float (None) value
+_NOT_GIVEN = object()
 
 
 def _bits(text):
@@ -41,6 +43,22 @@ def _cell_type_arg(p):
                                        "rnn (vanilla)")
 
 
+def _weight_code_args(p, stochastic: bool = True):
+    # checked by sw_ref.weight_quantizers (one error line), not by argparse choices
+    p.add_argument("--weight-code", help="weight coding of the recurrent matrix: balanced (He et al., default), "
+                                         "ternary, ternary_mean, pow2_ternary (2 bits), exponential (3..5 bits, "
+                                         "default 4) (Ott et al.); --wbits defaults to the code's width")
+    if stochastic:
+        p.add_argument("--stochastic-weights", action="store_true", default=None,
+                       help="Ott's codes: stochastic rounding in training (evaluation and export deterministic)")
+
+
+def _level_arg(p, default_help="word"):
+    # checked by sw_ref.data (one error line), not by argparse choices
+    p.add_argument("--level", help=f"PTB tokens: word, or char (characters, '_' between words, <eos> ending each "
+                                   f"line; bits per character reported; default {default_help})")
+
+
 def _speed_args(p):
     p.add_argument("--eval-every", type=int, help="also validate every N batches inside an epoch (best.pt and lr "
                                                    "annealing react within the epoch; default 0 = epoch ends only)")
@@ -54,10 +72,11 @@ def build_parser():
 
     t = sub.add_parser("train", help="train (or fine-tune, or resume) a language model")
     t.add_argument("--data", help="directory of ptb.{train,valid,test}.txt[.gz] (or $HWRNN_PTB)")
+    _level_arg(t)
     t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN}); resumes if it has last.pt")
     t.add_argument("--hidden", type=int, default=300, help="hidden units (widen for Kapur et al.'s neuron increase)")
     t.add_argument("--input", type=int, help="embedding size (default: hidden)")
-    t.add_argument("--wbits", type=_bits, help="weight bits 1..8 (default: float)")
+    t.add_argument("--wbits", type=_bits, help="weight bits 1..8 (default: float; with --weight-code, the code's width)")
     t.add_argument("--abits", type=_bits, help="activation bits 1..8 (default: float)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -80,28 +99,34 @@ def build_parser():
     t.add_argument("--gamma", type=float)
     t.add_argument("--cell", help="emulate the hardware cell format in training (fixed:I.F, fp16, bf16, eXmY; LSTM only)")
     _cell_type_arg(t)
+    _weight_code_args(t)
     t.add_argument("--progress", action="store_true", default=None, help="force the progress bar")
     _speed_args(t)
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint (and of its integer model with --integer)")
     e.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
     e.add_argument("--data")
+    _level_arg(e, "the checkpoint's")
     e.add_argument("--split", choices=["valid", "test"], default="test")
     e.add_argument("--integer", action="store_true", help="also run the bit-exact integer model (hardware)")
-    e.add_argument("--json", action="store_true", help="print one JSON object (ppw = integer model's with --integer)")
+    e.add_argument("--json", action="store_true", help="print one JSON object (ppw = integer model's with --integer; "
+                                                        "perplexities per token: per character at char level, "
+                                                        "with bpc beside them)")
     e.add_argument("--batch-size", type=int, default=10)
     e.add_argument("--threads", type=int)
     _format_args(e)
 
     r = sub.add_parser("experiment", help="train/fine-tune, evaluate (model and integer model), record in results/ptb.json")
     r.add_argument("--data")
+    _level_arg(r)
     r.add_argument("--out", required=True, help="run directory (resumable)")
     r.add_argument("--name", help="entry name in the results file (default e.g. W4A2@450, GRU W2A2@300)")
     r.add_argument("--results", default="results/ptb.json")
     r.add_argument("--hidden", type=int, default=300)
-    r.add_argument("--wbits", type=_bits)
+    r.add_argument("--wbits", type=_bits, help="weight bits (default: float; with --weight-code, the code's width)")
     r.add_argument("--abits", type=_bits)
     _cell_type_arg(r)
+    _weight_code_args(r)
     r.add_argument("--epochs", type=int, default=40)
     r.add_argument("--init-from")
     r.add_argument("--lr", type=float)
@@ -122,9 +147,10 @@ def build_parser():
 
     s = sub.add_parser("search", help="Kapur et al.'s neuron-increase search: smallest hidden size reaching a target")
     s.add_argument("--data")
-    s.add_argument("--wbits", type=_bits, required=True)
+    s.add_argument("--wbits", type=_bits, default=_NOT_GIVEN, help="weight bits (default: the --weight-code's width)")
     s.add_argument("--abits", type=_bits, required=True)
     _cell_type_arg(s)
+    _weight_code_args(s)
     s.add_argument("--hidden-sizes", default="300,375,450,600,1000")
     tg = s.add_mutually_exclusive_group(required=True)
     tg.add_argument("--target", type=float, help="target test PPW")
@@ -178,28 +204,35 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import math
+
     import torch
 
-    from .data import load_ptb, resolve_data_dir
+    from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb, resolve_data_dir
     from .export import IntegerLM, layer_from_model
     from .train import evaluate_loss, load_lm_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, vocab, meta = load_lm_checkpoint(args.checkpoint)
-    corpus = load_ptb(resolve_data_dir(args.data))
+    level = meta.get("level", DEFAULT_LEVEL)
+    if args.level is not None and check_level(args.level) != level:
+        raise ValueError(f"{args.checkpoint} was trained at {level} level, not {args.level}")
+    corpus = load_ptb(resolve_data_dir(args.data), level)
     if list(corpus.vocab) != list(vocab):
         raise ValueError(f"the vocabulary of {args.checkpoint} does not match the data in {args.data}")
     data = getattr(corpus, args.split)
     t0 = time.perf_counter()
     total, count = evaluate_loss(model, data, bsz=args.batch_size)
-    import math
+    char = level == "char"
 
-    res = {"checkpoint": args.checkpoint, "split": args.split, "tokens": count,
+    res = {"checkpoint": args.checkpoint, "split": args.split, "level": level, "tokens": count,
            "model_ppw": math.exp(total / count), "model_seconds": round(time.perf_counter() - t0, 2),
            "wbits": model.cfg.wbits, "abits": model.cfg.abits, "hidden": model.cfg.hidden,
-           "cell_type": model.cfg.cell_type}
+           "cell_type": model.cfg.cell_type, "weight_code": model.cfg.weight_code}
     res["ppw"] = res["model_ppw"]
+    if char:
+        res["model_bpc"] = res["bpc"] = bpc(total / count)
     if args.integer:
         layer = layer_from_model(model, **_formats(args))
         ilm = IntegerLM(model, layer)
@@ -210,14 +243,20 @@ def cmd_eval(args) -> int:
                    cell=layer.cfg.cell if model.cfg.cell_class.has_cell_state else None)
         res["ppw"] = res["integer_ppw"]
         res["gap_percent"] = 100.0 * (res["integer_ppw"] - res["model_ppw"]) / res["model_ppw"]
+        if char:
+            res["integer_bpc"] = res["bpc"] = bpc(itotal / icount)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.split} perplexity per word: {res['model_ppw']:.2f} (training model)")
+        def line(which):
+            if char:
+                return (f"{args.split} bits per character: {res[which + '_bpc']:.4f} (perplexity per character "
+                        f"{res[which + '_ppw']:.4f})")
+            return f"{args.split} perplexity per word: {res[which + '_ppw']:.2f}"
+        print(f"{line('model')} (training model)")
         if args.integer:
             cell = f"cell {res['cell']}" if res["cell"] else model.cfg.cell_type
-            print(f"{args.split} perplexity per word: {res['integer_ppw']:.2f} (integer model = hardware, "
-                  f"{cell}; gap {res['gap_percent']:+.2f} %)")
+            print(f"{line('integer')} (integer model = hardware, {cell}; gap {res['gap_percent']:+.2f} %)")
     return 0
 
 
@@ -233,14 +272,14 @@ def cmd_export(args) -> int:
     layer.save(out)
     c = layer.cfg
     cell = f"cell {c.cell}" if model.cfg.cell_class.has_cell_state else f"{c.cell_type} cell"
-    print(f"wrote {out}: W{c.wbits}A{c.abits} hidden {c.hidden} input {c.input}, scale {layer.scale:.6g}, "
+    print(f"wrote {out}: W{c.wbits}A{c.abits} {c.weight_code} hidden {c.hidden} input {c.input}, scale {layer.scale:.6g}, "
           f"multiplier {layer.mult} >> {layer.shift}, {cell}")
     return 0
 
 
 def _train_extra(args) -> dict:
     keys = ("init_from", "lr", "optimizer", "dropout", "threads", "max_batches", "min_lr", "max_train_tokens",
-            "eval_every", "decoder_precision")
+            "eval_every", "decoder_precision", "stochastic_weights")
     return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -248,7 +287,8 @@ def cmd_experiment(args) -> int:
     from .experiment import relative_command, run_experiment
 
     e = run_experiment(args.data, args.out, wbits=args.wbits, abits=args.abits, hidden=args.hidden,
-                       cell_type=args.cell_type, epochs=args.epochs, name=args.name, results=args.results,
+                       cell_type=args.cell_type, weight_code=args.weight_code, level=args.level, epochs=args.epochs,
+                       name=args.name, results=args.results,
                        formats=_formats(args),
                        eval_only=args.eval_only, command=relative_command(["python", "-m", "sw_ref", *args.argv]),
                        **_train_extra(args))
@@ -287,10 +327,19 @@ def cmd_search(args) -> int:
 
     from .cells import cell_class
     from .experiment import (_entry_name, baseline_target, load_results, neuron_increase_search, run_experiment,
-                             save_results)
+                             save_results, search_key)
+    from .weight_quantizers import DEFAULT_WEIGHT_CODE, quantizer_class, resolve_wbits
 
     cell_type = args.cell_type or "lstm"
     cell_class(cell_type)  # one-line error for an unknown cell type, before anything runs
+    code = args.weight_code or DEFAULT_WEIGHT_CODE
+    quantizer_class(code)  # the same for the weight code
+    wbits = args.wbits
+    if wbits is _NOT_GIVEN:
+        wbits = resolve_wbits(None, code)
+        if wbits is None:
+            raise ValueError(f"give --wbits (the {code} code has no default width)")
+    stochastic = bool(args.stochastic_weights)
     results = load_results(args.results)
     target = args.target
     baseline_bits = None
@@ -302,23 +351,25 @@ def cmd_search(args) -> int:
     if args.from_results:
         from .experiment import recorded_search
 
-        print(json.dumps(recorded_search(results, args.wbits, args.abits, target, baseline_bits, cell_type), indent=1))
+        print(json.dumps(recorded_search(results, wbits, args.abits, target, baseline_bits, cell_type, code,
+                                         stochastic), indent=1))
         return 0
     sizes = [int(s) for s in args.hidden_sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--hidden-sizes must be positive integers, got {args.hidden_sizes!r}")
 
     def evaluate_hidden(h):
-        run_dir = _entry_name(args.wbits, args.abits, h, cell_type=cell_type).replace(" ", "_")
-        e = run_experiment(args.data, os.path.join(args.runs, run_dir), wbits=args.wbits, abits=args.abits, hidden=h,
-                           cell_type=cell_type, epochs=args.epochs, results=args.results, **_train_extra(args))
+        run_dir = _entry_name(wbits, args.abits, h, cell_type=cell_type, weight_code=code,
+                              stochastic=stochastic).replace(" ", "_")
+        e = run_experiment(args.data, os.path.join(args.runs, run_dir), wbits=wbits, abits=args.abits, hidden=h,
+                           cell_type=cell_type, weight_code=code, epochs=args.epochs, results=args.results,
+                           **_train_extra(args))
         ppw = (e["integer_ppw"] or e["model_ppw"])["test"]
         return ppw, e["bits"]
 
     res = neuron_increase_search(evaluate_hidden, sizes, target, baseline_bits)
     d = load_results(args.results)
-    label = cell_class(cell_type).label
-    d.setdefault("searches", {})[(f"{label} " if label else "") + f"W{args.wbits}A{args.abits}"] = res
+    d.setdefault("searches", {})[search_key(wbits, args.abits, cell_type, code, stochastic)] = res
     save_results(d, args.results)
     print(json.dumps(res, indent=1))
     return 0

@@ -4,7 +4,8 @@ Each cell (an nn.Module) owns the layer's parameters ``weight`` [rows, X+H] and 
 (in the LM: ``rnn.weight``, ``rnn.bias``), with rows = n_gates * H, gate-major (row = gate*H + unit,
 gates in the row-block order of ``gates``, as hwrnn.gates), columns [x_t ; h_{t-1}]; and its
 recurrence, its step-trace keys, its initial state and its bias init. The LM quantizes the whole
-matrix with ONE scale (sw_ref.quantizers.quantize_weight) and hands the cell the input part
+matrix with ONE scale (its weight code's quantizer, sw_ref.weight_quantizers; balanced:
+sw_ref.quantizers.quantize_weight) and hands the cell the input part
 xw = x_t W_x^T + b of every step and W_h^T; the cell runs the steps.
 
 Notation: Q_a = quantize_activation(., abits) (abits-bit codes n / (2**abits - 1); identity in
@@ -27,7 +28,8 @@ State: the LM's ``(h, c)`` tuple for every cell. Only the LSTM has a cell state;
 cells c is an empty [B, 0] tensor (carried, never read), so the tuple API (detach, checkpoints)
 stays the same. Initial state: 'zero' -> h0 = 0 (LSTM: c0 = 0); 'half' -> h0 = Q_a(0.5) (LSTM:
 c0 = 0.5). Bias init: LSTM 0 except the forget-gate rows = 1.0; the other cells 0.
-Weight init U(-1/sqrt(H), 1/sqrt(H)) for all.
+Weight init U(-b, b), b the weight coding's bound (sw_ref.weight_quantizers, hwrnn ``init_bound``):
+1/sqrt(H) for the balanced code and float weights, Glorot sqrt(6 / (X + H)) for Ott et al.'s codes.
 
 Step trace keys (``trace_keys``, each [T, ...] for one sequence): 'z' (the arguments of the gate
 functions, [T, rows] gate-major; gru_ott: z_g is the full argument W_gx x + b_g + r*(W_gh h)),
@@ -35,7 +37,6 @@ one key per gate, 'rh' (gru), 'c' (lstm), 'h'.
 """
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -82,8 +83,9 @@ class Cell(nn.Module):
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self):
-        """weight ~ U(-1/sqrt(H), 1/sqrt(H)); bias 0 (then ``_init_bias``)."""
-        r = 1.0 / math.sqrt(self.cfg.hidden)
+        """weight ~ U(-b, b), b = the weight coding's init_bound (1/sqrt(H) balanced and float,
+        sqrt(6 / (X + H)) Ott's codes); bias 0 (then ``_init_bias``)."""
+        r = self.cfg.weight_quantizer().init_bound(*self.weight.shape, self.cfg.hidden)
         self.weight.uniform_(-r, r)
         self.bias.zero_()
         self._init_bias()

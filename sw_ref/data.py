@@ -1,4 +1,4 @@
-"""Penn Treebank loading for sw_ref (word level, Mikolov split).
+"""Penn Treebank loading for sw_ref (Mikolov split), at word or character level.
 
 Public API
 ----------
@@ -11,14 +11,28 @@ Public API
     The data directory: ``flag_value`` if given, else the ``HWRNN_PTB`` environment variable, else
     ``DataError("no data: pass --data or set HWRNN_PTB")``. Existence is checked by ``load_ptb``.
 
-``load_ptb(data_dir) -> Corpus``
+``load_ptb(data_dir, level="word") -> Corpus``
     Reads ``ptb.train``, ``ptb.valid``, ``ptb.test`` from ``data_dir``, each as ``<name>.txt`` or
-    ``<name>.txt.gz`` (plain ``.txt`` preferred when both exist). Mikolov convention: every line is
-    split on whitespace and ``<eos>`` is appended (empty lines give just ``<eos>``). The vocabulary
-    is built from train only, sorted (deterministic ids: ``vocab[i]`` is the word of id ``i``).
+    ``<name>.txt.gz`` (plain ``.txt`` preferred when both exist), and tokenizes them at ``level``
+    (``tokenize_text``). The vocabulary is built from train only, sorted (deterministic ids:
+    ``vocab[i]`` is the token of id ``i``); a token of valid/test missing from it is a DataError.
+
+``tokenize_text(text, level="word") -> list[str]``
+    word (Mikolov convention): every line is split on whitespace and ``<eos>`` is appended (empty
+    lines give just ``<eos>``).
+    char (the character-level PTB derived from the same files, as Mikolov's char-level set and Ott
+    et al.'s bits-per-character figures): every line's words (split on whitespace, so leading,
+    trailing and repeated spaces vanish) are joined by the separator ``"_"`` (CHAR_SPACE) and each
+    character is one token; ``<eos>`` (one token, as at word level) ends every line. ``<unk>`` and
+    ``N`` stay their characters ('<', 'u', 'n', 'k', '>'). A text that already holds ``"_"`` is a
+    DataError (the separator would be ambiguous; the PTB files hold none).
+    Perplexity and cross-entropy are per token: per character at char level, where bits per
+    character BPC = mean NLL per character / ln 2 = log2(perplexity per character) (``bpc``).
 
 ``class Corpus``: ``.vocab`` (list[str]), ``.word2idx`` (dict), ``.train/.valid/.test`` (1-D
-    ``torch.long`` tensors of token ids), ``.paths`` (dict split -> Path actually read).
+    ``torch.long`` tensors of token ids), ``.paths`` (dict split -> Path actually read), ``.level``.
+
+``check_level(level) -> str``: the level, or DataError (one line) for anything but word/char.
 
 ``batchify(data: Tensor[N], bsz: int) -> Tensor[N // bsz, bsz]``
     As in PyTorch's word_language_model example: trailing tokens that do not fill a column are
@@ -34,6 +48,7 @@ Public API
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -44,6 +59,11 @@ import torch
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 ENV_VAR = "HWRNN_PTB"
+#: tokenization levels (``load_ptb``); the default is word
+LEVELS = ("word", "char")
+DEFAULT_LEVEL = "word"
+#: the character-level token of a space between words
+CHAR_SPACE = "_"
 
 
 class DataError(ValueError):
@@ -60,6 +80,18 @@ def resolve_data_dir(flag_value=None) -> Path:
     raise DataError(f"no data: pass --data or set {ENV_VAR}")
 
 
+def check_level(level) -> str:
+    """``level`` if it is one of LEVELS, else DataError (one line)."""
+    if level not in LEVELS:
+        raise DataError(f"level must be one of {LEVELS}, got {level!r}")
+    return level
+
+
+def bpc(nll_nats_per_token: float) -> float:
+    """Bits per token (per character at char level): mean negative log-likelihood in nats / ln 2."""
+    return nll_nats_per_token / math.log(2.0)
+
+
 @dataclass
 class Corpus:
     vocab: list
@@ -67,13 +99,14 @@ class Corpus:
     valid: torch.Tensor
     test: torch.Tensor
     paths: dict = field(default_factory=dict)
+    level: str = DEFAULT_LEVEL
 
     @property
     def word2idx(self) -> dict:
         return {w: i for i, w in enumerate(self.vocab)}
 
     def __repr__(self) -> str:  # keep it short (tensors are large)
-        return (f"Corpus(vocab={len(self.vocab)}, train={len(self.train)}, "
+        return (f"Corpus(level={self.level}, vocab={len(self.vocab)}, train={len(self.train)}, "
                 f"valid={len(self.valid)}, test={len(self.test)})")
 
 
@@ -110,21 +143,32 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def tokenize_text(text: str) -> list:
-    """Mikolov convention: whitespace split per line, ``<eos>`` appended to every line."""
-    words = []
+def tokenize_text(text: str, level: str = DEFAULT_LEVEL, source: str = "the text") -> list:
+    """Tokens of a text at ``level`` (module docstring): word: whitespace split per line, ``<eos>``
+    appended to every line; char: the line's words joined by ``"_"``, one token per character,
+    ``<eos>`` appended to every line. ``source`` names the text in errors."""
+    check_level(level)
+    tokens = []
+    if level == "char":
+        if CHAR_SPACE in text:
+            raise DataError(f"{source} holds {CHAR_SPACE!r}, the character-level space symbol (ambiguous)")
+        for line in text.splitlines():
+            tokens.extend(CHAR_SPACE.join(line.split()))
+            tokens.append(EOS)
+        return tokens
     for line in text.splitlines():
-        words.extend(line.split())
-        words.append(EOS)
-    return words
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
 
 
-def load_ptb(data_dir) -> Corpus:
+def load_ptb(data_dir, level: str = DEFAULT_LEVEL) -> Corpus:
+    check_level(level)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data directory not found: {data_dir}")
     paths = {s: _find_split_file(data_dir, s) for s in SPLITS}
-    words = {s: tokenize_text(_read_text(p)) for s, p in paths.items()}
+    words = {s: tokenize_text(_read_text(p), level, f"data file {p}") for s, p in paths.items()}
     vocab = sorted(set(words["train"]))
     w2i = {w: i for i, w in enumerate(vocab)}
     tensors = {}
@@ -133,11 +177,12 @@ def load_ptb(data_dir) -> Corpus:
         if missing:
             shown = ", ".join(repr(w) for w in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataError(f"data file {paths[s]} has {len(missing)} word(s) not in the train "
+            what = "character(s)" if level == "char" else "word(s)"
+            raise DataError(f"data file {paths[s]} has {len(missing)} {what} not in the train "
                             f"vocabulary: {shown}{more}")
         tensors[s] = torch.tensor([w2i[w] for w in words[s]], dtype=torch.long)
     return Corpus(vocab=vocab, train=tensors["train"], valid=tensors["valid"],
-                  test=tensors["test"], paths=paths)
+                  test=tensors["test"], paths=paths, level=level)
 
 
 def batchify(data: torch.Tensor, bsz: int) -> torch.Tensor:

@@ -3,10 +3,13 @@ integer model on valid and test, record one entry in results/ptb.json; the table
 beside the papers'; Kapur et al.'s neuron-increase search.
 
 An entry (keyed by its name: "W2A2@300" for the LSTM, "GRU W2A2@300", "GRU-Ott W2A2@300" or
-"RNN W2A2@300" for the other cell types, "_<cell format>" appended when one is given) holds: wbits,
-abits, hidden, cell (the LSTM's cell-state format; None for cells without a cell state), cell_type,
-recipe (every training option) and epochs done, valid/test perplexity of the training model
-("model") and of the integer model ("integer"), the integer/model gap, model size in bits
+"RNN W2A2@300" for the other cell types, "_<cell format>" appended when one is given, and the weight
+code for Ott et al.'s codes, e.g. "W2A2@300 ternary", "GRU W4A2@300 exponential stochastic"; "char "
+first for PTB at character level, e.g. "char W2A2@300 ternary") holds: wbits, abits, hidden, cell
+(the LSTM's cell-state format; None for cells without a cell state), cell_type, weight_code,
+stochastic_weights, level ("word" or "char"), recipe (every training option) and epochs done, valid/test perplexity of the training model
+("model") and of the integer model ("integer"), the integer/model gap (at char level the perplexities are per character and "model_bpc" and
+"integer_bpc" hold the bits per character beside them), model size in bits
 (recurrent layer, under the keys lstm_layer_* whatever the cell type, and whole model, with their
 FP32 sizes), wall time (accumulated over resumed invocations), the command, and a "note" that
 keeps the figures of any earlier entry of the same name that this one replaced.
@@ -18,6 +21,7 @@ of the machine that made them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -25,6 +29,9 @@ import time
 from pathlib import Path
 
 from .cells import CELLS, DEFAULT_CELL_TYPE, cell_class
+from .data import DEFAULT_LEVEL, LEVELS, bpc, check_level
+from .weight_quantizers import (DEFAULT_WEIGHT_CODE, WEIGHT_CODES, check_stochastic, code_label, resolve_wbits,
+                                weight_quantizer)
 
 #: Kapur et al. Table 2 (test PPW, 1-layer LSTM on PTB; float baseline 108.7) and He et al. Table 1
 #: (LSTM and GRU rows, one layer of 300 units, balanced quantization)
@@ -104,16 +111,49 @@ def model_bits(cfg) -> dict:
             "model_bits": layer + emb + dec, "model_fp32_bits": fp32}
 
 
-def _entry_name(wbits, abits, hidden, cell=None, cell_type=DEFAULT_CELL_TYPE) -> str:
-    """"W4A2@450" (LSTM), "GRU W2A2@300", "RNN float@300"; "_<cell format>" appended when given."""
+#: the mark of a tokenization level in entry names ("" for PTB words)
+LEVEL_LABELS = {"word": "", "char": "char"}
+
+
+def _entry_name(wbits, abits, hidden, cell=None, cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE,
+                stochastic=False, level=DEFAULT_LEVEL) -> str:
+    """"W4A2@450" (LSTM), "GRU W2A2@300", "RNN float@300"; "_<cell format>" appended when given; the
+    code of Ott et al.'s weight codes last ("W2A2@300 ternary", "W4A2@300 exponential stochastic");
+    "char " first at character level ("char W2A2@300 ternary")."""
     q = "float" if wbits is None and abits is None else f"W{wbits}A{abits}"
     label = cell_class(cell_type).label
-    return (f"{label} " if label else "") + f"{q}@{hidden}" + (f"_{cell}" if cell else "")
+    code = code_label(weight_code, wbits, stochastic)
+    lv = LEVEL_LABELS[check_level(level)]
+    return ((f"{lv} " if lv else "") + (f"{label} " if label else "") + f"{q}@{hidden}" + (f"_{cell}" if cell else "")
+            + (f" {code}" if code else ""))
+
+
+def search_key(wbits, abits, cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE, stochastic=False) -> str:
+    """Key of a neuron-increase search in the results file: "W2A2", "GRU W2A2", "W2A2 ternary"."""
+    label = cell_class(cell_type).label
+    code = code_label(weight_code, wbits, stochastic)
+    return (f"{label} " if label else "") + f"W{wbits}A{abits}" + (f" {code}" if code else "")
 
 
 def _entry_cell_type(e: dict) -> str:
     """The cell type of a results entry (entries written before the field existed are LSTMs)."""
     return e.get("cell_type") or DEFAULT_CELL_TYPE
+
+
+def _entry_weight_code(e: dict) -> str:
+    """The weight code of a results entry (entries written before the field existed are balanced)."""
+    return e.get("weight_code") or DEFAULT_WEIGHT_CODE
+
+
+def _entry_level(e: dict) -> str:
+    """The tokenization level of a results entry (entries written before the field existed: word)."""
+    return e.get("level") or DEFAULT_LEVEL
+
+
+def _is_paper_cell(e: dict) -> bool:
+    """Whether the papers' tables (Kapur et al., He et al.: balanced codes, PTB words) apply to an entry."""
+    return (_entry_weight_code(e) == DEFAULT_WEIGHT_CODE and not e.get("stochastic_weights")
+            and _entry_level(e) == DEFAULT_LEVEL)
 
 
 def load_results(path) -> dict:
@@ -141,7 +181,8 @@ def save_results(d: dict, path) -> None:
 
 def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     """Valid and test perplexity of best.pt (last.pt while no epoch has finished): training model
-    and, when quantized, integer model."""
+    and, when quantized, integer model; at the checkpoint's level (char: per character, and bits per
+    character under "model_bpc" / "integer_bpc")."""
     from .data import load_ptb
     from .export import IntegerLM, layer_from_model
     from .train import evaluate, load_lm_checkpoint
@@ -150,7 +191,8 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     if not ck.exists():
         ck = Path(run_dir) / "last.pt"
     model, vocab, meta = load_lm_checkpoint(ck)
-    corpus = load_ptb(data_dir)
+    level = meta.get("level", DEFAULT_LEVEL)
+    corpus = load_ptb(data_dir, level)
     if list(corpus.vocab) != list(vocab):
         raise ValueError(f"the vocabulary of {run_dir} does not match {data_dir}")
     out = {"best_epoch": meta.get("epoch"), "checkpoint": ck.name, "model": {}, "integer": None}
@@ -164,11 +206,18 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
         out["gap_percent"] = 100.0 * (out["integer"]["test"] - out["model"]["test"]) / out["model"]["test"]
     out["bits"] = model_bits(model.cfg)
     out["cell_type"] = model.cfg.cell_type
+    out["weight_code"] = model.cfg.weight_code
+    out["stochastic_weights"] = model.cfg.stochastic_weights
+    out["level"] = level
+    if level == "char":
+        for which in ("model", "integer"):
+            if out[which] is not None:
+                out[f"{which}_bpc"] = {k: bpc(math.log(v)) for k, v in out[which].items()}
     return out
 
 
 #: training options that define the recipe (the rest only steer logging, threads and checkpoints)
-RECIPE_KEYS = ("cell_type", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
+RECIPE_KEYS = ("level", "cell_type", "weight_code", "stochastic_weights", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
                "gamma", "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
                "min_lr", "max_train_tokens", "eval_every", "decoder_precision")
 
@@ -196,18 +245,27 @@ def _run_state(out: Path, epochs: int) -> dict:
         raise ValueError(f"{out} has no last.pt: nothing to evaluate")
     model, _vocab, meta = load_lm_checkpoint(last)
     done = int(meta.get("epoch", 0))
-    return {"epochs_done": done, "interrupted": done < epochs, "cell_type": model.cfg.cell_type}
+    return {"epochs_done": done, "interrupted": done < epochs, "cell_type": model.cfg.cell_type,
+            "weight_code": model.cfg.weight_code, "level": meta.get("level", DEFAULT_LEVEL)}
 
 
 def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, name=None, results="results/ptb.json",
-                   formats=None, command=None, eval_only=False, cell_type=DEFAULT_CELL_TYPE, **train_opts) -> dict:
+                   formats=None, command=None, eval_only=False, cell_type=DEFAULT_CELL_TYPE,
+                   weight_code=DEFAULT_WEIGHT_CODE, level=DEFAULT_LEVEL, **train_opts) -> dict:
     """Train (or resume) into `out`, evaluate, upsert results[name]; returns the entry.
     ``eval_only``: no training, evaluate the run directory as it stands. ``cell_type``: sw_ref.cells
-    (lstm, gru, gru_ott, rnn); checked before anything is written."""
+    (lstm, gru, gru_ott, rnn); ``weight_code``: sw_ref.weight_quantizers (``wbits`` None takes the
+    code's default width); ``level``: word or char (sw_ref.data); all checked before anything is written."""
     from .data import resolve_data_dir
     from .train import train
 
     cell_type = DEFAULT_CELL_TYPE if cell_type is None else cell_type
+    weight_code = DEFAULT_WEIGHT_CODE if weight_code is None else weight_code
+    level = check_level(DEFAULT_LEVEL if level is None else level)
+    wbits = resolve_wbits(wbits, weight_code)  # one-line ValueError for an unknown weight code
+    stochastic = bool(train_opts.get("stochastic_weights"))
+    weight_quantizer(weight_code, wbits)  # ... or a width it does not take
+    check_stochastic(weight_code, wbits, stochastic)
     cls = cell_class(cell_type)  # one-line ValueError for an unknown cell type
     if (formats or {}).get("cell") is not None and not cls.has_cell_state:
         raise ValueError(f"--cell (a cell-state format) applies to the LSTM only: cell_type {cell_type!r} "
@@ -222,23 +280,32 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
         if summary["cell_type"] != cell_type:
             raise ValueError(f"{out} holds a {summary['cell_type']} model, not {cell_type}: "
                              f"pass --cell-type {summary['cell_type']}")
+        if summary["weight_code"] != weight_code:
+            raise ValueError(f"{out} holds a model with {summary['weight_code']} weights, not {weight_code}: "
+                             f"pass --weight-code {summary['weight_code']}")
+        if summary["level"] != level:
+            raise ValueError(f"{out} holds a {summary['level']}-level model, not {level}: pass --level {summary['level']}")
     else:
         t0 = time.time()
         summary = train(data=str(data_dir), out=str(out), wbits=wbits, abits=abits, hidden=hidden, epochs=epochs,
-                        cell_type=cell_type, **train_opts)
+                        cell_type=cell_type, weight_code=weight_code, level=level, **train_opts)
         state["wall_s"] += time.time() - t0
         state["invocations"] += 1
         state_path.write_text(json.dumps(state))
     ev = evaluate_run(out, data_dir, formats)
-    name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"), cell_type)
+    name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"), cell_type, weight_code, stochastic,
+                               level)
     epochs_done = summary["epochs_done"]
     entry = {
         "name": name, "wbits": wbits, "abits": abits, "hidden": hidden, "cell": ev.get("cell"),
-        "cell_type": ev["cell_type"],
-        "recipe": full_recipe({**train_opts, "cell_type": cell_type}, epochs),
+        "cell_type": ev["cell_type"], "weight_code": ev["weight_code"], "stochastic_weights": ev["stochastic_weights"],
+        "level": ev["level"],
+        "recipe": full_recipe({**train_opts, "cell_type": cell_type, "weight_code": weight_code, "level": level},
+                              epochs),
         "epochs_done": epochs_done, "best_epoch": ev["best_epoch"], "evaluated": ev["checkpoint"],
         "finished": not summary["interrupted"],  # all epochs run, or stopped by min_lr
         "model_ppw": ev["model"], "integer_ppw": ev["integer"], "gap_percent": ev.get("gap_percent"),
+        **({k: ev[k] for k in ("model_bpc", "integer_bpc") if k in ev}),
         "bits": ev["bits"], "wall_s": round(state["wall_s"], 1), "run_dir": relative_path(out),
         "command": command or relative_command(["python", "-m", "sw_ref", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -285,6 +352,10 @@ def _fmt(v):
     return "-" if v is None else f"{v:.1f}"
 
 
+def _fmt_bpc(v):
+    return "-" if v is None else f"{v:.3f} bpc"
+
+
 #: the entries issue 7 requires
 REQUIRED_RUNS = ("float@300", "W4A4@300", "W4A4@450", "W4A2@450", "W2A2@300", "W2A2@450")
 #: test PPW targets (integer model; training model for float runs), each the paper's figure for
@@ -325,26 +396,40 @@ def _cell_order(e: dict) -> int:
     return types.index(ct) if ct in types else len(types)
 
 
+def _code_order(e: dict) -> tuple:
+    wc = _entry_weight_code(e)
+    return (WEIGHT_CODES.index(wc) if wc in WEIGHT_CODES else len(WEIGHT_CODES), bool(e.get("stochastic_weights")))
+
+
 def results_table(d: dict) -> str:
     """Markdown table of results/ptb.json beside Kapur Table 2 and He Table 1 (LSTM entries first,
-    then each other cell type; Kapur's figures are LSTM ones, He's of the entry's cell type)."""
+    then each other cell type, balanced codes before Ott et al.'s, word level before char level;
+    Kapur's figures are LSTM ones, He's of the entry's cell type, both for balanced codes at word level
+    only: no paper figure or target for Ott's codes or char level). Char-level entries show bits per
+    character in the model and integer columns ("1.452 bpc")."""
     lines = ["| run | W | A | hidden | cell | epochs | model valid | model test | integer valid | integer test "
              "| gap % | target | Kapur T2 | He T1 | layer bits (of FP32) | training time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, e in sorted(d["runs"].items(), key=lambda kv: (_cell_order(kv[1]), kv[1]["wbits"] or 99,
-                                                             kv[1]["abits"] or 99, kv[1]["hidden"])):
+    def order(kv):
+        e = kv[1]
+        return (LEVELS.index(_entry_level(e)), _cell_order(e), _code_order(e), e["wbits"] or 99, e["abits"] or 99,
+                e["hidden"])
+
+    for name, e in sorted(d["runs"].items(), key=order):
         key = (e["wbits"], e["abits"])
-        lstm = _entry_cell_type(e) == DEFAULT_CELL_TYPE
+        lstm = _entry_cell_type(e) == DEFAULT_CELL_TYPE and _is_paper_cell(e)
         kapur = None if not lstm else KAPUR_BASELINE if e["wbits"] is None else KAPUR_TABLE2.get(key, {}).get(e["hidden"])
-        he = HE_TABLE1.get(_entry_cell_type(e), {}).get(key) if e["hidden"] == 300 else None
-        ip = e.get("integer_ppw") or {}
+        he = HE_TABLE1.get(_entry_cell_type(e), {}).get(key) if e["hidden"] == 300 and _is_paper_cell(e) else None
+        mp, ip, fmt = e["model_ppw"], e.get("integer_ppw") or {}, _fmt
+        if _entry_level(e) == "char":  # bits per character
+            mp, ip, fmt = e.get("model_bpc") or {}, e.get("integer_bpc") or {}, _fmt_bpc
         ep = f"{e['epochs_done']}" + ("" if e.get("finished") else f" of {e['recipe'].get('epochs')} (unfinished)")
         gap = "-" if e.get("gap_percent") is None else f"{e['gap_percent']:+.2f}"
         bits = e["bits"]
         lines.append(
             f"| {name} | {e['wbits'] or 32} | {e['abits'] or 32} | {e['hidden']} | {e.get('cell') or '-'} | {ep} "
-            f"| {_fmt(e['model_ppw']['valid'])} | {_fmt(e['model_ppw']['test'])} | {_fmt(ip.get('valid'))} "
-            f"| {_fmt(ip.get('test'))} | {gap} | {_target_cell(name, e)} "
+            f"| {fmt(mp.get('valid'))} | {fmt(mp.get('test'))} | {fmt(ip.get('valid'))} "
+            f"| {fmt(ip.get('test'))} | {gap} | {_target_cell(name, e)} "
             f"| {_fmt(kapur)} | {_fmt(he)} | {bits['lstm_layer_bits']:,} ({100 * bits['lstm_layer_bits'] / bits['lstm_layer_fp32_bits']:.1f} %) "
             f"| {_training_time(e)} |")
     for name in REQUIRED_RUNS:
@@ -365,6 +450,9 @@ def results_table(d: dict) -> str:
     if any(_entry_cell_type(e) == "gru" for e in d["runs"].values()):
         lines.append("He et al. Table 1 (GRU, 300 units, balanced): " + ", ".join(
             f"W{w or 32}A{a or 32}: {v}" for (w, a), v in HE_TABLE1_GRU.items()) + ".")
+    if any(_entry_level(e) == "char" for e in d["runs"].values()):
+        lines.append("char: PTB at character level (sw_ref.data: the word-level files' characters, '_' between words, "
+                     "<eos> ending each line), in bits per character; no paper figure or target.")
     lines.append("Targets: the paper's test PPW for exactly that cell (bit widths and hidden size), integer model "
                  "(training model for float runs): " + "; ".join(
                      f"{n} <= {t} ({TARGET_SOURCES.get(n, 'Kapur et al. Table 2')})" for n, t in TARGETS.items()) + ".")
@@ -403,15 +491,17 @@ def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_b
     return {"target_ppw": target_ppw, "chosen_hidden": None, "tried": tried, "reached": False}
 
 
-def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None, cell_type=DEFAULT_CELL_TYPE) -> dict:
+def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None, cell_type=DEFAULT_CELL_TYPE,
+                    weight_code=DEFAULT_WEIGHT_CODE, stochastic=False) -> dict:
     """``neuron_increase_search`` over the runs already recorded in results `d` (no training):
-    the entries of bit widths (wbits, abits) and cell type (default: LSTM) with the default cell
-    format, by hidden size, each scored by its integer-model test PPW. Every tried size carries its
+    the entries of bit widths (wbits, abits), cell type (default: LSTM) and weight code (default:
+    balanced) with the default cell format, by hidden size, each scored by its integer-model test PPW. Every tried size carries its
     run's ``epochs_done`` and ``finished``; ``provisional`` is True when the answer could still
     change because a run that missed the target is unfinished (or no entry reached it yet)."""
     entries = {e["hidden"]: e for e in d["runs"].values()
                if e["wbits"] == wbits and e["abits"] == abits and e.get("integer_ppw")
-               and e["name"] == _entry_name(wbits, abits, e["hidden"], cell_type=cell_type)}
+               and e["name"] == _entry_name(wbits, abits, e["hidden"], cell_type=cell_type, weight_code=weight_code,
+                                            stochastic=stochastic)}
 
     def evaluate_hidden(h):
         return entries[h]["integer_ppw"]["test"], entries[h]["bits"]
@@ -446,7 +536,7 @@ def search_table(d: dict, baseline: str = "float@300") -> list[str]:
     else:
         target, bbits, src = KAPUR_BASELINE, None, f"Kapur et al.'s float baseline {KAPUR_BASELINE}"
     pairs = sorted({(e["wbits"], e["abits"]) for e in d["runs"].values()
-                    if e["wbits"] is not None and _entry_cell_type(e) == DEFAULT_CELL_TYPE})
+                    if e["wbits"] is not None and _entry_cell_type(e) == DEFAULT_CELL_TYPE and _is_paper_cell(e)})
     lines = ["", "## Neuron-increase search over the recorded runs", "",
              f"`python -m sw_ref search --from-results` (Kapur et al.: the smallest hidden size whose integer-model "
              f"test PPW reaches the target); target: {src}.", "",

@@ -1,8 +1,9 @@
 """From a trained language model to the hardware layer, and the integer model as a language model.
 
-* ``layer_from_model``: the hwrnn layer checkpoint (weight codes by hwrnn.quant in float64, the
-  one scale of the matrix, float biases) of a quantized QuantRNNLM (``QuantLSTMLM``), any cell type:
-  the layer's ``cell_type`` is the model's (LMConfig.cell_type; LayerConfig.rows = n_gates * H).
+* ``layer_from_model``: the hwrnn layer checkpoint (weight codes by the layer's hwrnn weight coding
+  in float64, deterministic rounding, the one scale of the matrix, float biases) of a quantized
+  QuantRNNLM (``QuantLSTMLM``), any cell type and weight coding: the layer's ``cell_type`` and
+  ``weight_code`` are the model's (LMConfig; LayerConfig.rows = n_gates * H).
 * ``IntegerLM``: embedding codes -> IntegerLSTM (exactly the hardware; every cell type) -> h values
   n/Ka -> the model's decoder in float64 -> log-softmax. Its perplexity is what the hardware would
   reach.
@@ -37,7 +38,7 @@ def layer_config(model, **formats) -> LayerConfig:
         formats = {**formats, "cell": c.cell}  # the cell format the model was trained with
     return LayerConfig(wbits=c.wbits, abits=c.abits, hidden=c.hidden, input=c.input, gamma=c.gamma,
                        weight_tanh=c.weight_tanh, candidate=c.candidate, init_state=c.init_state,
-                       cell_type=c.cell_type,
+                       cell_type=c.cell_type, weight_code=c.weight_code,
                        **{k: v for k, v in formats.items() if v is not None})
 
 

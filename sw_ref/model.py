@@ -13,7 +13,13 @@ Public API
     init_state='zero'|'half', quantize_output=False (quantize the decoder weight with wbits),
     cell=None (LSTM only: the hardware cell-state format emulated in training),
     dropout=0.3, cell_type='lstm'|'gru'|'gru_ott'|'rnn' (sw_ref.cells; a config without the key,
-    as written before it existed, is an LSTM).
+    as written before it existed, is an LSTM),
+    weight_code='balanced'|'ternary'|'ternary_mean'|'pow2_ternary'|'exponential' (the coding of the
+    recurrent matrix, sw_ref.weight_quantizers / hwrnn.weight_code; a config without the key is
+    balanced; the width must be one the code takes, e.g. ternary codes wbits=2; ignored by a float
+    model; Ott's codes ignore gamma and weight_tanh),
+    stochastic_weights=False (Ott's codes only: sampled rounding in training mode; eval mode, traces
+    and export round deterministically; refused for balanced and for float weights).
 
 ``QuantRNNLM(cfg)`` (nn.Module; ``QuantLSTMLM`` is the same class, its older name): the layer is the
 cell of ``cfg.cell_type``, ``model.rnn`` (sw_ref.cells, which states the GRU and RNN cells'
@@ -29,12 +35,14 @@ Parameters (exact names):
     decoder.bias     [V]       init 0
   Cell (per time step t, Q_a = quantize_activation(., abits), identity in float mode):
     x_t = Q_a(emb(E[w_t]))      emb = clamp(., 0, 1) ('clip') or relu ('relu'); dropout on x_t in training
-    W_q = quantize_weight(rnn.weight, wbits, gamma, weight_tanh)   (one scale for the whole matrix)
+    W_q = quantize_weight(rnn.weight, wbits, gamma, weight_tanh)   (one scale for the whole matrix;
+          Ott's codes: the weight_code's quantizer of rnn.weight itself, sw_ref.weight_quantizers,
+          straight-through gradient, init U(-b, b) with Glorot's b = sqrt(6 / (X + H)))
     z   = [x_t, h_{t-1}] @ W_q^T + b
     i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = sigmoid(z_g) (or tanh)
     c_t = f * c_{t-1} + i * g;   h_t = Q_a(o * sigmoid(c_t))
-    logits = dropout(h_t) @ D^T + d, D = decoder.weight (or quantize_weight(decoder.weight, ...)
-    if quantize_output).
+    logits = dropout(h_t) @ D^T + d, D = decoder.weight (or the weight code's quantizer applied to
+    decoder.weight, its own scale, if quantize_output).
   Dropout is applied only to x_t and to the h_t going to the decoder, never on the recurrent path
   (as the authors' DropoutWrapper(output_keep_prob)); the hardware never sees dropout.
 
@@ -69,7 +77,8 @@ from hwrnn import quant as hq
 from hwrnn.cell_state import CellState
 from hwrnn.validation import ConfigError
 from sw_ref.cells import CELL_TYPES, DEFAULT_CELL_TYPE, Cell, cell_class
-from sw_ref.quantizers import normalize_bits, quantize_activation, quantize_weight
+from sw_ref.quantizers import normalize_bits, quantize_activation
+from sw_ref.weight_quantizers import DEFAULT_WEIGHT_CODE, WeightQuantizer, check_stochastic, weight_quantizer
 
 CANDIDATES = ("sigmoid", "tanh")
 EMBEDDINGS = ("clip", "relu")
@@ -92,6 +101,8 @@ class LMConfig:
     cell: str | None = None  # None: c in float32; else the hardware cell format, emulated (STE)
     dropout: float = 0.3
     cell_type: str = DEFAULT_CELL_TYPE  # sw_ref.cells: lstm, gru, gru_ott, rnn
+    weight_code: str = DEFAULT_WEIGHT_CODE  # sw_ref.weight_quantizers / hwrnn.weight_code
+    stochastic_weights: bool = False  # Ott's codes: sampled rounding in training mode
 
     def __post_init__(self):
         for name in ("vocab", "hidden"):
@@ -132,6 +143,12 @@ class LMConfig:
                 self.cell = str(CellState.parse(self.cell))  # validates the format's own widths
             except ConfigError as e:
                 raise ValueError(str(e)) from None
+        self.weight_quantizer()  # one-line ValueError: unknown code, or a width it does not take
+        check_stochastic(self.weight_code, self.wbits, self.stochastic_weights)
+
+    def weight_quantizer(self) -> WeightQuantizer:
+        """The quantizer of the recurrent matrix (sw_ref.weight_quantizers; float weights if wbits is None)."""
+        return weight_quantizer(self.weight_code, self.wbits, self.gamma, self.weight_tanh)
 
     @property
     def cell_class(self) -> type[Cell]:
@@ -168,6 +185,9 @@ class QuantRNNLM(nn.Module):
         self.cell_state = getattr(self.rnn, "cell_state", None)
         self.decoder = nn.Linear(H, V)
         self.drop = nn.Dropout(cfg.dropout)
+        #: the weight coding's quantizer (sw_ref.weight_quantizers), of rnn.weight (and the decoder's
+        #: weight if quantize_output)
+        self.weight_quantizer = cfg.weight_quantizer()
         #: dtype of the decoder GEMMs in training mode (None: the parameters' fp32; torch.bfloat16:
         #: CPU autocast of the decoder Linear only, its logits returned in float32). Evaluation
         #: (eval mode) and the LSTM layer always compute in the parameters' dtype.
@@ -195,16 +215,18 @@ class QuantRNNLM(nn.Module):
         e = torch.clamp(e, 0.0, 1.0) if self.cfg.embedding == "clip" else F.relu(e)
         return self._qa(e)
 
-    def _rnn_weight(self, weight=None):
-        c = self.cfg
-        w = self.rnn.weight if weight is None else weight
-        return quantize_weight(w, c.wbits, c.gamma, c.weight_tanh)
+    def _stochastic(self) -> bool:
+        """Whether the forward samples the weights (stochastic_weights, training mode only)."""
+        return self.training and self.cfg.stochastic_weights
 
-    def _decoder_weight(self, weight=None):
-        c = self.cfg
+    def _rnn_weight(self, weight=None, stochastic: bool = False):
+        w = self.rnn.weight if weight is None else weight
+        return self.weight_quantizer(w, stochastic)
+
+    def _decoder_weight(self, weight=None, stochastic: bool = False):
         w = self.decoder.weight if weight is None else weight
-        if c.quantize_output:
-            return quantize_weight(w, c.wbits, c.gamma, c.weight_tanh)
+        if self.cfg.quantize_output:
+            return self.weight_quantizer(w, stochastic)
         return w
 
     @torch.no_grad()
@@ -233,7 +255,8 @@ class QuantRNNLM(nn.Module):
             state = self.init_hidden(B)
         h, c = state
         x = self.drop(self._embed(tokens))                      # [T, B, X]
-        W = self._rnn_weight()                                  # [rows, X+H]
+        stochastic = self._stochastic()
+        W = self._rnn_weight(stochastic=stochastic)              # [rows, X+H]
         Wx_t = W[:, :X].t()
         Wh_t = W[:, X:].t().contiguous()
         xw = torch.addmm(self.rnn.bias, x.reshape(T * B, X), Wx_t).view(T, B, -1)
@@ -241,9 +264,9 @@ class QuantRNNLM(nn.Module):
         hs = self.drop(torch.stack(outs).view(T * B, -1))
         if self.training and self.train_decoder_dtype is not None:
             with torch.autocast("cpu", dtype=self.train_decoder_dtype):
-                logits = F.linear(hs, self._decoder_weight(), self.decoder.bias)
+                logits = F.linear(hs, self._decoder_weight(stochastic=stochastic), self.decoder.bias)
             return logits.float(), state
-        logits = F.linear(hs, self._decoder_weight(), self.decoder.bias)
+        logits = F.linear(hs, self._decoder_weight(stochastic=stochastic), self.decoder.bias)
         return logits, state
 
     @torch.no_grad()

@@ -15,7 +15,8 @@ rounded to fp16 (relative error <= 2**-11) and a momentum-free SGD state is rebu
 (Adam moments are not kept: such a run restarts its moments, and ``unpack`` says so).
 ``--init-from`` also accepts a resume point (quantized fine-tuning from a committed float model).
 
-File: ``torch.save`` of a dict with 'format' ('hwrnn-lm-resume-1'), 'config', 'vocab', 'model'
+File: ``torch.save`` of a dict with 'format' ('hwrnn-lm-resume-1'), 'config', 'vocab', 'level' ('word'
+or 'char'; absent in points written before it existed: word), 'model'
 (fp16 state_dict), 'best_model' (fp16 state_dict or None), 'epoch' (completed epochs), 'batch'
 (batches done in the next epoch), 'hidden' (TBPTT state or None), 'epoch_loss', 'epoch_tokens',
 'epoch_seconds', 'lr', 'valid_ppl', 'best_valid_ppl', 'best_epoch', 'train_opts',
@@ -61,6 +62,7 @@ def pack(run_dir, dest) -> dict:
     opt_name = "adam" if last.get("optimizer", {}).get("state") and any(
         "exp_avg" in s for s in last["optimizer"]["state"].values()) else last.get("train_opts", {}).get("optimizer", "sgd")
     point = {"format": RESUME_FORMAT, "config": last["config"], "vocab": list(last["vocab"]),
+             "level": last.get("level", "word"),
              "model": _half(last["model"]), "best_model": best_model, "epoch": int(last["epoch"]),
              "lr": float(last["lr"]), "valid_ppl": last.get("valid_ppl"),
              "best_valid_ppl": last.get("best_valid_ppl"), "best_epoch": last.get("best_epoch"),
@@ -97,7 +99,8 @@ def lm_checkpoint(point: dict, which: str = "last") -> dict:
     """An LM checkpoint dict (sw_ref.train format) of the point's last (or best) parameters."""
     state = point["model"] if which == "last" or point.get("best_model") is None else point["best_model"]
     epoch = point["epoch"] if state is point["model"] else point["best_epoch"]
-    return {"format": FORMAT, "config": point["config"], "vocab": list(point["vocab"]), "model": _full(state),
+    return {"format": FORMAT, "config": point["config"], "vocab": list(point["vocab"]),
+            "level": point.get("level", "word"), "model": _full(state),
             "epoch": epoch, "valid_ppl": point["valid_ppl"] if epoch == point["epoch"] else point["best_valid_ppl"],
             "best_valid_ppl": point["best_valid_ppl"], "best_epoch": point["best_epoch"]}
 

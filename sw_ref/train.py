@@ -9,6 +9,9 @@ Public API
     (unknown keywords are an error). Options and defaults:
 
       data=None (dir; else $HWRNN_PTB)   hidden=300          input=None (-> hidden)
+      level='word'|'char' (sw_ref.data: PTB words, or its characters with '_' between words and
+                           <eos> ending every line; perplexities are then per character, and the
+                           logs, metrics and summary add bits per character, *_bpc)
       wbits=None, abits=None (None/32 = float)               epochs=40
       batch_size=20      bptt=35         lr=None (-> 20 for sgd, 1e-3 for adam)
       optimizer='sgd'|'adam'             clip=0.25 (global grad-norm; 0 = off)
@@ -19,7 +22,10 @@ Public API
       resume=None (a run always resumes automatically when out/last.pt exists; a true value
                    additionally requires that checkpoint to exist)
       checkpoint_every=200 (batches; 0 = only at epoch ends)
-      extra: cell_type='lstm'|'gru'|'gru_ott'|'rnn' (sw_ref.cells), gamma=None, weight_tanh=True,
+      extra: cell_type='lstm'|'gru'|'gru_ott'|'rnn' (sw_ref.cells), weight_code='balanced' (or
+             ternary, ternary_mean, pow2_ternary, exponential: sw_ref.weight_quantizers; wbits None
+             then takes the code's default width, hwrnn ``default_bits``: 2 ternary, 4 exponential),
+             stochastic_weights=False (Ott's codes), gamma=None, weight_tanh=True,
              candidate='sigmoid', embedding='clip', init_state='zero', quantize_output=False,
              cell=None (LSTM only) (model options, see sw_ref.model),
              max_batches=None (stop this invocation after N training batches, with a checkpoint;
@@ -40,7 +46,7 @@ Public API
     and at epoch ends; a run resumes mid-epoch bit-exactly), metrics.jsonl (one JSON record per
     epoch, plus a final {"event": "test"} record), summary.json, and the stdout log lines.
     Returns a summary dict: out, best_valid_ppl, best_epoch, test_ppl (None if interrupted),
-    epochs_done, interrupted (bool), tokens_per_s.
+    epochs_done, interrupted (bool), tokens_per_s; at char level also level, best_valid_bpc, test_bpc.
 
 ``evaluate(model, data, bsz=10, bptt=35) -> float``
     Perplexity = exp(mean cross-entropy over all predicted tokens) of a 1-D token tensor (batchified
@@ -53,7 +59,8 @@ Public API
     raise ``CheckpointError`` (a ValueError) with one line naming the file.
 
 Checkpoint format: ``torch.save`` of a dict with 'format' ('hwrnn-lm-1'), 'config' (LMConfig dict),
-'vocab' (list of words, id order), 'model' (state_dict), 'epoch' (completed epochs), 'valid_ppl'
+'vocab' (list of tokens, id order), 'level' ('word' or 'char'; absent in checkpoints written before
+it existed: word), 'model' (state_dict), 'epoch' (completed epochs), 'valid_ppl'
 (valid ppl of that epoch), 'best_valid_ppl'; last.pt adds 'batch' (batches already done in epoch
 'epoch'+1), 'lr', 'optimizer', 'hidden' (carried TBPTT state), 'rng_torch', 'epoch_loss',
 'epoch_tokens', 'train_opts'. Loadable with ``torch.load(weights_only=True)``.
@@ -72,9 +79,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from sw_ref.data import (DataError, batchify, iter_bptt, load_ptb, num_bptt_batches,
-                         resolve_data_dir)
+from sw_ref.data import (DEFAULT_LEVEL, DataError, batchify, bpc, check_level, iter_bptt, load_ptb,
+                         num_bptt_batches, resolve_data_dir)
 from sw_ref.model import LMConfig, QuantRNNLM
+from sw_ref.weight_quantizers import code_label, resolve_wbits
 
 FORMAT = "hwrnn-lm-1"
 
@@ -85,6 +93,7 @@ DEFAULTS = dict(
     gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
     quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
     eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0, cell_type="lstm",
+    weight_code="balanced", stochastic_weights=False, level=DEFAULT_LEVEL,
 )
 DECODER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # options that must not change when resuming a run mid-way
@@ -193,6 +202,14 @@ def _init_from(model: QuantRNNLM, path, vocab) -> None:
     if sc.get("weight_tanh") != model.cfg.weight_tanh:
         print(f"warning: --init-from {path} was trained with weight_tanh={sc.get('weight_tanh')}, "
               f"this model uses weight_tanh={model.cfg.weight_tanh}", flush=True)
+    try:
+        src_tanh = LMConfig.from_dict(dict(sc)).weight_quantizer().reads_tanh
+    except (ValueError, TypeError):
+        src_tanh = model.weight_quantizer.reads_tanh
+    if src_tanh != model.weight_quantizer.reads_tanh:
+        print(f"warning: --init-from {path} computes with {'tanh(W)' if src_tanh else 'W'}, this model's "
+              f"{model.cfg.weight_code} weights with {'tanh(W)' if not src_tanh else 'W'} (Ott's codes "
+              "quantize W itself)", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +280,10 @@ def _options(args, kwargs) -> SimpleNamespace:
     if o.decoder_precision not in DECODER_PRECISIONS:
         raise TrainError(f"--decoder-precision must be one of {', '.join(DECODER_PRECISIONS)}, "
                          f"got {o.decoder_precision!r}")
+    try:
+        check_level(o.level)
+    except DataError as exc:
+        raise TrainError(f"--level: {exc}") from None
     if o.progress is None:
         o.progress = sys.stderr.isatty()
     o.lr = float(o.lr)
@@ -287,7 +308,12 @@ def train(args=None, **kwargs) -> dict:
     if o.threads:
         torch.set_num_threads(o.threads)
 
-    corpus = load_ptb(resolve_data_dir(o.data))
+    corpus = load_ptb(resolve_data_dir(o.data), o.level)
+    char = o.level == "char"
+
+    def with_bpc(ppl):
+        """'12.34' (word level) or '2.67 (1.415 bpc)' (char level) of a perplexity."""
+        return f"{ppl:.2f}" + (f" ({bpc(math.log(ppl)):.3f} bpc)" if char else "")
     vocab = corpus.vocab
     train_tokens = corpus.train
     if o.max_train_tokens:
@@ -297,11 +323,13 @@ def train(args=None, **kwargs) -> dict:
     valid = corpus.valid
 
     try:
-        cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input, wbits=o.wbits,
+        cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input,
+                       wbits=resolve_wbits(o.wbits, o.weight_code),
                        abits=o.abits, gamma=o.gamma, weight_tanh=o.weight_tanh,
                        candidate=o.candidate, embedding=o.embedding, init_state=o.init_state,
                        quantize_output=o.quantize_output, dropout=o.dropout, cell=o.cell,
-                       cell_type=o.cell_type)
+                       cell_type=o.cell_type, weight_code=o.weight_code,
+                       stochastic_weights=bool(o.stochastic_weights))
     except (ValueError, TypeError) as exc:
         raise TrainError(f"bad model option: {_first_line(exc)}") from None
 
@@ -319,6 +347,9 @@ def train(args=None, **kwargs) -> dict:
 
     if last_path.is_file():
         ck = _read_checkpoint(last_path)
+        if ck.get("level", DEFAULT_LEVEL) != o.level:
+            raise TrainError(f"{last_path} was written at {ck.get('level', DEFAULT_LEVEL)} level, now {o.level}; "
+                             "use the same --level or another --out")
         try:  # normalised through LMConfig, so fields added later compare by their defaults
             saved_cfg = LMConfig.from_dict(dict(ck["config"])).to_dict()
         except (ValueError, TypeError) as exc:
@@ -365,13 +396,16 @@ def train(args=None, **kwargs) -> dict:
     mode = "float" if cfg.is_float else f"W{cfg.wbits or 32}A{cfg.abits or 32}"
     if cfg.cell_type != "lstm":
         mode = f"{cfg.cell_type} {mode}"
+    label = code_label(cfg.weight_code, cfg.wbits, cfg.stochastic_weights)
+    if label:
+        mode += f" {label}"
     log(f"model {mode} H={cfg.hidden} X={cfg.input} V={cfg.vocab} "
         f"params={sum(p.numel() for p in model.parameters())}; train {len(train_tokens)} tokens "
         f"({n_batches} batches of {o.batch_size}x{o.bptt}), valid {len(valid)}; "
         f"threads {torch.get_num_threads()}")
 
     def base_ckpt(epoch, valid_ppl):
-        return {"format": FORMAT, "config": cfg.to_dict(), "vocab": list(vocab),
+        return {"format": FORMAT, "config": cfg.to_dict(), "vocab": list(vocab), "level": o.level,
                 "model": model.state_dict(), "epoch": epoch, "valid_ppl": valid_ppl,
                 "best_valid_ppl": best_valid, "best_epoch": best_epoch}
 
@@ -402,11 +436,13 @@ def train(args=None, **kwargs) -> dict:
             _set_lr(optimizer, new_lr)
         last_valid = valid_ppl
         with open(metrics_path, "a") as fh:
-            fh.write(json.dumps({"epoch": epoch, "batch": batch, "lr": lr, "valid_ppl": valid_ppl,
-                                 "best_valid_ppl": best_valid, "improved": improved,
-                                 "valid_seconds": round(time.time() - t_val, 2),
-                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        log(f"epoch {epoch} batch {batch}/{n_batches} | valid ppl {valid_ppl:.2f} | best {best_valid:.2f}"
+            rec = {"epoch": epoch, "batch": batch, "lr": lr, "valid_ppl": valid_ppl,
+                   "best_valid_ppl": best_valid, "improved": improved,
+                   "valid_seconds": round(time.time() - t_val, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if char:
+                rec["valid_bpc"] = bpc(math.log(valid_ppl))
+            fh.write(json.dumps(rec) + "\n")
+        log(f"epoch {epoch} batch {batch}/{n_batches} | valid ppl {with_bpc(valid_ppl)} | best {best_valid:.2f}"
             + ("" if improved else f" | lr -> {new_lr:g}"))
         return new_lr
 
@@ -505,9 +541,11 @@ def train(args=None, **kwargs) -> dict:
                   "train_seconds": round(epoch_seconds, 2), "valid_seconds": round(val_seconds, 2),
                   "train_tokens_per_s": round(epoch_tokens / epoch_seconds, 1)
                   if epoch_seconds else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if char:
+            record["valid_bpc"] = bpc(math.log(valid_ppl))
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        log(f"end of epoch {epoch} | train ppl {train_ppl:.2f} | valid ppl {valid_ppl:.2f} | "
+        log(f"end of epoch {epoch} | train ppl {train_ppl:.2f} | valid ppl {with_bpc(valid_ppl)} | "
             f"best {best_valid:.2f} | train {epoch_seconds:.0f} s, valid {val_seconds:.0f} s"
             + ("" if improved else f" | lr -> {lr:g}"))
         start_batch = 0
@@ -526,14 +564,19 @@ def train(args=None, **kwargs) -> dict:
     summary = {"out": str(out), "best_valid_ppl": best_valid, "best_epoch": best_epoch,
                "epochs_done": epoch - 1,
                "interrupted": interrupted, "test_ppl": None, "tokens_per_s": tok_per_s}
+    if char:
+        summary.update(level=o.level, best_valid_bpc=None if best_valid is None else bpc(math.log(best_valid)),
+                       test_bpc=None)
     if not interrupted and best_path.is_file():
         best_model, _, meta = load_lm_checkpoint(best_path)
         test_ppl = evaluate(best_model, corpus.test, o.eval_batch_size, o.bptt)
         summary["test_ppl"] = test_ppl
+        rec = {"event": "test", "best_epoch": meta["epoch"], "valid_ppl": meta["valid_ppl"], "test_ppl": test_ppl}
+        if char:
+            summary["test_bpc"] = rec["test_bpc"] = bpc(math.log(test_ppl))
         with open(metrics_path, "a") as fh:
-            fh.write(json.dumps({"event": "test", "best_epoch": meta["epoch"],
-                                 "valid_ppl": meta["valid_ppl"], "test_ppl": test_ppl}) + "\n")
-        log(f"best epoch {meta['epoch']}: valid ppl {meta['valid_ppl']:.2f}, test ppl {test_ppl:.2f}")
+            fh.write(json.dumps(rec) + "\n")
+        log(f"best epoch {meta['epoch']}: valid ppl {with_bpc(meta['valid_ppl'])}, test ppl {with_bpc(test_ppl)}")
         with open(out / "summary.json", "w") as fh:
             json.dump(summary, fh, indent=1)
     return summary
