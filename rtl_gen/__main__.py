@@ -168,6 +168,10 @@ def main(argv=None) -> int:
         with signals_raise():
             if argv and argv[0] == "report":
                 return report_main(argv[1:])
+            if argv and argv[0] == "stack":
+                from .stack import stack_main
+
+                return stack_main(argv[1:])
             return generate_main(argv)
     except KeyboardInterrupt as e:
         import warnings

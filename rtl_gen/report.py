@@ -306,6 +306,9 @@ def load_manifest(out_dir: str) -> dict:
         raise ReportError(f"{path} is not a readable manifest ({e})") from None
     if not isinstance(man, dict):
         raise ReportError(f"{path} is not an rtl_gen manifest (not a JSON object)")
+    if man.get("kind") == "stack":
+        raise ReportError(f"{path} describes a stack (python -m rtl_gen stack): its report.txt is written with it; "
+                          f"`rtl_gen report` re-reports single-layer cores")
     for key in ("config", "folding", "name"):
         if key not in man:
             raise ReportError(f"{path} has no '{key}' entry: not an rtl_gen manifest")

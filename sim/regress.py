@@ -99,3 +99,37 @@ def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "ver
                             sim_cycles_per_s=summary["cycles_per_s"] or 0.0, build_s=res.build_time_s,
                             run_s=res.run_time_s, generate_s=gen_s,
                             waveform=str(res.waveform) if res.waveform else None, seed=seed)
+
+
+def run_stack_regression(stack, folds, work: Path, sim: str = "verilator", steps: int = 12, seed: int = 0,
+                         name: str = "hwrnn_stack") -> dict:
+    """A generated stack (rtl_gen.stack) driven with one random sequence: every layer's h_t equal to
+    hwrnn.stack.IntegerStack and every hand-over at the cycle hwrnn.stack.stack_schedule predicts.
+    Returns the testbench's summary; raises sim.runner.SimulationFailed (one line) on a mismatch."""
+    import numpy as np
+
+    from hwrnn.datapath import latency
+    from hwrnn.stack import IntegerStack, stack_schedule
+    from rtl_gen.emit import write_output
+    from rtl_gen.stack import generate_stack
+
+    work = Path(work).resolve()
+    gen = work / "gen"
+    write_output(generate_stack(stack, folds, name, source="sim", steps=steps), str(gen))
+    xs = np.random.default_rng(seed).integers(0, 1 << stack.abits, (steps, stack.input))
+    outs = IntegerStack(stack).run(xs)
+    lats = [latency(layer.cfg, f) for layer, f in zip(stack.layers, folds)]
+    acc = stack_schedule(lats, steps)
+    plan = {"abits": stack.abits, "xs": xs.tolist(), "hidden": [layer.cfg.hidden for layer in stack.layers],
+            "expected_h": [o.tolist() for o in outs], "expected_cycles": acc, "latencies": lats,
+            "max_cycles": acc[-1][-1] + lats[-1] + 100}
+    plan_path, result_path = work / "stack_plan.json", work / "stack_result.json"
+    plan_path.write_text(json.dumps(plan))
+    if result_path.exists():
+        result_path.unlink()
+    env = {"HWRNN_SIM_PLAN": str(plan_path), "HWRNN_SIM_RESULT": str(result_path),
+           "PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "COCOTB_REWRITE_ASSERTION_FILES": "tb_stack.py"}
+    run_cocotb(sim, [gen / f"{name}.v"], toplevel=name, test_module="tb_stack", test_dir=gen,
+               build_dir=work / f"build_{sim}", module_dir=SIM_DIR, extra_env=env)
+    return json.loads(result_path.read_text())

@@ -1,0 +1,191 @@
+"""Stacks (hwrnn.stack): the contract's checks, the checkpoint, the integer model of stacked and
+bidirectional layers, and the RTL stack in the Amaranth simulator: every layer's h_t equal to the
+integer model and every hand-over at the cycle hwrnn.stack.stack_schedule predicts."""
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hwrnn import Folding, LayerConfig, QuantLayer
+from hwrnn.checkpoint import CheckpointError
+from hwrnn.config import ConfigError
+from hwrnn.datapath import latency
+from hwrnn.integer_model import IntegerLSTM
+from hwrnn.stack import IntegerStack, Stack, first_output_latency, load_stack, save_stack, stack_schedule, steady_period
+from rtl_gen.stack import StackCore
+
+
+def _unpack(v, width, n):
+    return [(v >> (width * j)) & ((1 << width) - 1) for j in range(n)]
+
+
+def test_stack_contract_refusals():
+    a = LayerConfig(wbits=2, abits=2, hidden=6, input=4)
+    with pytest.raises(ConfigError, match="layer 1 has input 5, but layer 0 outputs 6"):
+        Stack.random([a, LayerConfig(wbits=2, abits=2, hidden=3, input=5)])
+    with pytest.raises(ConfigError, match="layer 1 has abits 3, layer 0 2"):
+        Stack.random([a, LayerConfig(wbits=2, abits=3, hidden=3, input=6)])
+    with pytest.raises(ConfigError, match="layer 1 has input 6, but layer 0 outputs 12"):
+        Stack.random([a, LayerConfig(wbits=2, abits=2, hidden=3, input=6)], bidirectional=[True, False])
+    with pytest.raises(ConfigError, match="at least one layer"):
+        Stack([])
+
+
+def test_integer_stack_is_the_layers_in_turn_and_the_backward_direction_reversed():
+    c0 = LayerConfig(wbits=2, abits=2, hidden=5, input=3)
+    c1 = LayerConfig(wbits=3, abits=2, hidden=4, input=10, cell_type="gru")
+    c2 = LayerConfig(wbits=2, abits=2, hidden=3, input=8, weight_code="ternary")
+    stack = Stack.random([c0, c1, c2], bidirectional=[True, True, False], seed=4)
+    xs = np.random.default_rng(0).integers(0, 4, (7, 3))
+    outs = IntegerStack(stack).run(xs)
+    assert [o.shape for o in outs] == [(7, 10), (7, 8), (7, 3)]
+    fw, bw = stack.layers[0].directions
+    h_fw = np.stack([t["h"] for t in IntegerLSTM(fw).run(xs)[1]])
+    h_bw = np.stack([t["h"] for t in IntegerLSTM(bw).run(xs[::-1])[1]])[::-1]
+    assert np.array_equal(outs[0], np.concatenate([h_fw, h_bw], axis=1))
+    last = np.stack([t["h"] for t in IntegerLSTM(stack.layers[2].directions[0]).run(outs[1])[1]])
+    assert np.array_equal(outs[2], last)
+
+
+def test_stack_checkpoint_round_trip_and_refusals(tmp_path):
+    c0 = LayerConfig(wbits=2, abits=2, hidden=5, input=3)
+    c1 = LayerConfig(wbits=4, abits=2, hidden=4, input=10, weight_code="exponential")
+    stack = Stack.random([c0, c1], bidirectional=[True, False], seed=1)
+    path = tmp_path / "s.npz"
+    save_stack(stack, path)
+    back = load_stack(path)
+    assert [layer.bidirectional for layer in back.layers] == [True, False]
+    for a, b in zip(stack.layers, back.layers):
+        for qa, qb in zip(a.directions, b.directions):
+            assert qa.cfg == qb.cfg and np.array_equal(qa.codes, qb.codes) and qa.scale == qb.scale
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_stack(bad)
+    layer_file = tmp_path / "layer.npz"
+    QuantLayer.random(c0).save(layer_file)
+    with pytest.raises(CheckpointError, match="missing entry 'layers'|format is"):
+        load_stack(layer_file)
+
+
+def test_schedule_formulas():
+    assert stack_schedule([10, 20], 4) == [[0, 11, 32, 53], [10, 31, 52, 73]]
+    for lats in ([7], [10, 20], [20, 10], [5, 30, 5], [9, 9, 9]):
+        acc = stack_schedule(lats, 12)
+        assert acc[-1][0] + lats[-1] == first_output_latency(lats)
+        assert acc[-1][-1] - acc[-1][-2] == steady_period(lats)
+
+
+def run_stack(stack, folds, xs, stall=0.0, seed=0):
+    """Per layer: the h codes handed on (inner layers at their tap, the last at out) and the cycle,
+    and the cycles layer 0 accepted x (cycles counted from the start of the simulation)."""
+    dut = StackCore(stack, folds)
+    A = stack.abits
+    seen = [[] for _ in stack.layers]
+    accepted = []
+    rng = np.random.default_rng(seed)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def feeder(ctx):
+        for x in xs:
+            while rng.random() < stall:
+                await ctx.tick()
+            ctx.set(dut.x.payload, sum(int(v) << (A * j) for j, v in enumerate(x)))
+            ctx.set(dut.x.valid, 1)
+            await ctx.tick().until(dut.x.ready)
+            ctx.set(dut.x.valid, 0)
+
+    async def monitor(ctx):
+        cycle = 0
+        ctx.set(dut.out.ready, 1)
+        while len(seen[-1]) < len(xs):
+            if ctx.get(dut.x.valid) and ctx.get(dut.x.ready):
+                accepted.append(cycle)
+            for l, layer in enumerate(stack.layers[:-1]):
+                if ctx.get(getattr(dut, f"h{l}_valid")):
+                    seen[l].append((_unpack(ctx.get(getattr(dut, f"h{l}")), A, layer.cfg.hidden), cycle))
+            if ctx.get(dut.out.valid):
+                seen[-1].append((_unpack(ctx.get(dut.out.payload), A, stack.layers[-1].cfg.hidden), cycle))
+            await ctx.tick()
+            cycle += 1
+
+    sim.add_testbench(feeder, background=True)
+    sim.add_testbench(monitor)
+    sim.run()
+    return seen, accepted
+
+
+@pytest.mark.parametrize("case", [
+    # (layer configs, foldings)
+    ([dict(wbits=2, abits=2, hidden=6, input=4), dict(wbits=2, abits=2, hidden=5, input=6)],
+     [Folding(pe=8, simd=4), Folding(pe=4, simd=3)]),
+    ([dict(wbits=3, abits=2, hidden=5, input=3, cell_type="gru"), dict(wbits=2, abits=2, hidden=7, input=5),
+      dict(wbits=2, abits=2, hidden=4, input=7, weight_code="ternary", cell_type="rnn")],
+     [Folding(pe=2, simd=8), Folding(pe=12, simd=6, planes="serial"), Folding(pe=2, simd=11)]),
+])
+def test_rtl_stack_matches_the_integer_stack_and_the_schedule(case):
+    cfgs, folds = case
+    cfgs = [LayerConfig(**c) for c in cfgs]
+    stack = Stack.random(cfgs, seed=3)
+    xs = np.random.default_rng(2).integers(0, 1 << stack.abits, (6, stack.input))
+    want = IntegerStack(stack).run(xs)
+    seen, accepted = run_stack(stack, folds, xs)
+    lats = [latency(c, f) for c, f in zip(cfgs, folds)]
+    acc = stack_schedule(lats, len(xs))
+    for l in range(len(cfgs)):
+        assert [h for h, _ in seen[l]] == want[l].tolist(), f"layer {l} h differs"
+    t0 = accepted[0]  # the schedule's cycle 0: layer 0 accepts x_1
+    assert [c - t0 for c in accepted] == acc[0]
+    for l in range(len(cfgs) - 1):  # inner layers are seen as the next layer accepts their h_t
+        assert [c - t0 for _, c in seen[l]] == acc[l + 1], f"layer {l + 1} accepts off schedule"
+    assert [c - t0 for _, c in seen[-1]] == [a + lats[-1] for a in acc[-1]]  # the last layer's h_t valid
+
+
+def test_rtl_stack_refuses_bidirectional_layers():
+    c = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
+    stack = Stack.random([c], bidirectional=[True])
+    with pytest.raises(ConfigError, match="bidirectional layers have no RTL"):
+        StackCore(stack, [Folding(pe=4, simd=4)])
+
+
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_cocotb_stack_regression(sim, tmp_path):
+    """The emitted Verilog of a 3-layer stack (LSTM, GRU, ternary RNN) under cocotb: every layer's
+    h_t and every hand-over cycle as predicted."""
+    from sim.regress import run_stack_regression
+
+    cfgs = [LayerConfig(wbits=2, abits=2, hidden=6, input=4), LayerConfig(wbits=3, abits=2, hidden=5, input=6,
+                                                                         cell_type="gru"),
+            LayerConfig(wbits=2, abits=2, hidden=4, input=5, cell_type="rnn", weight_code="ternary")]
+    folds = [Folding(pe=8, simd=4), Folding(pe=4, simd=3, planes="serial"), Folding(pe=2, simd=5)]
+    res = run_stack_regression(Stack.random(cfgs, seed=5), folds, tmp_path, sim=sim, steps=8, seed=1)
+    assert res["mismatches"] == [] and len(res["last_valid"]) == 8
+
+
+def test_stack_cli_from_flags_and_checkpoint(tmp_path, capsys):
+    from rtl_gen.__main__ import main
+
+    assert main(["stack", "--layers", "2", "--hidden", "8,6", "--wbits", "2,3", "--abits", "2", "--cell-type",
+                 "lstm,gru", "--pe", "4,2", "--simd", "8", "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "layer 1: W3A2 GRU" in out and "first output" in out
+    import json
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    lats = man["latency"]["layer_latencies"]
+    assert man["latency"]["first_output"] == sum(lats) and man["latency"]["steady_period"] == max(lats) + 1
+    assert sorted(man["files"]) == ["hwrnn_stack.v", "report.txt", "weights_0.hex", "weights_1.hex"]
+    stack = Stack.random([LayerConfig(wbits=2, abits=2, hidden=5, input=3),
+                          LayerConfig(wbits=2, abits=2, hidden=4, input=5)], seed=2)
+    save_stack(stack, tmp_path / "s.npz")
+    assert main(["stack", "--checkpoint", str(tmp_path / "s.npz"), "-o", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    # refusals: one line each
+    for args, msg in ((["--layers", "2", "--hidden", "8,6,4", "--wbits", "2", "--abits", "2"], "one value or 2"),
+                      (["--checkpoint", str(tmp_path / "s.npz"), "--hidden", "8"], "drop --hidden"),
+                      (["--layers", "2", "--hidden", "8", "--wbits", "2"], "give --layers"),
+                      (["--checkpoint", str(tmp_path / "nope.npz")], "file not found")):
+        assert main(["stack", *args, "-o", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert main(["report", str(tmp_path / "a")]) == 2
+    assert "describes a stack" in capsys.readouterr().err
