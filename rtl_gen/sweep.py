@@ -33,7 +33,7 @@ from .cost import estimate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-COLUMNS = ["row", "family", "wbits", "abits", "hidden", "input", "pe", "simd", "planes", "weights",
+COLUMNS = ["row", "family", "wbits", "abits", "hidden", "input", "cell_type", "weight_code", "pe", "simd", "planes", "weights",
            "lut", "ff", "carry", "bram", "dsp", "lutram", "logic_cells", "cycles_per_step", "us_per_step",
            "steps_per_s", "gmac_per_s", "weight_bits", "smallest_device", "pareto", "pareto_bram",
            "synth_lut", "synth_ff", "synth_bram", "synth_dsp", "synth_logic_cells", "fmax_mhz", "synth_device", "synth_error"]
@@ -55,9 +55,9 @@ def largest_bram_bits(family: str) -> int:
 
 def eval_point(args) -> list[dict]:
     """All families' rows of one configuration (an empty list when the folding is illegal)."""
-    (w, a, h, x, pe, simd, planes, weights, families, clock, steps) = args
+    (w, a, h, x, ct, wc, pe, simd, planes, weights, families, clock, steps) = args
     try:
-        cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x)
+        cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, cell_type=ct, weight_code=wc)
         fold = Folding(pe=pe, simd=simd, planes=planes)
         fold.check_against(cfg)
     except ConfigError:
@@ -74,7 +74,8 @@ def eval_point(args) -> list[dict]:
         fits = [dev for dev, v in device_fit(fam, t).items() if v["fits"]]
         fits.sort(key=lambda dev: DEVICES[dev].luts)
         rows.append({
-            "family": fam, "wbits": w, "abits": a, "hidden": h, "input": cfg.input, "pe": pe, "simd": simd,
+            "family": fam, "wbits": w, "abits": a, "hidden": h, "input": cfg.input, "cell_type": ct,
+            "weight_code": wc, "pe": pe, "simd": simd,
             "planes": planes, "weights": mode, **{k: t[k] for k in ("lut", "ff", "carry", "bram", "dsp", "lutram")},
             "logic_cells": round(logic_cells(fam, t)), "cycles_per_step": d["cycles_per_step"],
             "us_per_step": round(d["us_per_step"], 4), "steps_per_s": round(d["steps_per_s"], 1),
@@ -84,12 +85,17 @@ def eval_point(args) -> list[dict]:
     return rows
 
 
+def layer_key(r: dict) -> tuple:
+    """The layer a row belongs to (Pareto fronts and plot series are per layer)."""
+    return (r["wbits"], r["abits"], r["hidden"], r["input"], r["cell_type"], r["weight_code"])
+
+
 def mark_pareto(rows: list[dict], key: str = "logic_cells", flag: str = "pareto") -> None:
     """row[flag] = True for rows that no other row of the same layer and family beats in both
     row[key] (a resource) and cycles per step."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["family"], r["wbits"], r["abits"], r["hidden"], r["input"]), []).append(r)
+        groups.setdefault((r["family"], *layer_key(r)), []).append(r)
     for grp in groups.values():
         grp.sort(key=lambda r: (r["cycles_per_step"], r[key]))
         best = None
@@ -107,9 +113,11 @@ def synth_row(args) -> dict:
 
     from .synth import SynthError, synthesize
 
-    cfg = LayerConfig(wbits=row["wbits"], abits=row["abits"], hidden=row["hidden"], input=row["input"])
+    cfg = LayerConfig(wbits=row["wbits"], abits=row["abits"], hidden=row["hidden"], input=row["input"],
+                      cell_type=row["cell_type"], weight_code=row["weight_code"])
     fold = Folding(pe=row["pe"], simd=row["simd"], planes=row["planes"])
-    key = {k: row[k] for k in ("family", "wbits", "abits", "hidden", "input", "pe", "simd", "planes", "weights")}
+    key = {k: row[k] for k in ("family", "wbits", "abits", "hidden", "input", "cell_type", "weight_code", "pe", "simd",
+                               "planes", "weights")}
     cache = os.path.join(work, "sweep_result.json")
     r = None
     if reuse and os.path.exists(cache):
@@ -144,15 +152,16 @@ def plot(rows: list[dict], family: str, path: str, title: str) -> None:
     fr = [r for r in rows if r["family"] == family]
     if not fr:
         return
-    layers = sorted({(r["wbits"], r["abits"], r["hidden"], r["input"]) for r in fr})
+    layers = sorted({layer_key(r) for r in fr})
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     cmap = plt.get_cmap("tab10")
     for ax, key, label in ((axes[0], "logic_cells", f"logic cells ({family}: LUT-sized cells, analytic)"),
                            (axes[1], "bram", f"block RAM ({family}: {'36 kbit tiles' if family == 'xilinx' else f'{BRAM_BITS[family] // 1024} kbit blocks'})")):
         for i, lay in enumerate(layers):
-            pts = [r for r in fr if (r["wbits"], r["abits"], r["hidden"], r["input"]) == lay]
+            pts = [r for r in fr if layer_key(r) == lay]
             col = cmap(i % 10)
-            name = f"W{lay[0]}A{lay[1]} H={lay[2]}" + (f" X={lay[3]}" if lay[3] != lay[2] else "")
+            name = (f"W{lay[0]}A{lay[1]} H={lay[2]}" + (f" X={lay[3]}" if lay[3] != lay[2] else "")
+                    + (f" {lay[4].upper()}" if lay[4] != "lstm" else "") + (f" {lay[5]}" if lay[5] != "balanced" else ""))
             ax.scatter([r["us_per_step"] for r in pts], [max(r[key], 0.5) for r in pts], s=10, alpha=0.35,
                        color=col)
             flag = "pareto" if key == "logic_cells" else "pareto_bram"
@@ -184,6 +193,9 @@ def parse_args(argv):
     p.add_argument("--abits", default="2,4")
     p.add_argument("--hidden", default="450")
     p.add_argument("--input", default=None, help="input sizes (default: equal to hidden)")
+    p.add_argument("--cell-type", default="lstm", help="cell types (comma-separated: lstm, gru, rnn)")
+    p.add_argument("--weight-code", default="balanced",
+                   help="weight codings (comma-separated; a coding skips the wbits it cannot store)")
     p.add_argument("--pe", default="4,8,16,28,32,64")
     p.add_argument("--simd", default="8,16,32,64")
     p.add_argument("--planes", default="parallel,serial")
@@ -214,6 +226,16 @@ def main(argv=None) -> int:
         X = _ints(args.input, "input") if args.input else [None]
         PE, S = _ints(args.pe, "pe"), _ints(args.simd, "simd")
         planes = [v.strip() for v in args.planes.split(",") if v.strip()]
+        cells = [v.strip() for v in args.cell_type.split(",") if v.strip()]
+        codes = [v.strip() for v in args.weight_code.split(",") if v.strip()]
+        from hwrnn.gates import GATE_SETS
+        from hwrnn.weight_code import WEIGHT_CODES
+        bad = [v for v in cells if v not in [g.name for g in GATE_SETS if g.has_rtl]]
+        if bad or not cells:
+            raise ConfigError(f"--cell-type takes {', '.join(g.name for g in GATE_SETS if g.has_rtl)}, got {args.cell_type!r}")
+        bad = [v for v in codes if v not in [c.name for c in WEIGHT_CODES]]
+        if bad or not codes:
+            raise ConfigError(f"--weight-code takes {', '.join(c.name for c in WEIGHT_CODES)}, got {args.weight_code!r}")
         bad = [v for v in planes if v not in ("parallel", "serial")]
         if bad:
             raise ConfigError(f"--planes takes parallel and/or serial, got {bad[0]!r}")
@@ -230,8 +252,8 @@ def main(argv=None) -> int:
         print(f"rtl_gen.sweep: error: {e}", file=sys.stderr)
         return 2
     # drop planes=serial for wbits=1 (identical to parallel)
-    combos = [(w, a, h, x, pe, s, pl, args.weights, fams, args.clock, args.steps)
-              for w, a, h, x, pe, s, pl in itertools.product(W, A, H, X, PE, S, planes)
+    combos = [(w, a, h, x, ct, wc, pe, s, pl, args.weights, fams, args.clock, args.steps)
+              for w, a, h, x, ct, wc, pe, s, pl in itertools.product(W, A, H, X, cells, codes, PE, S, planes)
               if not (pl == "serial" and w == 1)]
     from tqdm import tqdm
 
@@ -292,13 +314,13 @@ def main(argv=None) -> int:
     par = [r for r in rows if r["pareto"]]
     print(f"{len(rows)} rows ({len(combos)} configurations x {len(fams)} families) in {t_model:.1f} s "
           f"({args.jobs} processes); {len(par)} Pareto points:")
-    print(f"{'row':>5} {'family':<7} {'W':>2} {'A':>2} {'H':>5} {'PE':>4} {'SIMD':>4} {'planes':<8} {'weights':<7} "
+    print(f"{'row':>5} {'family':<7} {'cell':<4} {'code':<12} {'W':>2} {'A':>2} {'H':>5} {'PE':>4} {'SIMD':>4} {'planes':<8} {'weights':<7} "
           f"{'logic':>8} {'FF':>7} {'BRAM':>6} {'DSP':>4} {'cycles':>8} {'us/step':>9}  device")
-    for r in sorted(par, key=lambda r: (r["family"], r["wbits"], r["abits"], r["hidden"], r["cycles_per_step"])):
+    for r in sorted(par, key=lambda r: (r["family"], *layer_key(r), r["cycles_per_step"])):
         extra = ""
         if r.get("synth_lut") not in (None, ""):
             extra = f"  yosys LUT {r['synth_lut']} FF {r['synth_ff']}" + (f" Fmax {r['fmax_mhz']} MHz" if r.get("fmax_mhz") else "")
-        print(f"{r['row']:>5} {r['family']:<7} {r['wbits']:>2} {r['abits']:>2} {r['hidden']:>5} {r['pe']:>4} {r['simd']:>4} "
+        print(f"{r['row']:>5} {r['family']:<7} {r['cell_type']:<4} {r['weight_code']:<12} {r['wbits']:>2} {r['abits']:>2} {r['hidden']:>5} {r['pe']:>4} {r['simd']:>4} "
               f"{r['planes']:<8} {r['weights']:<7} {r['logic_cells']:>8} {r['ff']:>7} {r['bram']:>6} {r['dsp']:>4} "
               f"{r['cycles_per_step']:>8} {r['us_per_step']:>9.2f}  {r['smallest_device'] or '-'}{extra}")
     errs = [r for r in rows if r.get("synth_error")]

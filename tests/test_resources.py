@@ -198,6 +198,24 @@ def test_sweep(tmp_path):
     assert r.returncode == 2 and "--planes" in r.stderr
 
 
+def test_sweep_over_cell_types_and_weight_codes(tmp_path):
+    """Cell types and weight codings are sweep axes; a coding skips the wbits it cannot store (ternary:
+    2 only), and each layer has its own Pareto front."""
+    r = run("--wbits", "2,4", "--abits", 2, "--hidden", 32, "--cell-type", "lstm,gru", "--weight-code",
+            "balanced,ternary", "--pe", "4,8", "--simd", "16", "--planes", "parallel", "--family", "ecp5",
+            "--name", "c", "--out-dir", tmp_path, "--jobs", 1, module="rtl_gen.sweep")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "sweep_c.csv")))
+    layers = {(row["wbits"], row["cell_type"], row["weight_code"]) for row in rows}
+    assert layers == {("2", "lstm", "balanced"), ("4", "lstm", "balanced"), ("2", "gru", "balanced"),
+                      ("4", "gru", "balanced"), ("2", "lstm", "ternary"), ("2", "gru", "ternary")}
+    assert len(rows) == 6 * 2
+    for lay in layers:
+        assert any(row["pareto"] == "True" for row in rows if (row["wbits"], row["cell_type"], row["weight_code"]) == lay)
+    r = run("--wbits", "2", "--cell-type", "gru_ott", "--out-dir", tmp_path, module="rtl_gen.sweep")
+    assert r.returncode == 2 and "--cell-type takes lstm, gru, rnn" in r.stderr
+
+
 def test_estimate_never_fails_on_legal_configs():
     import random
 
