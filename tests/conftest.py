@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny corpus and a tiny trained, exported W2A2 layer."""
+"""Shared fixtures: a tiny corpus, a tiny trained, exported W2A2 layer, and one torch thread."""
 import pytest
 
 from tiny_corpus import write_corpus
@@ -32,3 +32,15 @@ def tiny_trained_layer(tiny_trained):
     from sw_ref.export import layer_from_model
 
     return layer_from_model(tiny_trained[1])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored after): training tests stay deterministic and do not
+    crowd the other test worker."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,12 +12,7 @@ from sw_ref.data import CHAR_SPACE, EOS, DataError, bpc, load_ptb, tokenize_text
 QUICK = ["--batch-size", 10, "--bptt", 50, "--dropout", 0, "--threads", 1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _main(capsys, *args):
