@@ -71,6 +71,14 @@ def main():
         print(label, json.dumps({k: entry.get(k) for k in ("counts", "analytic", "fmax_mhz", "cycles_per_step")}),
               flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    if set(res["codes"]) != {label for label, _c, _w in CODES} and os.path.exists(args.out + ".json"):
+        # a subset re-measured: keep the other codings' rows of the earlier run (same layer and family)
+        with open(args.out + ".json") as fh:
+            old = json.load(fh)
+        if old.get("layer") == res["layer"] and old.get("family") == res["family"]:
+            res["codes"] = {label: res["codes"].get(label, old["codes"].get(label)) for label, _c, _w in CODES
+                            if label in res["codes"] or label in old["codes"]}
+            res["command"] = f"{old['command']}; then {res['command']}"
     with open(args.out + ".json", "w") as fh:
         json.dump(res, fh, indent=2)
     write_md(res, args.out)

@@ -339,7 +339,9 @@ class ExponentialCode(WeightCode):
         return np.where((n >> self.exp_bits) & 1, -mag, mag)
 
     def dot_levels(self, simd: int, abits: int, planes_per_word: int) -> int:
-        return _tree_levels(simd)  # one adder tree over the SIMD shifted, signed terms
+        # the registered terms (+-) a << (f - 1) count as two levels (the shift multiplexer and the
+        # negation: one pipeline register after them), then one adder tree over the SIMD terms
+        return _tree_levels(simd) + 2
 
     def tap_format(self) -> dict:
         E, e = self.top, self.exp_bits

@@ -231,7 +231,8 @@ class TernaryMac(_SignedLaneMac):
 
 class ExponentialMac(_SignedLaneMac):
     """MAC array of the exponential codes (hwrnn.weight_code.ExponentialCode): per lane and column the
-    term (+-) a << (f - 1) (0 for f = 0), summed by one pipelined adder tree; no multiplier.
+    term (+-) a << (f - 1) (0 for f = 0), registered, then summed by one pipelined adder tree; no
+    multiplier (benchmarks/exponential_lanes.py: half the LUTs of a popcount lane per exponent).
     Parallel planes only (a weight's shift needs all its bits)."""
 
     def _term_width(self) -> int:
@@ -254,11 +255,11 @@ class ExponentialMac(_SignedLaneMac):
                 for k in range(1, code.top + 1):
                     with m.Case(k):
                         m.d.comb += mag.eq(a << (k - 1))
-            m.d.comb += t.eq(Mux(sign, -mag, mag))
+            m.d.sync += t.eq(Mux(sign, -mag, mag))  # the terms registered: the shift mux is a stage of its own
             terms.append(t)
         tree = TreePipeline(m, TREE_LEVELS_PER_STAGE, f"exp{lane}")
         total = tree.reduce([terms])[0]
-        assert tree.registers == self.dot_latency
+        assert 1 + tree.registers == self.dot_latency
         pr = Signal(signed(len(total)), name=f"partial{lane}")
         m.d.sync += pr.eq(total)
         return pr
@@ -271,7 +272,7 @@ class ExponentialMac(_SignedLaneMac):
         tw = cfg.abits + cfg.weight_coding.top
         bits, kept, stages = tree_register_bits([[(tw, 0)] * S], None, TREE_LEVELS_PER_STAGE)
         partial = tw + tree_levels(S)
-        lane = Built(regs=(Reg("tree", bits, kept),), stages=stages,
+        lane = Built(regs=(Reg("terms", S * tw), Reg("tree", bits, kept)), stages=1 + stages,
                      logic={"and_bits": 0, "tree_bits": partial, "shifter": 0,
                             "pop_bits": adder_tree_bits([tw] * S), "lanes": 1})
         return cls._built(cfg, fold, partial, (("dot", fold.pe, lane),), {})
