@@ -1,14 +1,25 @@
 """Benchmark: PTB training throughput of the quantized LSTM LM against a float model of the same
-cell and torch.nn.LSTM of the same size, with the decoder in fp32 or bf16; and the validation
-perplexity a short run reaches with each decoder precision (the bf16 switch must keep it within
-0.5 % of fp32). Writes results/bench_train.json.
+cell and torch.nn.LSTM of the same size, with the decoder in fp32 or bf16; the fused LSTM recurrence
+(sw_ref.fused_recurrence, the default) against the step-by-step one; and the validation perplexity a
+short run reaches with each decoder precision (the bf16 switch must keep it within 0.5 % of fp32).
+Writes results/bench_train.json.
 
     python benchmarks/bench_train.py --data ../shared/data/ptb [--hidden 450] [--threads 2]
-        [--batches 40] [--turns 3] [--accuracy-batches 400]
+        [--batches 40] [--turns 3] [--accuracy-batches 400] [--fused-only] [--note TEXT]
 
 Throughput: each variant trains ``--batches`` batches (20 x 35 tokens, after 3 warm-up batches)
 per turn, the variants take turns ``--turns`` times (the machine is noisy: turns pair them in
-time), and the median tokens/s of the turns is reported.
+time), and the median tokens/s of the turns is reported. The models of the first section run the
+default (fused) recurrence.
+
+Fused recurrence (the "fused_recurrence" entry): W4A2 and float models of the same seed, each trained
+with ``model.fused_recurrence`` on and off in turns (the two back to back in each turn, their order
+alternating); the speedup is the median over the turns of the paired ratio fused / step-by-step, so
+it carries over a loaded machine where the absolute tokens/s do not. The same for the recurrence
+alone (forward and backward of one 35 x 20 window, random inputs: "recurrence_alone_ms_per_window"),
+the part of a training step the fused path can speed up. ``--fused-only`` measures only
+this pair and writes it into the existing results file beside the other figures; the entry records
+the process's niceness, the load average at the start and ``--note``.
 """
 import argparse
 import json
@@ -64,15 +75,70 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def make(name, vocab, hidden):
+def make(name, vocab, hidden, fused=True):
     torch.manual_seed(1111)
     if name.startswith("torch.nn.LSTM"):
         return TorchLSTMLM(vocab, hidden)
     bits = {} if name.startswith("float") else {"wbits": 4, "abits": 2}
     model = QuantLSTMLM(LMConfig(vocab=vocab, hidden=hidden, **bits))
+    model.fused_recurrence = fused
     if name.endswith("bf16 decoder"):
         model.train_decoder_dtype = torch.bfloat16
     return model
+
+
+def window_ms(model, fused, reps=3, T=35, B=20):
+    """ms for the forward and backward of the recurrence alone over one window (T x B, random inputs;
+    W_h the model's quantized matrix), fused or step by step: the mean of ``reps`` windows."""
+    H, X = model.cfg.hidden, model.cfg.input
+    g = torch.Generator().manual_seed(0)
+    xw0 = torch.randn(T, B, 4 * H, generator=g)
+    Wh0 = model.effective_weights()["rnn"][:, X:].t().contiguous()
+    gh = torch.randn(T, B, H, generator=g)
+    h0, c0 = model.init_hidden(B)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        xw, Wh_t = xw0.clone().requires_grad_(), Wh0.clone().requires_grad_()
+        if fused:
+            hs, _ = model.rnn.recurrence_fused(xw, Wh_t, h0, c0)
+        else:
+            hs = torch.stack(model.rnn.recurrence(xw, Wh_t, h0, c0)[0])
+        (hs * gh).sum().backward()
+    return 1000 * (time.perf_counter() - t0) / reps
+
+
+def fused_ab(train_b, V, H, batches, turns):
+    """The fused recurrence against the step-by-step one (module docstring): {model: figures}."""
+    out = {}
+    pairs = {"W4A2": "W4A2 quantized, fp32 decoder", "float": "float (same cell), fp32 decoder"}
+    models = {(k, f): make(n, V, H, fused=f) for k, n in pairs.items() for f in (True, False)}
+    speeds = {key: [] for key in models}
+    for t in range(turns):
+        for k in pairs:
+            for f in ((True, False) if t % 2 == 0 else (False, True)):
+                speeds[(k, f)].append(turn(models[(k, f)], train_b, batches))
+                print(f"turn {t + 1}: {k} {'fused' if f else 'step-by-step'} recurrence: "
+                      f"{speeds[(k, f)][-1]:.0f} tok/s", flush=True)
+    rec = {key: [] for key in models}  # the recurrence alone, ms per window, in turns too
+    for t in range(turns):
+        for k in pairs:
+            for f in ((True, False) if t % 2 == 0 else (False, True)):
+                rec[(k, f)].append(window_ms(models[(k, True)], f))
+    for k in pairs:
+        fu, st = speeds[(k, True)], speeds[(k, False)]
+        ratios = [a / b for a, b in zip(fu, st)]
+        rfu, rst = rec[(k, True)], rec[(k, False)]
+        rratios = [b / a for a, b in zip(rfu, rst)]
+        out[k] = {"model": f"{pairs[k]}, H={H}", "fused_tokens_per_s": round(statistics.median(fu), 1),
+                  "step_by_step_tokens_per_s": round(statistics.median(st), 1),
+                  "turns_fused": [round(x, 1) for x in fu], "turns_step_by_step": [round(x, 1) for x in st],
+                  "paired_speedups": [round(r, 3) for r in ratios],
+                  "speedup_fused_vs_step_by_step": round(statistics.median(ratios), 3),
+                  "recurrence_alone_ms_per_window": {"fused": round(statistics.median(rfu), 1),
+                                                     "step_by_step": round(statistics.median(rst), 1),
+                                                     "paired_speedups": [round(r, 3) for r in rratios],
+                                                     "speedup": round(statistics.median(rratios), 3)}}
+    return out
 
 
 def turn(model, data, batches, warmup=3, lr=20.0):
@@ -105,6 +171,9 @@ def main():
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--accuracy-batches", type=int, default=400, help="0 skips the accuracy check")
     p.add_argument("--force-bf16", action="store_true", help="measure the bf16 decoder even without native bf16")
+    p.add_argument("--fused-only", action="store_true",
+                   help="measure only the fused vs step-by-step recurrence and merge it into --out")
+    p.add_argument("--note", default=None, help="recorded in the fused_recurrence entry (e.g. the machine's load)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data)
@@ -113,6 +182,32 @@ def main():
     V, H = len(corpus.vocab), args.hidden
     train_b = batchify(corpus.train, 20)
     bf16 = native_bf16() or args.force_bf16
+    machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+    nice = os.nice(0)
+    fused_entry = {"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
+                              f"{'--fused-only ' if args.fused_only else ''}--hidden {H} --threads {args.threads} "
+                              f"--batches {args.batches} --turns {args.turns}",
+                   "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H,
+                   "threads": args.threads, "batch": "20 x 35 tokens", "batches_per_turn": args.batches,
+                   "warmup_batches": 3, "turns": args.turns, "niceness": nice,
+                   "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
+    if args.note:
+        fused_entry["note"] = args.note
+    if args.fused_only:
+        fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
+        res = {}
+        if os.path.isfile(args.out):
+            with open(args.out) as fh:
+                res = json.load(fh)
+        if "throughput" in res and "recurrence" not in res:  # figures of a full run older than the switch
+            res["recurrence"] = "step by step (the throughput figures predate sw_ref.fused_recurrence)"
+        res["fused_recurrence"] = fused_entry
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=2)
+            fh.write("\n")
+        print(json.dumps(fused_entry, indent=1))
+        return
     names = ["W4A2 quantized, fp32 decoder", "W4A2 quantized, bf16 decoder", "float (same cell), fp32 decoder",
              "float (same cell), bf16 decoder", "torch.nn.LSTM, fp32 decoder"]
     if not bf16:
@@ -126,10 +221,11 @@ def main():
     ref = statistics.median(speeds["torch.nn.LSTM, fp32 decoder"])
     res = {"command": f"python benchmarks/bench_train.py --data <ptb> --hidden {H} --threads {args.threads} "
                       f"--batches {args.batches} --turns {args.turns} --accuracy-batches {args.accuracy_batches}",
-           "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+           "machine": machine,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H, "threads": args.threads,
            "batch": "20 x 35 tokens", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "native_bf16": native_bf16(), "throughput": {}}
+           "native_bf16": native_bf16(), "recurrence": "fused (sw_ref.fused_recurrence, the default)",
+           "throughput": {}}
     for n in names:
         med = statistics.median(speeds[n])
         res["throughput"][n] = {"tokens_per_s": round(med, 1), "turns": [round(s, 1) for s in speeds[n]],
@@ -139,6 +235,9 @@ def main():
     if not bf16:
         res["bf16"] = ("not measured: this CPU has no bf16 matrix instructions (avx512_bf16/AMX), so torch "
                        "emulates bf16 GEMMs, slower than fp32; the decoder stays fp32 here (--force-bf16 measures it)")
+
+    fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
+    res["fused_recurrence"] = fused_entry
 
     if args.accuracy_batches and bf16:
         acc = {}

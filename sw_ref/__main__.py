@@ -64,6 +64,9 @@ def _speed_args(p):
                                                    "annealing react within the epoch; default 0 = epoch ends only)")
     p.add_argument("--decoder-precision", choices=["fp32", "bf16"],
                    help="decoder GEMMs in training (bf16: CPU autocast, faster only on CPUs with bf16 matrix instructions, 'avx512_bf16'/AMX; evaluation stays fp32)")
+    p.add_argument("--no-fused-recurrence", dest="fused_recurrence", action="store_false", default=None,
+                   help="run the LSTM recurrence step by step under autograd instead of one fused node per TBPTT "
+                        "window with a hand-written backward (same forward bit for bit; for A/B comparisons)")
 
 
 def build_parser():
@@ -279,7 +282,7 @@ def cmd_export(args) -> int:
 
 def _train_extra(args) -> dict:
     keys = ("init_from", "lr", "optimizer", "dropout", "threads", "max_batches", "min_lr", "max_train_tokens",
-            "eval_every", "decoder_precision", "stochastic_weights")
+            "eval_every", "decoder_precision", "stochastic_weights", "fused_recurrence")
     return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -24,6 +24,11 @@ gru_ott    u, r, g     (3H)      Ott et al., reset after the product: u, r as gr
 rnn        g           (H)       vanilla: h' = Q_a(clamp(act(W [x; h] + b), 0, 1))
 =========  ====================  ==============================================================
 
+Fused recurrence: the LSTM without a hardware cell format (``fusable``) also runs a whole window as one
+autograd node with a hand-written backward, ``recurrence_fused`` (sw_ref.fused_recurrence; the LM's
+default in training): the same outputs bit for bit, gradients equal to rounding. ``recurrence`` (step
+by step under autograd) stays the reference and the path of step_trace, cell formats and other cells.
+
 State: the LM's ``(h, c)`` tuple for every cell. Only the LSTM has a cell state; for the other
 cells c is an empty [B, 0] tensor (carried, never read), so the tuple API (detach, checkpoints)
 stays the same. Initial state: 'zero' -> h0 = 0 (LSTM: c0 = 0); 'half' -> h0 = Q_a(0.5) (LSTM:
@@ -44,6 +49,7 @@ import torch.nn as nn
 
 from hwrnn.cell_state import CellState
 from hwrnn.gates import GruGates, GruOttGates, LstmGates, RnnGates
+from sw_ref.fused_recurrence import lstm_recurrence_fused
 from sw_ref.quantizers import quantize_activation
 
 #: default cell type (LMConfig.cell_type)
@@ -125,6 +131,18 @@ class Cell(nn.Module):
         step's values to ``trace[k]`` for k in trace_keys when ``trace`` is a dict of lists."""
         raise NotImplementedError
 
+    @property
+    def fusable(self) -> bool:
+        """Whether ``recurrence_fused`` applies to this cell (only the LSTM without a hardware cell
+        format has one)."""
+        return False
+
+    def recurrence_fused(self, xw, Wh_t, h, c):
+        """The recurrence of a whole window as one autograd node with a hand-written backward
+        (sw_ref.fused_recurrence), where ``fusable``: (hs [T, B, H], (h, c)), T >= 1, outputs
+        bit-identical to ``recurrence``'s (hs = its h_t stacked), gradients equal to rounding."""
+        raise NotImplementedError(f"no fused recurrence for the {self.name} cell")
+
 
 class LstmCell(Cell):
     """He et al.'s quantized LSTM (module docstring); gates i, f, g, o; cell state c in float, or
@@ -168,6 +186,17 @@ class LstmCell(Cell):
             return c
         q = self.cell_state.round_values(c)
         return c + (q - c).detach()
+
+    @property
+    def fusable(self) -> bool:
+        """True without a hardware cell format (whose rounding runs only on the step-by-step path)."""
+        return self.cell_state is None
+
+    def recurrence_fused(self, xw, Wh_t, h, c):
+        if not self.fusable:
+            raise ValueError(f"the fused recurrence does not emulate the cell format {self.cfg.cell}")
+        hs, h, c = lstm_recurrence_fused(xw, Wh_t, h, c, self.cfg.abits, self.cfg.candidate)
+        return hs, (h, c)
 
     def recurrence(self, xw, Wh_t, h, c, trace=None):
         H = self.cfg.hidden

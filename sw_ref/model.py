@@ -49,6 +49,10 @@ Parameters (exact names):
   ``forward(tokens [T, B] long, state=None) -> (logits [T*B, V], (h, c))``; state None ->
       ``init_hidden(B)``. Detach the returned state between TBPTT windows (``detach_state``).
       Cells without a cell state (gru, gru_ott, rnn) carry c as an empty [B, 0] tensor.
+      ``model.fused_recurrence`` (default True): the LSTM without a hardware cell format (cfg.cell
+      None) runs the window's recurrence as one autograd node with a hand-written backward
+      (sw_ref.fused_recurrence): logits and state bit-identical to the step-by-step path (False),
+      gradients equal to its autograd gradients to float rounding (dL/dW_h summed in another order).
   ``init_hidden(bsz) -> (h0, c0)`` each [B, H]: zeros ('zero'), or h0 = Q_a(0.5), c0 = 0.5
       ('half', as hwrnn.config defines it for the integer model and the hardware; the authors'
       code also rounds c0, round_bit(sigmoid(0)), which differs for c0 only). Other cells: h0 the
@@ -192,6 +196,12 @@ class QuantRNNLM(nn.Module):
         #: CPU autocast of the decoder Linear only, its logits returned in float32). Evaluation
         #: (eval mode) and the LSTM layer always compute in the parameters' dtype.
         self.train_decoder_dtype = None
+        #: run the recurrence of ``forward`` as one autograd node per TBPTT window with a hand-written
+        #: backward (sw_ref.fused_recurrence) where the cell has one (``rnn.fusable``: the LSTM
+        #: without a hardware cell format); outputs bit-identical, gradients equal to rounding.
+        #: step_trace and the other cells always run step by step. Not part of the config: a
+        #: training option (sw_ref.train ``fused_recurrence``).
+        self.fused_recurrence = True
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------
@@ -260,8 +270,12 @@ class QuantRNNLM(nn.Module):
         Wx_t = W[:, :X].t()
         Wh_t = W[:, X:].t().contiguous()
         xw = torch.addmm(self.rnn.bias, x.reshape(T * B, X), Wx_t).view(T, B, -1)
-        outs, state = self._recurrence(xw, Wh_t, h, c)
-        hs = self.drop(torch.stack(outs).view(T * B, -1))
+        if self.fused_recurrence and self.rnn.fusable and T > 0:
+            hs, state = self.rnn.recurrence_fused(xw, Wh_t, h, c)  # one autograd node per window
+        else:
+            outs, state = self._recurrence(xw, Wh_t, h, c)
+            hs = torch.stack(outs)
+        hs = self.drop(hs.view(T * B, -1))
         if self.training and self.train_decoder_dtype is not None:
             with torch.autocast("cpu", dtype=self.train_decoder_dtype):
                 logits = F.linear(hs, self._decoder_weight(stochastic=stochastic), self.decoder.bias)

@@ -32,6 +32,9 @@ Public API
     The integer codes n in 0..K and the scale s of the forward above (no autograd).
 
 ``is_float_bits(bits) -> bool``: True for None or 32 (no quantization).
+
+``activation_value(x, K)`` and ``activation_ste_mask(x, dtype)``: Q_a's forward (K = 2**abits - 1)
+and its straight-through factor, without autograd (for hand-written backwards, sw_ref.fused_recurrence).
 """
 from __future__ import annotations
 
@@ -55,17 +58,26 @@ def normalize_bits(bits, what: str = "bits"):
     return int(bits)
 
 
+def activation_value(x: torch.Tensor, K: int) -> torch.Tensor:
+    """The forward of Q_a without autograd: floor(K * clip(x, 0, 1) + 1/2) / K (K = 2**abits - 1)."""
+    return torch.floor(K * torch.clamp(x, 0.0, 1.0) + 0.5) / K
+
+
+def activation_ste_mask(x: torch.Tensor, dtype) -> torch.Tensor:
+    """The straight-through factor of Q_a at input x: 1 where 0 <= x <= 1 (ends included), else 0."""
+    return ((x >= 0) & (x <= 1)).to(dtype)
+
+
 class _ActivationSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, K: int):
         ctx.save_for_backward(x)
-        return torch.floor(K * torch.clamp(x, 0.0, 1.0) + 0.5) / K
+        return activation_value(x, K)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        mask = (x >= 0) & (x <= 1)
-        return grad * mask.to(grad.dtype), None
+        return grad * activation_ste_mask(x, grad.dtype), None
 
 
 def quantize_activation(x: torch.Tensor, abits) -> torch.Tensor:

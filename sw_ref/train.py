@@ -37,7 +37,12 @@ Public API
              reacts within an epoch), decoder_precision='fp32'|'bf16' (the decoder Linear's GEMMs
              in training: bf16 runs them under CPU autocast, faster only on CPUs with bf16 matrix
              instructions, avx512_bf16/AMX, slower where torch emulates bf16; validation, test and
-             the integer model stay fp32).
+             the integer model stay fp32), fused_recurrence=True (the LSTM without --cell runs each
+             TBPTT window's recurrence as one autograd node with a hand-written backward,
+             sw_ref.fused_recurrence: the same forward bit for bit, gradients equal to rounding,
+             W_h's summed in another order, so a run drifts from the step-by-step one by rounding;
+             False: step by step under autograd, for A/B; recorded in last.pt's 'train_opts' and in
+             sw_ref.experiment's recipe, free to change when resuming, which the log notes).
 
     Recipe (PyTorch word_language_model): TBPTT with the state carried across windows (detached)
     and reset at each epoch; loss = mean cross-entropy per token; after each epoch the valid
@@ -93,7 +98,7 @@ DEFAULTS = dict(
     gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
     quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
     eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0, cell_type="lstm",
-    weight_code="balanced", stochastic_weights=False, level=DEFAULT_LEVEL,
+    weight_code="balanced", stochastic_weights=False, level=DEFAULT_LEVEL, fused_recurrence=True,
 )
 DECODER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # options that must not change when resuming a run mid-way
@@ -277,6 +282,8 @@ def _options(args, kwargs) -> SimpleNamespace:
         raise TrainError(f"--clip must be a number >= 0, got {o.clip!r}")
     if not (isinstance(o.anneal, (int, float)) and o.anneal >= 1):
         raise TrainError(f"anneal must be a number >= 1, got {o.anneal!r}")
+    if not isinstance(o.fused_recurrence, bool):
+        raise TrainError(f"fused_recurrence must be True or False, got {o.fused_recurrence!r}")
     if o.decoder_precision not in DECODER_PRECISIONS:
         raise TrainError(f"--decoder-precision must be one of {', '.join(DECODER_PRECISIONS)}, "
                          f"got {o.decoder_precision!r}")
@@ -337,7 +344,8 @@ def train(args=None, **kwargs) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
     metrics_path = out / "metrics.jsonl"
-    train_opts = {k: getattr(o, k) for k in RESUME_FIXED}
+    # written into last.pt: the options a resume must keep, and the recurrence implementation
+    train_opts = {**{k: getattr(o, k) for k in RESUME_FIXED}, "fused_recurrence": o.fused_recurrence}
 
     def log(msg):
         print(msg, flush=True)
@@ -366,6 +374,9 @@ def train(args=None, **kwargs) -> dict:
                 raise TrainError(f"{last_path} was written with {k}={saved_opts.get(k)!r}, "
                                  f"now {train_opts[k]!r}; use the same value or another --out")
         model = _model_from_checkpoint(ck, last_path)
+        if saved_opts.get("fused_recurrence", o.fused_recurrence) != o.fused_recurrence:
+            log(f"note: {last_path} was written with fused_recurrence={saved_opts['fused_recurrence']}, "
+                f"this invocation runs with {o.fused_recurrence}")
         lr = float(ck["lr"])
         optimizer = _make_optimizer(o, model.parameters(), lr)
         optimizer.load_state_dict(ck["optimizer"])
@@ -399,10 +410,12 @@ def train(args=None, **kwargs) -> dict:
     label = code_label(cfg.weight_code, cfg.wbits, cfg.stochastic_weights)
     if label:
         mode += f" {label}"
+    model.fused_recurrence = o.fused_recurrence
+    fused = "fused" if model.fused_recurrence and model.rnn.fusable else "step-by-step"
     log(f"model {mode} H={cfg.hidden} X={cfg.input} V={cfg.vocab} "
         f"params={sum(p.numel() for p in model.parameters())}; train {len(train_tokens)} tokens "
         f"({n_batches} batches of {o.batch_size}x{o.bptt}), valid {len(valid)}; "
-        f"threads {torch.get_num_threads()}")
+        f"threads {torch.get_num_threads()}; {fused} recurrence")
 
     def base_ckpt(epoch, valid_ppl):
         return {"format": FORMAT, "config": cfg.to_dict(), "vocab": list(vocab), "level": o.level,

@@ -28,7 +28,9 @@ def _restore_threads():
 
 def test_pack_unpack_continues_the_run(corpus, tmp_path):
     run = tmp_path / "run"
-    train(data=corpus, out=run, epochs=2, **QUICK)
+    # the step-by-step recurrence: the premise below (epoch 2 does not improve) holds for this tiny float
+    # run's trajectory, which any rounding difference (the fused recurrence's) changes chaotically
+    train(data=corpus, out=run, epochs=2, fused_recurrence=False, **QUICK)
     (run / "experiment.json").write_text(json.dumps({"wall_s": 12.5, "invocations": 2}))
     point = tmp_path / "points" / "float_h16.pt"
     info = resume_point.pack(run, point)
