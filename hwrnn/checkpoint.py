@@ -110,21 +110,24 @@ class QuantLayer:
         codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)
         return cls(cfg, codes, s, b)
 
+    def arrays(self, prefix: str = "") -> dict:
+        """The checkpoint entries of this layer (config, codes, scale, bias), keys prefixed."""
+        return {prefix + "config": np.array(self.cfg.to_json()), prefix + "codes": self.codes.astype(np.uint8),
+                prefix + "scale": np.array(self.scale, dtype=np.float64), prefix + "bias": self.bias.astype(np.float64)}
+
     def save(self, path) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            format=np.array(FORMAT_NAME),
-            version=np.array(FORMAT_VERSION, dtype=np.int64),
-            config=np.array(self.cfg.to_json()),
-            codes=self.codes.astype(np.uint8),
-            scale=np.array(self.scale, dtype=np.float64),
-            bias=self.bias.astype(np.float64),
-        )
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
+        save_npz(path, format=np.array(FORMAT_NAME), version=np.array(FORMAT_VERSION, dtype=np.int64),
+                 **self.arrays())
+
+
+def save_npz(path, **arrays) -> None:
+    """A compressed .npz written whole or not at all (a temp file renamed into place)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def _fail(path, msg):

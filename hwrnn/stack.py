@@ -25,15 +25,13 @@ entries of a layer checkpoint (hwrnn.checkpoint) under ``l{l}d{d}_config``, ``_c
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import CheckpointError, QuantLayer
+from .checkpoint import CheckpointError, QuantLayer, save_npz
 from .config import ConfigError, LayerConfig
 from .integer_model import IntegerLSTM
 
@@ -172,15 +170,8 @@ def save_stack(stack: Stack, path) -> None:
               "layers": np.array(json.dumps([{"bidirectional": layer.bidirectional} for layer in stack.layers]))}
     for l, layer in enumerate(stack.layers):
         for d, q in enumerate(layer.directions):
-            p = f"l{l}d{d}_"
-            arrays.update({p + "config": np.array(q.cfg.to_json()), p + "codes": q.codes.astype(np.uint8),
-                           p + "scale": np.array(q.scale, dtype=np.float64), p + "bias": q.bias.astype(np.float64)})
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+            arrays.update(q.arrays(f"l{l}d{d}_"))
+    save_npz(path, **arrays)
 
 
 def _fail(path, msg):

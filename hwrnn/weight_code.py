@@ -177,6 +177,13 @@ def _finite(w) -> np.ndarray:
     return w
 
 
+def _checked_scale(s) -> float:
+    s = float(s)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"weight scale must be finite and positive, got {s}")
+    return s
+
+
 def glorot_bound(w) -> float:
     """sqrt(6 / columns) of a [rows, columns] matrix (module docstring: ternary)."""
     w = np.asarray(w)
@@ -219,9 +226,7 @@ class TernaryCode(WeightCode):
 
     def codes(self, w, gamma: float, use_tanh: bool = True, scale: float | None = None):
         w = _finite(w)
-        s = float(self.scale(w) if scale is None else scale)
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"weight scale must be finite and positive, got {s}")
+        s = _checked_scale(self.scale(w) if scale is None else scale)
         return self.round_units(w / s), s
 
     def mac_values(self, n):
@@ -315,9 +320,7 @@ class ExponentialCode(WeightCode):
 
     def codes(self, w, gamma: float, use_tanh: bool = True, scale: float | None = None):
         w = _finite(w)
-        s = float(self.scale(w) if scale is None else scale)
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"weight scale must be finite and positive, got {s}")
+        s = _checked_scale(self.scale(w) if scale is None else scale)
         E = self.top
         u = np.minimum(np.abs(w) / s, 1.0)                    # |W| / s, clipped to the largest level
         with np.errstate(divide="ignore"):

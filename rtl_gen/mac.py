@@ -27,13 +27,10 @@ from hwrnn.resources import Built, Reg
 from .blocks import ActivationSum, BitPlaneDot, TreePipeline, adder_tree_bits, delay_line, tree_register_bits
 
 
-class BalancedMac(wiring.Component):
-    """MAC array of the balanced code: per lane a pipelined bit-plane popcount dot
-    ``sum n*a`` (BitPlaneDot), one shared activation sum, and the odd-weight correction
-    ``acc = 2 * sum(n*a) - K * sum(a)`` (hwrnn.weight_code.BalancedCode.acc_from_planes) formed
-    combinationally from the accumulators, in front of the consumer's operand register.
-    Serial planes: the dot of plane p is shifted by p and sum(a) counts once per column fold.
-    """
+class MacArray(wiring.Component):
+    """The common interface of every MAC array (module docstring) and its latency:
+    ``dot_latency`` tree registers (hwrnn.datapath.dot_levels of the coding), then the partial
+    register and the accumulator."""
 
     def __init__(self, cfg: LayerConfig, fold: Folding):
         self.cfg, self.fold = cfg, fold
@@ -52,6 +49,16 @@ class BalancedMac(wiring.Component):
             "acc": Out(data.ArrayLayout(signed(self.acc_width), fold.pe)),
             "done": Out(1),
         })
+
+
+class BalancedMac(MacArray):
+    """MAC array of the balanced code: per lane a pipelined bit-plane popcount dot
+    ``sum n*a`` (BitPlaneDot), one shared activation sum, and the odd-weight correction
+    ``acc = 2 * sum(n*a) - K * sum(a)`` (hwrnn.weight_code.BalancedCode.acc_from_planes) formed
+    combinationally from the accumulators, in front of the consumer's operand register.
+    Serial planes: the dot of plane p is shifted by p and sum(a) counts once per column fold.
+    """
+
 
     @classmethod
     def built(cls, cfg: LayerConfig, fold: Folding) -> Built:
@@ -141,28 +148,11 @@ def _ctl_regs(dl: int, plane_w: int, plane_kept: int) -> tuple:
     return (Reg("ctl_tree", ctl_w * dl, (3 + plane_kept) * dl), Reg("ctl_part", ctl_w, 3))
 
 
-class _SignedLaneMac(wiring.Component):
+class _SignedLaneMac(MacArray):
     """The accumulation shared by the MACs whose lanes form a signed partial per word (ternary,
     exponential): partial register | accumulator = acc (no correction term). Subclasses build the
     lane's ``_partial(m, lane)`` (registered ``dot_latency`` cycles after its word)."""
 
-    def __init__(self, cfg: LayerConfig, fold: Folding):
-        self.cfg, self.fold = cfg, fold
-        self.geom = g = Geometry(cfg, fold)
-        self.serial = fold.planes == "serial"
-        self.dot_latency = tree_registers(dot_levels(cfg, fold))
-        self.latency = self.dot_latency + 2   # trees | partial register | accumulate
-        self.acc_width = fm.acc_width(cfg)
-        super().__init__({
-            "w": In(g.word_bits),
-            "a": In(fold.simd * cfg.abits),
-            "valid": In(1),
-            "first": In(1),
-            "last": In(1),
-            "plane": In(range(max(g.plane_steps, 2))),
-            "acc": Out(data.ArrayLayout(signed(self.acc_width), fold.pe)),
-            "done": Out(1),
-        })
 
     def elaborate(self, platform):
         m = Module()

@@ -132,6 +132,18 @@ class LstmUnit(wiring.Component):
         return m
 
 
+def _register_clamped(m: Module, h, total, shift: int, Ka: int) -> None:
+    """h <= clamp(total >> shift, 0, Ka), registered (total: a signed sum that already holds the
+    rounding constant; the h codes of hwrnn.gates.gru_h and rnn_h)."""
+    v = total >> shift
+    with m.If(total < 0):
+        m.d.sync += h.eq(0)
+    with m.Elif(v > Ka):
+        m.d.sync += h.eq(Ka)
+    with m.Else():
+        m.d.sync += h.eq(v)
+
+
 class GruResetUnit(wiring.Component):
     """Phase 1 of He et al.'s GRU, one unit: rh = rshift_round(r * h_old, G) (hwrnn.gates.reset_product),
     the phase's result; u passed on to the store for phase 2. Latency GruGates.RESET_STAGES = 2:
@@ -216,14 +228,7 @@ class GruUpdateUnit(wiring.Component):
         assert levels(A) == (1 << A) - 1
         total = Signal(signed(max(keep_w + G, ug_w + A) + 2))
         m.d.comb += total.eq((keep << G) + (ug << A) - ug + (1 << (2 * G - 1)))
-        v = total >> (2 * G)
-        Ka = levels(A)
-        with m.If(total < 0):
-            m.d.sync += self.h.eq(0)
-        with m.Elif(v > Ka):
-            m.d.sync += self.h.eq(Ka)
-        with m.Else():
-            m.d.sync += self.h.eq(v)
+        _register_clamped(m, self.h, total, 2 * G, levels(A))
         return m
 
 
@@ -256,13 +261,7 @@ class RnnUnit(wiring.Component):
         Ka = levels(A)
         total = Signal(signed(fm.candidate_width(cfg) + A + 2))
         m.d.comb += total.eq((self.g << A) - self.g + (1 << (G - 1)))
-        v = total >> G
-        with m.If(total < 0):
-            m.d.sync += self.h.eq(0)
-        with m.Elif(v > Ka):
-            m.d.sync += self.h.eq(Ka)
-        with m.Else():
-            m.d.sync += self.h.eq(v)
+        _register_clamped(m, self.h, total, G, Ka)
         return m
 
 
