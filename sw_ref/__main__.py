@@ -23,6 +23,14 @@ def _bits(text):
         raise argparse.ArgumentTypeError(f"bit width must be an integer 1..8 or 32/float, got {text!r}") from None
 
 
+def _bits_list(text):
+    """Comma-separated bit widths (each as ``_bits``)."""
+    vals = [_bits(v) for v in str(text).split(",") if v.strip()]
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths, got {text!r}")
+    return vals
+
+
 def _format_args(p):
     g = p.add_argument_group("hardware number formats (hwrnn.LayerConfig)")
     g.add_argument("--cell", default=None, help="cell-state format, e.g. fixed:3.10 (default)")
@@ -148,10 +156,16 @@ def build_parser():
     tb.add_argument("--results", default="results/ptb.json")
     tb.add_argument("-o", "--output", default="docs/ptb_results.md")
 
-    s = sub.add_parser("search", help="Kapur et al.'s neuron-increase search: smallest hidden size reaching a target")
+    s = sub.add_parser("search", help="Kapur et al.'s neuron-increase search: smallest hidden size reaching a target",
+                       description="Kapur et al.'s neuron-increase search for each (wbits, abits) pair: the smallest "
+                                   "hidden size whose test PPW reaches the target. By default a Ray Tune experiment "
+                                   "(sw_ref.tune_search: sizes trained in parallel, early stopping of sizes that "
+                                   "cannot change the answer) on an embedded local Ray, or on the cluster of "
+                                   "--address; --executor serial trains the sizes one after the other.")
     s.add_argument("--data")
-    s.add_argument("--wbits", type=_bits, default=_NOT_GIVEN, help="weight bits (default: the --weight-code's width)")
-    s.add_argument("--abits", type=_bits, required=True)
+    s.add_argument("--wbits", type=_bits_list, default=_NOT_GIVEN,
+                   help="weight bits, comma-separated for several (default: the --weight-code's width)")
+    s.add_argument("--abits", type=_bits_list, required=True, help="activation bits, comma-separated for several")
     _cell_type_arg(s)
     _weight_code_args(s)
     s.add_argument("--hidden-sizes", default="300,375,450,600,1000")
@@ -165,8 +179,18 @@ def build_parser():
                    help="no training: search over the runs already recorded in --results (hidden sizes as recorded)")
     s.add_argument("--epochs", type=int, default=40)
     s.add_argument("--init-from")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=int, help="torch threads of each training (and the CPUs each Tune trial declares)")
     s.add_argument("--max-train-tokens", type=int)
+    s.add_argument("--grace", type=int, default=3,
+                   help="Ray Tune path: epochs before a size may be stopped as unable to reach the target "
+                        "(0: never; sizes above one that reached it are always stopped)")
+    s.add_argument("--retries", type=int, default=2, help="Ray Tune path: restarts of a trial whose worker died")
+    s.add_argument("--max-trials", type=int, default=0,
+                   help="Ray Tune path: at most this many sizes training at once (default 0: as many as the CPUs allow)")
+    s.add_argument("--no-progress", action="store_true")
+    from hwrnn.points import add_executor_args
+
+    add_executor_args(s, default_jobs=None)
 
     x = sub.add_parser("export", help="write the hwrnn layer checkpoint for rtl_gen")
     x.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
@@ -337,11 +361,12 @@ def cmd_search(args) -> int:
     cell_class(cell_type)  # one-line error for an unknown cell type, before anything runs
     code = args.weight_code or DEFAULT_WEIGHT_CODE
     quantizer_class(code)  # the same for the weight code
-    wbits = args.wbits
-    if wbits is _NOT_GIVEN:
-        wbits = resolve_wbits(None, code)
-        if wbits is None:
+    wbits_list = args.wbits
+    if wbits_list is _NOT_GIVEN:
+        wbits_list = [resolve_wbits(None, code)]
+        if wbits_list[0] is None:
             raise ValueError(f"give --wbits (the {code} code has no default width)")
+    pairs = [(w, a) for w in wbits_list for a in args.abits]
     stochastic = bool(args.stochastic_weights)
     results = load_results(args.results)
     target = args.target
@@ -354,27 +379,62 @@ def cmd_search(args) -> int:
     if args.from_results:
         from .experiment import recorded_search
 
-        print(json.dumps(recorded_search(results, wbits, args.abits, target, baseline_bits, cell_type, code,
-                                         stochastic), indent=1))
+        found = {search_key(w, a, cell_type, code, stochastic):
+                 recorded_search(results, w, a, target, baseline_bits, cell_type, code, stochastic) for w, a in pairs}
+        print(json.dumps(found[search_key(*pairs[0], cell_type, code, stochastic)] if len(pairs) == 1 else found,
+                         indent=1))
         return 0
     sizes = [int(s) for s in args.hidden_sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--hidden-sizes must be positive integers, got {args.hidden_sizes!r}")
+    if args.grace < 0 or args.retries < 0 or args.max_trials < 0:
+        raise ValueError("--grace, --retries and --max-trials must be >= 0")
 
-    def evaluate_hidden(h):
-        run_dir = _entry_name(wbits, args.abits, h, cell_type=cell_type, weight_code=code,
-                              stochastic=stochastic).replace(" ", "_")
-        e = run_experiment(args.data, os.path.join(args.runs, run_dir), wbits=wbits, abits=args.abits, hidden=h,
-                           cell_type=cell_type, weight_code=code, epochs=args.epochs, results=args.results,
-                           **_train_extra(args))
-        ppw = (e["integer_ppw"] or e["model_ppw"])["test"]
-        return ppw, e["bits"]
+    def run_name(w, a, h):
+        return _entry_name(w, a, h, cell_type=cell_type, weight_code=code, stochastic=stochastic).replace(" ", "_")
 
-    res = neuron_increase_search(evaluate_hidden, sizes, target, baseline_bits)
+    if args.executor == "ray":
+        from .data import resolve_data_dir
+        from .experiment import relative_command
+        from .tune_search import tune_search
+
+        def command_of(w, a, h):
+            argv = ["python", "-m", "sw_ref", "experiment", "--out", os.path.join(args.runs, run_name(w, a, h)),
+                    "--results", args.results, "--hidden", str(h), "--abits", str(a), "--epochs", str(args.epochs),
+                    "--cell-type", cell_type, "--weight-code", code]
+            argv += ["--wbits", str(w)] if w is not None else []
+            argv += ["--stochastic-weights"] if stochastic else []
+            argv += [f"--{k.replace('_', '-')}={v}" for k, v in sorted(_train_extra(args).items())
+                     if k != "stochastic_weights"]
+            return relative_command(argv) + f"  # a trial of: {relative_command(['python', '-m', 'sw_ref', *args.argv])}"
+
+        found = tune_search(data=str(resolve_data_dir(args.data)), pairs=pairs, sizes=sizes, target=target,
+                            baseline_bits=baseline_bits, cell_type=cell_type, weight_code=code, stochastic=stochastic,
+                            epochs=args.epochs, results=args.results, runs=args.runs, train_extra=_train_extra(args),
+                            run_name=run_name, command_of=command_of, grace=args.grace, retries=args.retries,
+                            address=args.address, jobs=args.jobs, max_concurrent=args.max_trials,
+                            progress=not args.no_progress)
+    else:
+        found = {}
+        for w, a in pairs:
+            def evaluate_hidden(h, w=w, a=a):
+                e = run_experiment(args.data, os.path.join(args.runs, run_name(w, a, h)), wbits=w, abits=a, hidden=h,
+                                   cell_type=cell_type, weight_code=code, epochs=args.epochs, results=args.results,
+                                   **_train_extra(args))
+                ppw = (e["integer_ppw"] or e["model_ppw"])["test"]
+                return ppw, e["bits"]
+
+            found[(w, a)] = {**neuron_increase_search(evaluate_hidden, sizes, target, baseline_bits),
+                             "executor": "serial"}
     d = load_results(args.results)
-    d.setdefault("searches", {})[search_key(wbits, args.abits, cell_type, code, stochastic)] = res
+    for (w, a), res in found.items():
+        d.setdefault("searches", {})[search_key(w, a, cell_type, code, stochastic)] = res
     save_results(d, args.results)
-    print(json.dumps(res, indent=1))
+    for (w, a), res in found.items():
+        for f in res.get("failed", []):
+            print(f"sw_ref search: W{w}A{a} hidden {f['hidden']} failed: {f['error']}", file=sys.stderr)
+    print(json.dumps(found[pairs[0]] if len(pairs) == 1 else
+                     {search_key(w, a, cell_type, code, stochastic): r for (w, a), r in found.items()}, indent=1))
     return 0
 
 

@@ -185,7 +185,7 @@ def test_report_rejections(tmp_path, small_out):
 def test_sweep(tmp_path):
     r = run("--wbits", "2,4", "--abits", 2, "--hidden", 64, "--pe", "8,16", "--simd", "16,32",
             "--planes", "parallel,serial", "--family", "ecp5,xilinx", "--name", "t", "--out-dir", tmp_path,
-            "--jobs", 2, module="rtl_gen.sweep")
+            "--executor", "serial", module="rtl_gen.sweep")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "sweep_t.csv")))
     assert len(rows) == 2 * 2 * 2 * 2 * 2
@@ -203,7 +203,7 @@ def test_sweep_over_cell_types_and_weight_codes(tmp_path):
     2 only), and each layer has its own Pareto front."""
     r = run("--wbits", "2,4", "--abits", 2, "--hidden", 32, "--cell-type", "lstm,gru", "--weight-code",
             "balanced,ternary", "--pe", "4,8", "--simd", "16", "--planes", "parallel", "--family", "ecp5",
-            "--name", "c", "--out-dir", tmp_path, "--jobs", 1, module="rtl_gen.sweep")
+            "--name", "c", "--out-dir", tmp_path, "--executor", "serial", module="rtl_gen.sweep")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "sweep_c.csv")))
     layers = {(row["wbits"], row["cell_type"], row["weight_code"]) for row in rows}

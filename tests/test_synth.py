@@ -223,7 +223,7 @@ def test_sweep_synthesizes_only_the_points_asked_for(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rtl_gen.sweep", "--wbits", "2", "--abits", "2", "--hidden", "8",
                         "--pe", "4,8", "--simd", "4", "--planes", "parallel", "--family", "ecp5", "--name", "s",
                         "--out-dir", str(tmp_path), "--synth-points", "0", "--no-pnr", "--no-progress",
-                        "--work-dir", str(tmp_path / "work")],
+                        "--work-dir", str(tmp_path / "work"), "--executor", "serial"],
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "sweep_s.csv")))
