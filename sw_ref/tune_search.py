@@ -32,6 +32,10 @@ from ray import tune  # noqa: E402
 from hwrnn.points import init_ray  # noqa: E402
 
 
+#: what a PTB training trial declares to Ray's scheduler (a 1x1000 LM trains in ~2 GB here)
+TRIAL_MEMORY_MB = 3000
+
+
 def epoch_batches(data, level, max_train_tokens=None, batch_size=20, bptt=35) -> int:
     """TBPTT batches of one training epoch (what one ``max_batches`` step of a trial trains)."""
     from .data import batchify, load_ptb, num_bptt_batches, resolve_data_dir
@@ -137,7 +141,7 @@ def tune_search(*, data, pairs, sizes, target, baseline_bits, cell_type, weight_
              for (w, a) in pairs for h in sorted(sizes)]
     bar = _Progress(epochs * len(space), len(space), progress)
     tuner = tune.Tuner(
-        tune.with_resources(search_trial, {"cpu": threads}),
+        tune.with_resources(search_trial, {"cpu": threads, "memory": TRIAL_MEMORY_MB * 1024 * 1024}),
         param_space={"point": tune.grid_search(space)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent or None),
         run_config=tune.RunConfig(name="neuron_increase_search", storage_path=os.path.join(runs, "tune"),
