@@ -1,6 +1,6 @@
 """PTB experiments end to end: train (resumable), evaluate the training model and the bit-exact
 integer model on valid and test, record one entry in results/ptb.json; the table of our numbers
-beside the papers'; Kapur et al.'s neuron-increase search.
+beside the papers'; Kapur et al.'s neuron-increase search, and their layer-wise widening of stacks.
 
 An entry (keyed by its name: "W2A2@300" for the LSTM, "GRU W2A2@300", "GRU-Ott W2A2@300" or
 "RNN W2A2@300" for the other cell types, "_<cell format>" appended when one is given, and the weight
@@ -13,6 +13,14 @@ stochastic_weights, level ("word" or "char"), recipe (every training option) and
 (recurrent layer, under the keys lstm_layer_* whatever the cell type, and whole model, with their
 FP32 sizes), wall time (accumulated over resumed invocations), the command, and a "note" that
 keeps the figures of any earlier entry of the same name that this one replaced.
+
+A stack's entry (``run_experiment(layers=L)``, L > 1; sw_ref.stack_model) is named by
+``stack_entry_name`` ("2x W4A2@300,300", "2x W4A2,W2A2@300,450", "2x LSTM,GRU W2A2@300,300"), has
+"layers" and per-layer lists under hidden, wbits, abits, cell_type and cell, bits summed over its
+layers (and per layer under "layer_bits"), its integer model sw_ref.export.IntegerStackLM; the table
+lists stacks in their own section. Kapur et al.'s layer-wise widening of a stack (``run_widening``,
+``python -m sw_ref widen``) trains one stack entry per size tried and records its rounds under the
+results file's "widenings", keyed by the base stack's entry name, tabulated after the stacks.
 
 Paths in an entry (run_dir, command, recipe's init_from) are relative to the working directory of
 the invocation, the repository root for every documented command: records carry no absolute path

@@ -52,11 +52,12 @@ def _layer_config(c, **formats) -> LayerConfig:
                        **{k: v for k, v in formats.items() if v is not None})
 
 
-def _quant_layer(c, cell, **formats) -> QuantLayer:
-    """The QuantLayer of the recurrent ``cell`` (sw_ref.cells; weight, bias) of LMConfig ``c``."""
+def _quant_layer(c, rnn, **formats) -> QuantLayer:
+    """The QuantLayer of the recurrent cell ``rnn`` (sw_ref.cells; weight, bias) of LMConfig ``c``
+    (``formats`` may name a cell-state format, ``cell``)."""
     cfg = _layer_config(c, **formats)
-    w = cell.weight.detach().double().numpy()
-    b = cell.bias.detach().double().numpy()
+    w = rnn.weight.detach().double().numpy()
+    b = rnn.bias.detach().double().numpy()
     if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
         raise ExportError(f"the model's recurrent-layer ({c.cell_type}) weights or biases contain NaN or inf")
     codes, s = cfg.weight_coding.codes(w, cfg.gamma, cfg.weight_tanh)

@@ -25,7 +25,7 @@ from sw_ref.model import LMConfig, QuantRNNLM
 from sw_ref.stack_model import QuantStackLM, StackLMConfig, config_from_dict
 
 QUICK = dict(batch_size=10, bptt=20, dropout=0.0, threads=1, checkpoint_every=0, log_every=0, progress=False,
-             max_train_tokens=6000)
+             max_train_tokens=4000)
 #: rows of the gate matrix whose pre-activation reads [x; h] directly (Ott's g row reads r * (W h))
 EXACT_ROWS = {"lstm": 4, "gru": 2, "gru_ott": 2, "rnn": 1}
 
@@ -283,6 +283,10 @@ def test_cli_stack_experiment_eval_export(tiny_corpus, tmp_path, capsys, one_tor
     assert code == 0 and (run / "stack.npz").is_file() and "2 layers" in out, err
     stack = load_stack(run / "stack.npz")
     assert [layer.cfg.hidden for layer in stack.layers] == [8, 6]
+    code, out, err = _main(capsys, "export", "--checkpoint", run / "best.pt", "--cell", "fixed:4.12", "-o",
+                           tmp_path / "c.npz")
+    assert code == 0, err
+    assert [layer.cfg.cell for layer in load_stack(tmp_path / "c.npz").layers] == ["fixed:4.12"] * 2
     code, out, err = _main(capsys, *args)  # finished: resumes, trains nothing
     assert code == 0 and "end of epoch" not in out
 
@@ -322,3 +326,26 @@ def test_widen_end_to_end_and_resumable(tiny_corpus, tmp_path, capsys, one_torch
     assert code == 0 and "model 2 layers" not in out and "end of epoch" not in out
     code, out, err = _main(capsys, "table", "--results", res, "-o", tmp_path / "t.md")
     assert code == 0 and "## Layer-wise widening (Kapur et al.)" in out and "| 1 | layer 0 -> 8 (8,4) |" in out
+
+
+def test_stack_run_resumes_mid_epoch_exactly_and_packs_a_resume_point(tiny_corpus, tmp_path, one_torch_thread):
+    """A stack run stopped mid-epoch (--max-batches) and resumed ends with the parameters of the run
+    that was never stopped, bit for bit (the carried state of every layer is checkpointed); its resume
+    point unpacks into a run directory that trains on."""
+    from sw_ref.resume_point import pack, unpack
+    from sw_ref.train import load_lm_checkpoint, train
+
+    kw = dict(data=str(tiny_corpus), layers=2, hidden=[6, 5], wbits=2, abits=2, cell_type=["gru", "lstm"], epochs=1,
+              **{**QUICK, "max_train_tokens": 3000, "dropout": 0.2})
+    train(out=str(tmp_path / "whole"), **kw)
+    train(out=str(tmp_path / "split"), max_batches=5, **kw)
+    ck = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert ck["batch"] == 5 and len(ck["hidden"]) == 4  # (h, c) of both layers
+    pack(tmp_path / "split", tmp_path / "point.pt")
+    train(out=str(tmp_path / "split"), **kw)
+    a = load_lm_checkpoint(tmp_path / "whole" / "last.pt")[0].state_dict()
+    b = load_lm_checkpoint(tmp_path / "split" / "last.pt")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    unpack(tmp_path / "point.pt", tmp_path / "unpacked")
+    s = train(out=str(tmp_path / "unpacked"), **kw)
+    assert s["epochs_done"] == 1 and not s["interrupted"] and math.isfinite(s["test_ppl"])
