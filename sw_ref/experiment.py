@@ -366,8 +366,13 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
         hidden, wbits, abits, cell_type = _stack_options(layers, hidden, wbits, abits, cell_type, weight_code,
                                                          stochastic, (formats or {}).get("cell"))
     else:
-        hidden, wbits, abits, cell_type = (v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v
-                                           for v in (hidden, wbits, abits, cell_type))
+        from types import SimpleNamespace
+
+        from .train import _per_layer_options
+
+        o = SimpleNamespace(layers=1, bidirectional=False, hidden=hidden, wbits=wbits, abits=abits, cell_type=cell_type)
+        _per_layer_options(o)  # a list of one value is that value; a longer one is refused (one line)
+        hidden, wbits, abits, cell_type = o.hidden, o.wbits, o.abits, o.cell_type
         wbits = resolve_wbits(wbits, weight_code)  # one-line ValueError for an unknown weight code
         weight_quantizer(weight_code, wbits)  # ... or a width it does not take
         check_stochastic(weight_code, wbits, stochastic)

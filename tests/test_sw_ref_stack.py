@@ -246,6 +246,7 @@ def test_bidirectional_and_bad_layer_lists_are_refused_in_one_line(tiny_corpus, 
         assert "cannot predict word t+1 of a causal language model" in err, err
         assert not (tmp_path / cmd).exists() and not (tmp_path / "r").exists()
     for args, msg in ((("--layers", 3, "--hidden", "8,6"), "--hidden has 2 values but --layers is 3"),
+                      (("--hidden", "8,6"), "--hidden has 2 values but --layers is 1"),
                       (("--layers", 2, "--wbits", 2, "--abits", "2,3"), "abits 2, 3 differ between layers"),
                       (("--layers", 2, "--cell-type", "lstm,grux"), "layer 1: cell_type must be one of")):
         code, _, err = _main(capsys, "experiment", "--data", tiny_corpus, "--out", tmp_path / "x", *args)
