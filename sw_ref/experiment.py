@@ -328,11 +328,11 @@ def _stack_options(layers, hidden, wbits, abits, cell_type, weight_code, stochas
     from types import SimpleNamespace
 
     from .stack_model import StackLMConfig
-    from .train import _per_layer_options
+    from .train import per_layer_options
 
     o = SimpleNamespace(layers=layers, bidirectional=False, hidden=hidden, wbits=wbits, abits=abits,
                         cell_type=cell_type)
-    _per_layer_options(o)
+    per_layer_options(o)
     o.wbits = [resolve_wbits(w, weight_code) for w in o.wbits]
     StackLMConfig(vocab=1, hidden=tuple(o.hidden), wbits=tuple(o.wbits), abits=tuple(o.abits),
                   cell_type=tuple(o.cell_type), weight_code=weight_code, stochastic_weights=stochastic, cell=cell)
@@ -368,10 +368,10 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     else:
         from types import SimpleNamespace
 
-        from .train import _per_layer_options
+        from .train import per_layer_options
 
         o = SimpleNamespace(layers=1, bidirectional=False, hidden=hidden, wbits=wbits, abits=abits, cell_type=cell_type)
-        _per_layer_options(o)  # a list of one value is that value; a longer one is refused (one line)
+        per_layer_options(o)  # a list of one value is that value; a longer one is refused (one line)
         hidden, wbits, abits, cell_type = o.hidden, o.wbits, o.abits, o.cell_type
         wbits = resolve_wbits(wbits, weight_code)  # one-line ValueError for an unknown weight code
         weight_quantizer(weight_code, wbits)  # ... or a width it does not take
@@ -674,7 +674,7 @@ def search_table(d: dict, baseline: str = "float@300") -> list[str]:
 
 
 def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max_rounds: int = 8) -> dict:
-    """Kapur et al.'s neuron increase for a stack of LSTM layers: evaluate the layers one by one
+    """Kapur et al.'s neuron increase for a stack of layers (any cell type): evaluate the layers one by one
     (widen only layer i, the others at their current size, through the candidate `hidden_sizes`
     above its current size) and widen the layer that reaches the target with the fewest model
     bits; if no single widening reaches it, widen the layer whose best candidate gives the lowest
@@ -682,7 +682,8 @@ def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max
 
     `evaluate_stack(sizes: tuple) -> (ppw, bits dict with "model_bits")`; results are cached, so
     each stack is evaluated (trained) once. Returns the chosen sizes, the rounds with every
-    (layer, size) tried, and whether the target was reached."""
+    (layer, size) tried, and whether the target was reached. ``run_widening`` runs it over real
+    training runs (``python -m sw_ref widen``)."""
     cache = {}
 
     def ev(sizes):

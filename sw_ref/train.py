@@ -310,7 +310,7 @@ def _options(args, kwargs) -> SimpleNamespace:
         check_level(o.level)
     except DataError as exc:
         raise TrainError(f"--level: {exc}") from None
-    _per_layer_options(o)
+    per_layer_options(o)
     if o.progress is None:
         o.progress = sys.stderr.isatty()
     o.lr = float(o.lr)
@@ -318,7 +318,7 @@ def _options(args, kwargs) -> SimpleNamespace:
     return o
 
 
-def _per_layer_options(o) -> None:
+def per_layer_options(o) -> None:
     """Checks ``layers`` and normalises the per-layer options in place: one value (or a list of one)
     applies to every layer; a list must have one value per layer. A one-layer run keeps scalars (its
     recipe and model are exactly those of a run without ``layers``); a stack gets lists."""
