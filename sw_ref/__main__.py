@@ -1,5 +1,7 @@
-"""python -m sw_ref train|eval|export: quantization-aware training on Penn Treebank, perplexity of
-the training model and of the bit-exact integer model, export of the hardware layer checkpoint."""
+"""python -m sw_ref train|eval|export|experiment|widen|...: quantization-aware training on Penn Treebank
+(one layer, or a stack with --layers and per-layer --hidden/--wbits/--abits/--cell-type), perplexity
+of the training model and of the bit-exact integer model, export of the hardware layer (or stack)
+checkpoint, recorded experiments, Kapur et al.'s neuron-increase search and layer-wise widening."""
 from __future__ import annotations
 
 import argparse
@@ -23,12 +25,43 @@ def _bits(text):
         raise argparse.ArgumentTypeError(f"bit width must be an integer 1..8 or 32/float, got {text!r}") from None
 
 
+def _per_layer(parse):
+    """An argparse type of a per-layer option: "300" -> one value (every layer), "300,450" -> a list
+    (one value per layer)."""
+    def f(text):
+        parts = [t.strip() for t in str(text).split(",")]
+        if len(parts) > 1 and any(p == "" for p in parts):
+            raise argparse.ArgumentTypeError(f"a list of values separated by commas, got {text!r}")
+        values = [parse(t) for t in parts]
+        return values if len(values) > 1 else values[0]
+    return f
+
+
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer, got {text!r}") from None
+
+
+def _stack_args(p, hidden_default=300):
+    """--layers, per-layer --hidden/--wbits/--abits (one value for every layer, or one per layer), --bidirectional."""
+    p.add_argument("--layers", type=int, help="recurrent layers (a stack, sw_ref.stack_model; default 1)")
+    p.add_argument("--hidden", type=_per_layer(_int), default=hidden_default,
+                   help="hidden units, one for every layer or one per layer (300,450); widen for Kapur et al.'s "
+                        "neuron increase")
+    p.add_argument("--wbits", type=_per_layer(_bits),
+                   help="weight bits 1..8, one or one per layer (4,2) (default: float; with --weight-code, the code's width)")
+    p.add_argument("--abits", type=_per_layer(_bits), help="activation bits 1..8 (default: float); every layer the same")
+    p.add_argument("--bidirectional", action="store_true", default=None,
+                   help="bidirectional layers: refused for PTB language models (the backward direction reads the "
+                        "words to predict); for classifiers, see sw_ref.stack_model")
+
+
 def _bits_list(text):
-    """Comma-separated bit widths (each as ``_bits``)."""
-    vals = [_bits(v) for v in str(text).split(",") if v.strip()]
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths, got {text!r}")
-    return vals
+    """Comma-separated bit widths (each as ``_bits``), always a list (the search's bit-width axes)."""
+    v = _per_layer(_bits)(text)
+    return v if isinstance(v, list) else [v]
 
 
 def _format_args(p):
@@ -45,10 +78,11 @@ def _formats(args) -> dict:
             if getattr(args, k) is not None}
 
 
-def _cell_type_arg(p):
+def _cell_type_arg(p, per_layer: bool = False):
     # checked by sw_ref.cells (one error line), not by argparse choices (usage text + error)
-    p.add_argument("--cell-type", help="recurrent cell: lstm (default), gru (He et al.), gru_ott (Ott et al.), "
-                                       "rnn (vanilla)")
+    p.add_argument("--cell-type", type=_per_layer(str) if per_layer else None,
+                   help="recurrent cell: lstm (default), gru (He et al.), gru_ott (Ott et al.), rnn (vanilla)"
+                        + ("; one for every layer or one per layer (lstm,gru)" if per_layer else ""))
 
 
 def _weight_code_args(p, stochastic: bool = True):
@@ -85,10 +119,8 @@ def build_parser():
     t.add_argument("--data", help="directory of ptb.{train,valid,test}.txt[.gz] (or $HWRNN_PTB)")
     _level_arg(t)
     t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN}); resumes if it has last.pt")
-    t.add_argument("--hidden", type=int, default=300, help="hidden units (widen for Kapur et al.'s neuron increase)")
-    t.add_argument("--input", type=int, help="embedding size (default: hidden)")
-    t.add_argument("--wbits", type=_bits, help="weight bits 1..8 (default: float; with --weight-code, the code's width)")
-    t.add_argument("--abits", type=_bits, help="activation bits 1..8 (default: float)")
+    _stack_args(t)
+    t.add_argument("--input", type=int, help="embedding size (default: hidden; a stack: layer 0's)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--bptt", type=int)
@@ -109,7 +141,7 @@ def build_parser():
     t.add_argument("--quantize-output", action="store_true", default=None)
     t.add_argument("--gamma", type=float)
     t.add_argument("--cell", help="emulate the hardware cell format in training (fixed:I.F, fp16, bf16, eXmY; LSTM only)")
-    _cell_type_arg(t)
+    _cell_type_arg(t, per_layer=True)
     _weight_code_args(t)
     t.add_argument("--progress", action="store_true", default=None, help="force the progress bar")
     _speed_args(t)
@@ -133,10 +165,8 @@ def build_parser():
     r.add_argument("--out", required=True, help="run directory (resumable)")
     r.add_argument("--name", help="entry name in the results file (default e.g. W4A2@450, GRU W2A2@300)")
     r.add_argument("--results", default="results/ptb.json")
-    r.add_argument("--hidden", type=int, default=300)
-    r.add_argument("--wbits", type=_bits, help="weight bits (default: float; with --weight-code, the code's width)")
-    r.add_argument("--abits", type=_bits)
-    _cell_type_arg(r)
+    _stack_args(r)
+    _cell_type_arg(r, per_layer=True)
     _weight_code_args(r)
     r.add_argument("--epochs", type=int, default=40)
     r.add_argument("--init-from")
@@ -192,9 +222,41 @@ def build_parser():
 
     add_executor_args(s, default_jobs=None)
 
-    x = sub.add_parser("export", help="write the hwrnn layer checkpoint for rtl_gen")
+    w = sub.add_parser("widen", help="Kapur et al.'s layer-wise widening of a stack over real training runs (resumable)")
+    w.add_argument("--data")
+    w.add_argument("--base-hidden", type=_per_layer(_int), required=True,
+                   help="hidden size of every layer of the base stack, one per layer (300,300): L layers")
+    w.add_argument("--layers", type=int, help="layers (default: as many as --base-hidden lists)")
+    w.add_argument("--bidirectional", action="store_true", default=None,
+                   help="refused: a PTB language model cannot have bidirectional layers")
+    w.add_argument("--hidden-sizes", default="300,450,600,1000", help="candidate sizes a layer is widened to")
+    w.add_argument("--wbits", type=_per_layer(_bits), help="weight bits, one or one per layer")
+    w.add_argument("--abits", type=_per_layer(_bits), help="activation bits (every layer the same)")
+    _cell_type_arg(w, per_layer=True)
+    _weight_code_args(w)
+    wt = w.add_mutually_exclusive_group(required=True)
+    wt.add_argument("--target", type=float, help="target test PPW")
+    wt.add_argument("--tolerance", type=float, help="percent above the float baseline entry of --baseline")
+    w.add_argument("--baseline", default="float@300", help="results entry of the float baseline")
+    w.add_argument("--max-rounds", type=int, default=8, help="widening rounds at most")
+    w.add_argument("--results", default="results/ptb.json")
+    w.add_argument("--runs", default="runs", help="directory for the stacks' run directories")
+    w.add_argument("--epochs", type=int, default=40)
+    w.add_argument("--lr", type=float)
+    w.add_argument("--optimizer", choices=["sgd", "adam"])
+    w.add_argument("--dropout", type=float)
+    w.add_argument("--threads", type=int)
+    w.add_argument("--max-batches", type=int, help="stop each invocation's training after N batches (rerun to continue)")
+    w.add_argument("--min-lr", type=float)
+    w.add_argument("--max-train-tokens", type=int)
+    w.add_argument("--batch-size", type=int)
+    w.add_argument("--bptt", type=int)
+    _speed_args(w)
+
+    x = sub.add_parser("export", help="write the hwrnn layer checkpoint (a stack's: the stack checkpoint) for rtl_gen")
     x.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
-    x.add_argument("-o", "--output", default=None, help="output .npz (default: next to the checkpoint, layer.npz)")
+    x.add_argument("-o", "--output", default=None,
+                   help="output .npz (default: next to the checkpoint, layer.npz; a stack's: stack.npz)")
     _format_args(x)
 
     sh = sub.add_parser("ship", help="export a results entry's layer as hwrnn package data (rtl_gen's trained default)")
@@ -236,7 +298,8 @@ def cmd_eval(args) -> int:
     import torch
 
     from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb, resolve_data_dir
-    from .export import IntegerLM, layer_from_model
+    from .export import IntegerLM, IntegerStackLM, layer_from_model, stack_from_model
+    from .stack_model import QuantStackLM
     from .train import evaluate_loss, load_lm_checkpoint
 
     if args.threads:
@@ -253,21 +316,31 @@ def cmd_eval(args) -> int:
     total, count = evaluate_loss(model, data, bsz=args.batch_size)
     char = level == "char"
 
+    stack = isinstance(model, QuantStackLM)
     res = {"checkpoint": args.checkpoint, "split": args.split, "level": level, "tokens": count,
            "model_ppw": math.exp(total / count), "model_seconds": round(time.perf_counter() - t0, 2),
            "wbits": model.cfg.wbits, "abits": model.cfg.abits, "hidden": model.cfg.hidden,
            "cell_type": model.cfg.cell_type, "weight_code": model.cfg.weight_code}
+    if stack:
+        res["layers"] = model.cfg.layers
     res["ppw"] = res["model_ppw"]
     if char:
         res["model_bpc"] = res["bpc"] = bpc(total / count)
     if args.integer:
-        layer = layer_from_model(model, **_formats(args))
-        ilm = IntegerLM(model, layer)
+        if stack:
+            st = stack_from_model(model, **_formats(args))
+            ilm = IntegerStackLM(model, st)
+            cells = [q.cfg.cell if q.cfg.gate_set.has_cell_state else None for q in st.layers]
+            cell = None if not any(cells) else cells
+        else:
+            layer = layer_from_model(model, **_formats(args))
+            ilm = IntegerLM(model, layer)
+            cell = layer.cfg.cell if model.cfg.cell_class.has_cell_state else None
         t0 = time.perf_counter()
         itotal, icount = ilm.nll(data.numpy(), bsz=args.batch_size)
         assert icount == count
         res.update(integer_ppw=math.exp(itotal / icount), integer_seconds=round(time.perf_counter() - t0, 2),
-                   cell=layer.cfg.cell if model.cfg.cell_class.has_cell_state else None)
+                   cell=cell)
         res["ppw"] = res["integer_ppw"]
         res["gap_percent"] = 100.0 * (res["integer_ppw"] - res["model_ppw"]) / res["model_ppw"]
         if char:
@@ -282,7 +355,8 @@ def cmd_eval(args) -> int:
             return f"{args.split} perplexity per word: {res[which + '_ppw']:.2f}"
         print(f"{line('model')} (training model)")
         if args.integer:
-            cell = f"cell {res['cell']}" if res["cell"] else model.cfg.cell_type
+            cell = (f"cell {res['cell']}" if res["cell"] else
+                    ",".join(model.cfg.cell_type) if stack else model.cfg.cell_type)
             print(f"{line('integer')} (integer model = hardware, {cell}; gap {res['gap_percent']:+.2f} %)")
     return 0
 
@@ -291,9 +365,12 @@ def cmd_export(args) -> int:
     import os
 
     from .export import layer_from_model
+    from .stack_model import QuantStackLM
     from .train import load_lm_checkpoint
 
     model, _vocab, _meta = load_lm_checkpoint(args.checkpoint)
+    if isinstance(model, QuantStackLM):
+        return _export_stack(model, args)
     layer = layer_from_model(model, **_formats(args))
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "layer.npz")
     layer.save(out)
@@ -304,9 +381,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_stack(model, args) -> int:
+    """Write a QuantStackLM's stack checkpoint (hwrnn.stack.save_stack) and describe its layers."""
+    import os
+
+    from hwrnn.stack import save_stack
+
+    from .export import stack_from_model
+
+    stack = stack_from_model(model, **_formats(args))
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "stack.npz")
+    save_stack(stack, out)
+    parts = []
+    for l, layer in enumerate(stack.layers):
+        c = layer.cfg
+        parts.append(f"layer {l}: {c.cell_type} W{c.wbits}A{c.abits} {c.weight_code} hidden {c.hidden} input {c.input}"
+                     + (" bidirectional" if layer.bidirectional else "") + (f" cell {c.cell}" if c.gate_set.has_cell_state else ""))
+    print(f"wrote {out}: {len(stack)} layers; " + "; ".join(parts))
+    return 0
+
+
 def _train_extra(args) -> dict:
     keys = ("init_from", "lr", "optimizer", "dropout", "threads", "max_batches", "min_lr", "max_train_tokens",
-            "eval_every", "decoder_precision", "stochastic_weights", "fused_recurrence")
+            "eval_every", "decoder_precision", "stochastic_weights", "fused_recurrence", "batch_size", "bptt")
     return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -315,7 +412,7 @@ def cmd_experiment(args) -> int:
 
     e = run_experiment(args.data, args.out, wbits=args.wbits, abits=args.abits, hidden=args.hidden,
                        cell_type=args.cell_type, weight_code=args.weight_code, level=args.level, epochs=args.epochs,
-                       name=args.name, results=args.results,
+                       name=args.name, results=args.results, layers=args.layers, bidirectional=bool(args.bidirectional),
                        formats=_formats(args),
                        eval_only=args.eval_only, command=relative_command(["python", "-m", "sw_ref", *args.argv]),
                        **_train_extra(args))
@@ -438,6 +535,37 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_widen(args) -> int:
+    """Kapur et al.'s layer-wise widening (sw_ref.experiment.run_widening) over real training runs."""
+    from .experiment import baseline_target, load_results, relative_command, run_widening
+
+    base = args.base_hidden if isinstance(args.base_hidden, list) else [args.base_hidden]
+    if args.layers is not None and args.layers != len(base):
+        raise ValueError(f"--base-hidden lists {len(base)} sizes but --layers is {args.layers}: give one per layer")
+    sizes = [int(s) for s in args.hidden_sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--hidden-sizes must be positive integers, got {args.hidden_sizes!r}")
+    if args.max_rounds < 1:
+        raise ValueError(f"--max-rounds must be a positive integer, got {args.max_rounds}")
+    target, source = args.target, "--target"
+    if target is None:
+        bt = baseline_target(load_results(args.results), args.baseline, args.tolerance)
+        if bt is None:
+            raise ValueError(f"no entry {args.baseline!r} in {args.results}: run the float baseline first or pass --target")
+        target = bt[0]
+        source = f"{args.baseline} test PPW + {args.tolerance:g} %"
+    res = run_widening(args.data, args.runs, base, sizes, target, wbits=args.wbits, abits=args.abits,
+                       cell_type=args.cell_type, weight_code=args.weight_code, epochs=args.epochs,
+                       results=args.results, max_rounds=args.max_rounds, target_source=source,
+                       command=relative_command(["python", "-m", "sw_ref", *args.argv]),
+                       bidirectional=bool(args.bidirectional), **_train_extra(args))
+    print(json.dumps(res, indent=1))
+    if res["status"] != "done":
+        print(f"sw_ref widen: {res['waiting_for']} is unfinished (--max-batches): rerun the same command to continue",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_ship(args) -> int:
     """Export the layer of a results entry's run as hwrnn package data with its provenance."""
     from pathlib import Path
@@ -478,7 +606,7 @@ def main(argv=None) -> int:
     args.argv = argv  # the command line as given, recorded (paths relative) by `experiment`
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
-                "table": cmd_table, "search": cmd_search, "ship": cmd_ship,
+                "table": cmd_table, "search": cmd_search, "ship": cmd_ship, "widen": cmd_widen,
                 "resume-point": cmd_resume_point}[args.cmd](args)
     except ValueError as e:  # every project error is a ValueError subclass
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,6 +1,6 @@
 """PTB experiments end to end: train (resumable), evaluate the training model and the bit-exact
 integer model on valid and test, record one entry in results/ptb.json; the table of our numbers
-beside the papers'; Kapur et al.'s neuron-increase search.
+beside the papers'; Kapur et al.'s neuron-increase search, and their layer-wise widening of stacks.
 
 An entry (keyed by its name: "W2A2@300" for the LSTM, "GRU W2A2@300", "GRU-Ott W2A2@300" or
 "RNN W2A2@300" for the other cell types, "_<cell format>" appended when one is given, and the weight
@@ -13,6 +13,14 @@ stochastic_weights, level ("word" or "char"), recipe (every training option) and
 (recurrent layer, under the keys lstm_layer_* whatever the cell type, and whole model, with their
 FP32 sizes), wall time (accumulated over resumed invocations), the command, and a "note" that
 keeps the figures of any earlier entry of the same name that this one replaced.
+
+A stack's entry (``run_experiment(layers=L)``, L > 1; sw_ref.stack_model) is named by
+``stack_entry_name`` ("2x W4A2@300,300", "2x W4A2,W2A2@300,450", "2x LSTM,GRU W2A2@300,300"), has
+"layers" and per-layer lists under hidden, wbits, abits, cell_type and cell, bits summed over its
+layers (and per layer under "layer_bits"), its integer model sw_ref.export.IntegerStackLM; the table
+lists stacks in their own section. Kapur et al.'s layer-wise widening of a stack (``run_widening``,
+``python -m sw_ref widen``) trains one stack entry per size tried and records its rounds under the
+results file's "widenings", keyed by the base stack's entry name, tabulated after the stacks.
 
 Paths in an entry (run_dir, command, recipe's init_from) are relative to the working directory of
 the invocation, the repository root for every documented command: records carry no absolute path
@@ -98,7 +106,11 @@ def replacement_note(prev: dict, new: dict) -> str | None:
 def model_bits(cfg) -> dict:
     """Storage of the LM in bits: recurrent-layer weights (rows = n_gates * H: 4H LSTM, 3H GRU, H RNN)
     at wbits, biases 32, embedding at abits, decoder at wbits if quantized else 32; and the FP32
-    sizes of the same tensors. The layer's keys are named lstm_layer_* for every cell type."""
+    sizes of the same tensors. The layer's keys are named lstm_layer_* for every cell type. A stack
+    (sw_ref.stack_model.StackLMConfig): lstm_layer_* sum every layer and direction, "layer_bits"
+    lists each layer's (both directions), the decoder reads the last layer's output at its wbits."""
+    if getattr(cfg, "layers", 1) != 1 or isinstance(getattr(cfg, "hidden", None), (list, tuple)):
+        return _stack_bits(cfg)
     V, H, X = cfg.vocab, cfg.hidden, cfg.input
     rows = cell_class(getattr(cfg, "cell_type", DEFAULT_CELL_TYPE)).rows_for(H)
     wb = cfg.wbits or 32
@@ -109,6 +121,20 @@ def model_bits(cfg) -> dict:
     fp32 = 32 * (rows * (X + H) + rows + V * X + V * H + V)
     return {"lstm_layer_bits": layer, "lstm_layer_fp32_bits": 32 * (rows * (X + H) + rows),
             "model_bits": layer + emb + dec, "model_fp32_bits": fp32}
+
+
+def _stack_bits(cfg) -> dict:
+    layer_bits, layer_fp32 = [], []
+    for l in range(cfg.layers):
+        c = cfg.layer_config(l)
+        rows, n = cell_class(c.cell_type).rows_for(c.hidden), 2 if cfg.bidirectional[l] else 1
+        layer_bits.append(n * (rows * (c.input + c.hidden) * (c.wbits or 32) + rows * 32))
+        layer_fp32.append(n * 32 * (rows * (c.input + c.hidden) + rows))
+    V, X, W = cfg.vocab, cfg.input, cfg.output_width(cfg.layers - 1)
+    emb = V * X * (cfg.abits[0] or 32)
+    dec = V * W * ((cfg.wbits[-1] or 32) if cfg.quantize_output else 32) + V * 32
+    return {"lstm_layer_bits": sum(layer_bits), "lstm_layer_fp32_bits": sum(layer_fp32), "layer_bits": layer_bits,
+            "model_bits": sum(layer_bits) + emb + dec, "model_fp32_bits": sum(layer_fp32) + 32 * (V * X + V * W + V)}
 
 
 #: the mark of a tokenization level in entry names ("" for PTB words)
@@ -126,6 +152,33 @@ def _entry_name(wbits, abits, hidden, cell=None, cell_type=DEFAULT_CELL_TYPE, we
     lv = LEVEL_LABELS[check_level(level)]
     return ((f"{lv} " if lv else "") + (f"{label} " if label else "") + f"{q}@{hidden}" + (f"_{cell}" if cell else "")
             + (f" {code}" if code else ""))
+
+
+def _per_layer(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def stack_entry_name(wbits, abits, hidden, cell=None, cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE,
+                     stochastic=False, level=DEFAULT_LEVEL) -> str:
+    """A stack's entry name: "2x W4A2@300,300"; per-layer values that differ are listed layer by layer
+    ("2x W4A2,W2A2@300,450", "2x LSTM,GRU W2A2@300,300"), equal ones once ("2x GRU W2A2@300,300"); the
+    cell format, weight code and level marks as ``_entry_name``'s. ``hidden`` is the list of sizes
+    (its length L); a single value of the others applies to every layer."""
+    L = len(hidden)
+    w, a, ct = ([x] * L if not isinstance(x, (list, tuple)) else list(x) for x in (wbits, abits, cell_type))
+    q = ["float" if wi is None and ai is None else f"W{wi}A{ai}" for wi, ai in zip(w, a)]
+    q = q[0] if len(set(q)) == 1 else ",".join(q)
+    labels = [cell_class(c).label or ("LSTM" if len(set(ct)) > 1 else "") for c in ct]
+    label = labels[0] if len(set(labels)) == 1 else ",".join(labels)
+    code = code_label(weight_code, next((x for x in w if x is not None), None), stochastic)
+    lv = LEVEL_LABELS[check_level(level)]
+    return ((f"{lv} " if lv else "") + f"{L}x " + (f"{label} " if label else "") + f"{q}@{','.join(map(str, hidden))}"
+            + (f"_{cell}" if cell else "") + (f" {code}" if code else ""))
+
+
+def _is_stack(e: dict) -> bool:
+    """Whether a results entry is a stack's (written by run_experiment with layers > 1)."""
+    return (e.get("layers") or 1) > 1
 
 
 def search_key(wbits, abits, cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE, stochastic=False) -> str:
@@ -181,10 +234,12 @@ def save_results(d: dict, path) -> None:
 
 def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     """Valid and test perplexity of best.pt (last.pt while no epoch has finished): training model
-    and, when quantized, integer model; at the checkpoint's level (char: per character, and bits per
-    character under "model_bpc" / "integer_bpc")."""
+    and, when quantized, integer model (a stack's: sw_ref.export.IntegerStackLM, "cell" then per
+    layer); at the checkpoint's level (char: per character, and bits per character under
+    "model_bpc" / "integer_bpc")."""
     from .data import load_ptb
-    from .export import IntegerLM, layer_from_model
+    from .export import IntegerLM, IntegerStackLM, layer_from_model, stack_from_model
+    from .stack_model import QuantStackLM
     from .train import evaluate, load_lm_checkpoint
 
     ck = Path(run_dir) / "best.pt"
@@ -198,14 +253,21 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     out = {"best_epoch": meta.get("epoch"), "checkpoint": ck.name, "model": {}, "integer": None}
     for split in ("valid", "test"):
         out["model"][split] = evaluate(model, getattr(corpus, split), bsz)
-    if model.cfg.wbits is not None and model.cfg.abits is not None:
+    stack = isinstance(model, QuantStackLM)
+    if stack and all(w is not None for w in model.cfg.wbits) and model.cfg.abits[0] is not None:
+        st = stack_from_model(model, **(formats or {}))
+        ilm = IntegerStackLM(model, st)
+        out["integer"] = {s: ilm.perplexity(getattr(corpus, s).numpy(), bsz) for s in ("valid", "test")}
+        out["cell"] = [layer.cfg.cell if layer.cfg.gate_set.has_cell_state else None for layer in st.layers]
+        out["gap_percent"] = 100.0 * (out["integer"]["test"] - out["model"]["test"]) / out["model"]["test"]
+    elif not stack and model.cfg.wbits is not None and model.cfg.abits is not None:
         layer = layer_from_model(model, **(formats or {}))
         ilm = IntegerLM(model, layer)
         out["integer"] = {s: ilm.perplexity(getattr(corpus, s).numpy(), bsz) for s in ("valid", "test")}
         out["cell"] = layer.cfg.cell if model.cfg.cell_class.has_cell_state else None
         out["gap_percent"] = 100.0 * (out["integer"]["test"] - out["model"]["test"]) / out["model"]["test"]
     out["bits"] = model_bits(model.cfg)
-    out["cell_type"] = model.cfg.cell_type
+    out["cell_type"] = list(model.cfg.cell_type) if stack else model.cfg.cell_type
     out["weight_code"] = model.cfg.weight_code
     out["stochastic_weights"] = model.cfg.stochastic_weights
     out["level"] = level
@@ -217,7 +279,7 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
 
 
 #: training options that define the recipe (the rest only steer logging, threads and checkpoints)
-RECIPE_KEYS = ("level", "cell_type", "weight_code", "stochastic_weights", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
+RECIPE_KEYS = ("layers", "level", "cell_type", "weight_code", "stochastic_weights", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
                "gamma", "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
                "min_lr", "max_train_tokens", "eval_every", "decoder_precision", "fused_recurrence")
 
@@ -233,7 +295,15 @@ def full_recipe(train_opts: dict, epochs: int) -> dict:
         r["lr"] = 20.0 if r.get("optimizer") == "sgd" else 1e-3
     if r.get("init_from"):
         r["init_from"] = relative_path(r["init_from"])
+    if r.get("layers") == 1:
+        del r["layers"]  # one layer: the recipe as before stacks existed
     return r | {"epochs": epochs}
+
+
+def _entry_recipe(train_opts: dict, cell_type, weight_code, level, layers: int, epochs: int) -> dict:
+    """The recipe run_experiment records (``full_recipe`` of its training options)."""
+    return full_recipe({**train_opts, "cell_type": cell_type, "weight_code": weight_code, "level": level,
+                        "layers": layers}, epochs)
 
 
 def _run_state(out: Path, epochs: int) -> dict:
@@ -245,31 +315,71 @@ def _run_state(out: Path, epochs: int) -> dict:
         raise ValueError(f"{out} has no last.pt: nothing to evaluate")
     model, _vocab, meta = load_lm_checkpoint(last)
     done = int(meta.get("epoch", 0))
-    return {"epochs_done": done, "interrupted": done < epochs, "cell_type": model.cfg.cell_type,
-            "weight_code": model.cfg.weight_code, "level": meta.get("level", DEFAULT_LEVEL)}
+    ct = model.cfg.cell_type
+    return {"epochs_done": done, "interrupted": done < epochs, "cell_type": ct if isinstance(ct, str) else list(ct),
+            "weight_code": model.cfg.weight_code, "level": meta.get("level", DEFAULT_LEVEL),
+            "layers": getattr(model.cfg, "layers", 1)}
+
+
+def _stack_options(layers, hidden, wbits, abits, cell_type, weight_code, stochastic, cell):
+    """The per-layer lists (hidden, wbits, abits, cell_type) of a stack experiment, checked as training
+    checks them (sw_ref.train's per-layer options and StackLMConfig: one-line ValueError) before
+    anything is written. ``bidirectional`` is refused before (a language model)."""
+    from types import SimpleNamespace
+
+    from .stack_model import StackLMConfig
+    from .train import per_layer_options
+
+    o = SimpleNamespace(layers=layers, bidirectional=False, hidden=hidden, wbits=wbits, abits=abits,
+                        cell_type=cell_type)
+    per_layer_options(o)
+    o.wbits = [resolve_wbits(w, weight_code) for w in o.wbits]
+    StackLMConfig(vocab=1, hidden=tuple(o.hidden), wbits=tuple(o.wbits), abits=tuple(o.abits),
+                  cell_type=tuple(o.cell_type), weight_code=weight_code, stochastic_weights=stochastic, cell=cell)
+    return o.hidden, o.wbits, o.abits, o.cell_type
 
 
 def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, name=None, results="results/ptb.json",
                    formats=None, command=None, eval_only=False, cell_type=DEFAULT_CELL_TYPE,
-                   weight_code=DEFAULT_WEIGHT_CODE, level=DEFAULT_LEVEL, **train_opts) -> dict:
+                   weight_code=DEFAULT_WEIGHT_CODE, level=DEFAULT_LEVEL, layers=1, bidirectional=False,
+                   **train_opts) -> dict:
     """Train (or resume) into `out`, evaluate, upsert results[name]; returns the entry.
     ``eval_only``: no training, evaluate the run directory as it stands. ``cell_type``: sw_ref.cells
     (lstm, gru, gru_ott, rnn); ``weight_code``: sw_ref.weight_quantizers (``wbits`` None takes the
-    code's default width); ``level``: word or char (sw_ref.data); all checked before anything is written."""
+    code's default width); ``level``: word or char (sw_ref.data); all checked before anything is written.
+    ``layers`` > 1: a stack (sw_ref.stack_model); ``hidden``, ``wbits``, ``abits`` and ``cell_type`` take
+    one value per layer (or one for all); the entry ("2x W4A2@300,300", ``stack_entry_name``) records
+    them as lists, "layers", and per-layer "layer_bits". ``bidirectional`` is refused (no causal LM)."""
     from .data import resolve_data_dir
-    from .train import train
+    from .train import BIDIRECTIONAL_REFUSAL, train
 
+    if bidirectional:
+        raise ValueError(BIDIRECTIONAL_REFUSAL)
     cell_type = DEFAULT_CELL_TYPE if cell_type is None else cell_type
     weight_code = DEFAULT_WEIGHT_CODE if weight_code is None else weight_code
     level = check_level(DEFAULT_LEVEL if level is None else level)
-    wbits = resolve_wbits(wbits, weight_code)  # one-line ValueError for an unknown weight code
     stochastic = bool(train_opts.get("stochastic_weights"))
-    weight_quantizer(weight_code, wbits)  # ... or a width it does not take
-    check_stochastic(weight_code, wbits, stochastic)
-    cls = cell_class(cell_type)  # one-line ValueError for an unknown cell type
-    if (formats or {}).get("cell") is not None and not cls.has_cell_state:
-        raise ValueError(f"--cell (a cell-state format) applies to the LSTM only: cell_type {cell_type!r} "
-                         "has no cell state")
+    layers = 1 if layers is None else layers
+    stack = not (isinstance(layers, int) and layers == 1)
+    if stack:
+        weight_quantizer(weight_code, None)  # one-line ValueError for an unknown weight code
+        hidden, wbits, abits, cell_type = _stack_options(layers, hidden, wbits, abits, cell_type, weight_code,
+                                                         stochastic, (formats or {}).get("cell"))
+    else:
+        from types import SimpleNamespace
+
+        from .train import per_layer_options
+
+        o = SimpleNamespace(layers=1, bidirectional=False, hidden=hidden, wbits=wbits, abits=abits, cell_type=cell_type)
+        per_layer_options(o)  # a list of one value is that value; a longer one is refused (one line)
+        hidden, wbits, abits, cell_type = o.hidden, o.wbits, o.abits, o.cell_type
+        wbits = resolve_wbits(wbits, weight_code)  # one-line ValueError for an unknown weight code
+        weight_quantizer(weight_code, wbits)  # ... or a width it does not take
+        check_stochastic(weight_code, wbits, stochastic)
+        cls = cell_class(cell_type)  # one-line ValueError for an unknown cell type
+        if (formats or {}).get("cell") is not None and not cls.has_cell_state:
+            raise ValueError(f"--cell (a cell-state format) applies to the LSTM only: cell_type {cell_type!r} "
+                             "has no cell state")
     data_dir = resolve_data_dir(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,6 +387,9 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_s": 0.0, "invocations": 0}
     if eval_only:  # measure the run as it stands (e.g. while its training runs elsewhere)
         summary = _run_state(out, epochs)
+        if summary["layers"] != layers:
+            raise ValueError(f"{out} holds a model of {summary['layers']} layer(s), not {layers}: "
+                             f"pass --layers {summary['layers']}")
         if summary["cell_type"] != cell_type:
             raise ValueError(f"{out} holds a {summary['cell_type']} model, not {cell_type}: "
                              f"pass --cell-type {summary['cell_type']}")
@@ -288,20 +401,21 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     else:
         t0 = time.time()
         summary = train(data=str(data_dir), out=str(out), wbits=wbits, abits=abits, hidden=hidden, epochs=epochs,
-                        cell_type=cell_type, weight_code=weight_code, level=level, **train_opts)
+                        cell_type=cell_type, weight_code=weight_code, level=level,
+                        **({"layers": layers} if stack else {}), **train_opts)
         state["wall_s"] += time.time() - t0
         state["invocations"] += 1
         state_path.write_text(json.dumps(state))
     ev = evaluate_run(out, data_dir, formats)
-    name = name or _entry_name(wbits, abits, hidden, (formats or {}).get("cell"), cell_type, weight_code, stochastic,
-                               level)
+    name = name or (stack_entry_name if stack else _entry_name)(
+        wbits, abits, hidden, (formats or {}).get("cell"), cell_type, weight_code, stochastic, level)
     epochs_done = summary["epochs_done"]
     entry = {
         "name": name, "wbits": wbits, "abits": abits, "hidden": hidden, "cell": ev.get("cell"),
         "cell_type": ev["cell_type"], "weight_code": ev["weight_code"], "stochastic_weights": ev["stochastic_weights"],
         "level": ev["level"],
-        "recipe": full_recipe({**train_opts, "cell_type": cell_type, "weight_code": weight_code, "level": level},
-                              epochs),
+        "recipe": _entry_recipe(train_opts, cell_type, weight_code, level, layers if stack else 1, epochs),
+        **({"layers": layers} if stack else {}),
         "epochs_done": epochs_done, "best_epoch": ev["best_epoch"], "evaluated": ev["checkpoint"],
         "finished": not summary["interrupted"],  # all epochs run, or stopped by min_lr
         "model_ppw": ev["model"], "integer_ppw": ev["integer"], "gap_percent": ev.get("gap_percent"),
@@ -415,7 +529,7 @@ def results_table(d: dict) -> str:
         return (LEVELS.index(_entry_level(e)), _cell_order(e), _code_order(e), e["wbits"] or 99, e["abits"] or 99,
                 e["hidden"])
 
-    for name, e in sorted(d["runs"].items(), key=order):
+    for name, e in sorted(((n, e) for n, e in d["runs"].items() if not _is_stack(e)), key=order):
         key = (e["wbits"], e["abits"])
         lstm = _entry_cell_type(e) == DEFAULT_CELL_TYPE and _is_paper_cell(e)
         kapur = None if not lstm else KAPUR_BASELINE if e["wbits"] is None else KAPUR_TABLE2.get(key, {}).get(e["hidden"])
@@ -464,6 +578,8 @@ def results_table(d: dict) -> str:
     if noted:
         lines.extend(["", "Notes:", ""] + [f"- {n}: {note}" for n, note in noted])
     lines.extend(search_table(d))
+    lines.extend(stack_table(d))
+    lines.extend(widening_table(d))
     return "\n".join(lines) + "\n"
 
 
@@ -499,7 +615,7 @@ def recorded_search(d: dict, wbits, abits, target_ppw, baseline_bits=None, cell_
     run's ``epochs_done`` and ``finished``; ``provisional`` is True when the answer could still
     change because a run that missed the target is unfinished (or no entry reached it yet)."""
     entries = {e["hidden"]: e for e in d["runs"].values()
-               if e["wbits"] == wbits and e["abits"] == abits and e.get("integer_ppw")
+               if not _is_stack(e) and e["wbits"] == wbits and e["abits"] == abits and e.get("integer_ppw")
                and e["name"] == _entry_name(wbits, abits, e["hidden"], cell_type=cell_type, weight_code=weight_code,
                                             stochastic=stochastic)}
 
@@ -536,7 +652,7 @@ def search_table(d: dict, baseline: str = "float@300") -> list[str]:
     else:
         target, bbits, src = KAPUR_BASELINE, None, f"Kapur et al.'s float baseline {KAPUR_BASELINE}"
     pairs = sorted({(e["wbits"], e["abits"]) for e in d["runs"].values()
-                    if e["wbits"] is not None and _entry_cell_type(e) == DEFAULT_CELL_TYPE and _is_paper_cell(e)})
+                    if not _is_stack(e) and e["wbits"] is not None and _entry_cell_type(e) == DEFAULT_CELL_TYPE and _is_paper_cell(e)})
     lines = ["", "## Neuron-increase search over the recorded runs", "",
              f"`python -m sw_ref search --from-results` (Kapur et al.: the smallest hidden size whose integer-model "
              f"test PPW reaches the target); target: {src}.", "",
@@ -558,7 +674,7 @@ def search_table(d: dict, baseline: str = "float@300") -> list[str]:
 
 
 def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max_rounds: int = 8) -> dict:
-    """Kapur et al.'s neuron increase for a stack of LSTM layers: evaluate the layers one by one
+    """Kapur et al.'s neuron increase for a stack of layers (any cell type): evaluate the layers one by one
     (widen only layer i, the others at their current size, through the candidate `hidden_sizes`
     above its current size) and widen the layer that reaches the target with the fewest model
     bits; if no single widening reaches it, widen the layer whose best candidate gives the lowest
@@ -566,7 +682,8 @@ def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max
 
     `evaluate_stack(sizes: tuple) -> (ppw, bits dict with "model_bits")`; results are cached, so
     each stack is evaluated (trained) once. Returns the chosen sizes, the rounds with every
-    (layer, size) tried, and whether the target was reached."""
+    (layer, size) tried, and whether the target was reached. ``run_widening`` runs it over real
+    training runs (``python -m sw_ref widen``)."""
     cache = {}
 
     def ev(sizes):
@@ -609,3 +726,162 @@ def layerwise_widening(evaluate_stack, base_sizes, hidden_sizes, target_ppw, max
     ppw, bits = ev(sizes)
     return {"sizes": sizes, "ppw": ppw, "model_bits": bits, "reached": False, "rounds": rounds,
             "evaluated": len(cache)}
+
+
+# --------------------------------------------------------------------------------------- stacks
+def _layer_desc(e: dict) -> str:
+    """'LSTM W4A2 300 | GRU W2A2 450' of a stack entry."""
+    L = e["layers"]
+    per = [_per_layer(e[k]) * (L if len(_per_layer(e[k])) == 1 else 1) for k in ("cell_type", "wbits", "abits", "hidden")]
+    return " \\| ".join(f"{(cell_class(ct).label or 'LSTM')} " + ("float" if w is None and a is None else f"W{w}A{a}")
+                          + f" {h}" for ct, w, a, h in zip(*per))
+
+
+def stack_table(d: dict) -> list[str]:
+    """Markdown lines: the stack entries (``run_experiment`` with layers > 1), one row each."""
+    stacks = sorted((n, e) for n, e in d["runs"].items() if _is_stack(e))
+    if not stacks:
+        return []
+    lines = ["", "## Stacks of layers", "",
+             "`python -m sw_ref experiment --layers L` (sw_ref.stack_model: layer l+1 reads layer l's activation codes; "
+             "integer model: sw_ref.export.IntegerStackLM over hwrnn.stack's layer models).", "",
+             "| run | layers (cell, bits, hidden) | epochs | model valid | model test | integer valid | integer test "
+             "| gap % | layer bits (of FP32) | model bits | training time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in stacks:
+        mp, ip, fmt = e["model_ppw"], e.get("integer_ppw") or {}, _fmt
+        if _entry_level(e) == "char":
+            mp, ip, fmt = e.get("model_bpc") or {}, e.get("integer_bpc") or {}, _fmt_bpc
+        ep = f"{e['epochs_done']}" + ("" if e.get("finished") else f" of {e['recipe'].get('epochs')} (unfinished)")
+        gap = "-" if e.get("gap_percent") is None else f"{e['gap_percent']:+.2f}"
+        bits = e["bits"]
+        lines.append(f"| {name} | {_layer_desc(e)} | {ep} | {fmt(mp.get('valid'))} | {fmt(mp.get('test'))} "
+                     f"| {fmt(ip.get('valid'))} | {fmt(ip.get('test'))} | {gap} "
+                     f"| {bits['lstm_layer_bits']:,} ({100 * bits['lstm_layer_bits'] / bits['lstm_layer_fp32_bits']:.1f} %) "
+                     f"| {bits['model_bits']:,} | {_training_time(e)} |")
+    return lines
+
+
+class _Unfinished(Exception):
+    """A widening's evaluation run stopped before its last epoch (--max-batches): resume later."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+def widening_key(wbits, abits, base_sizes, cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE,
+                 stochastic=False) -> str:
+    """Key of a layer-wise widening in the results file: the entry name of its base stack."""
+    return stack_entry_name(wbits, abits, list(base_sizes), None, cell_type, weight_code, stochastic)
+
+
+def run_widening(data, runs_dir, base_sizes, hidden_sizes, target_ppw, wbits=None, abits=None,
+                 cell_type=DEFAULT_CELL_TYPE, weight_code=DEFAULT_WEIGHT_CODE, epochs=40, results="results/ptb.json",
+                 command=None, max_rounds: int = 8, target_source=None, **train_opts) -> dict:
+    """Kapur et al.'s layer-wise widening of a stack over real training runs: ``layerwise_widening``
+    from ``base_sizes`` (one hidden size per layer, L = its length >= 2) through ``hidden_sizes``,
+    each stack evaluated by ``run_experiment`` into ``runs_dir``/<its entry name> (its test PPW: the
+    integer model's, the training model's for float runs; its entry recorded in ``results`` as any
+    experiment's). Resumable: a stack whose entry is finished with the same run directory and
+    recipe is not run again; an evaluation run left unfinished (``max_batches``) stops the widening,
+    recorded with status "unfinished" and the stack it waits for: the same call continues it.
+    Records results["widenings"][widening_key] (target, sizes tried per round, the chosen sizes,
+    every evaluated stack's entry name) and returns that record."""
+    from .train import BIDIRECTIONAL_REFUSAL
+
+    if train_opts.pop("bidirectional", False):
+        raise ValueError(BIDIRECTIONAL_REFUSAL)
+    base_sizes = [int(h) for h in base_sizes]
+    L = len(base_sizes)
+    if L < 2:
+        raise ValueError("layer-wise widening needs a stack of at least 2 layers (one layer: python -m sw_ref search)")
+    if not hidden_sizes or min(hidden_sizes) < 1 or min(base_sizes) < 1:
+        raise ValueError("hidden sizes must be positive integers")
+    if not (isinstance(target_ppw, (int, float)) and math.isfinite(target_ppw) and target_ppw > 0):
+        raise ValueError(f"target PPW must be a positive number, got {target_ppw!r}")
+    cell_type = DEFAULT_CELL_TYPE if cell_type is None else cell_type
+    weight_code = DEFAULT_WEIGHT_CODE if weight_code is None else weight_code
+    stochastic = bool(train_opts.get("stochastic_weights"))
+    weight_quantizer(weight_code, None)  # one-line ValueError for an unknown weight code
+    _, wbits, abits, cell_type = _stack_options(L, base_sizes, wbits, abits, cell_type, weight_code, stochastic, None)
+    key = widening_key(wbits, abits, base_sizes, cell_type, weight_code, stochastic)
+    evaluated = {}
+
+    def evaluate_stack(sizes):
+        name = stack_entry_name(wbits, abits, list(sizes), None, cell_type, weight_code, stochastic)
+        out = Path(runs_dir) / name.replace(" ", "_")
+        prev = load_results(results)["runs"].get(name)
+        recipe = _entry_recipe(train_opts, cell_type, weight_code, DEFAULT_LEVEL, L, epochs)
+        if (prev is not None and prev.get("finished") and prev.get("run_dir") == relative_path(out)
+                and prev.get("recipe") == recipe):
+            e = prev  # measured before with this recipe: not trained or evaluated again
+        else:
+            e = run_experiment(data, out, wbits=wbits, abits=abits, hidden=list(sizes), layers=L, cell_type=cell_type,
+                               weight_code=weight_code, epochs=epochs, results=results, command=command, **train_opts)
+        ppw = (e["integer_ppw"] or e["model_ppw"])["test"]
+        evaluated[",".join(map(str, sizes))] = {"entry": name, "epochs_done": e["epochs_done"],
+                                                "finished": bool(e.get("finished")), "ppw": ppw,
+                                                "model_bits": e["bits"]["model_bits"]}
+        if not e.get("finished"):
+            raise _Unfinished(name)
+        return ppw, e["bits"]
+
+    record = {"target_ppw": target_ppw, "target_source": target_source, "base_sizes": base_sizes,
+              "hidden_sizes": sorted(int(h) for h in hidden_sizes), "max_rounds": max_rounds}
+    try:
+        res = layerwise_widening(evaluate_stack, tuple(base_sizes), hidden_sizes, target_ppw, max_rounds)
+        record.update(status="done", **{k: (list(v) if k == "sizes" else v) for k, v in res.items()})
+        for r in record["rounds"]:
+            r["sizes"] = list(r["sizes"])
+    except _Unfinished as u:
+        record.update(status="unfinished", waiting_for=u.name)
+    record.update(stacks=evaluated, command=command or relative_command(["python", "-m", "sw_ref", *sys.argv[1:]]),
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    with _locked(results):
+        d = load_results(results)
+        d.setdefault("widenings", {})[key] = record
+        save_results(d, results)
+    return record
+
+
+def widening_table(d: dict) -> list[str]:
+    """Markdown lines: every recorded layer-wise widening, one row per round and stack tried."""
+    ws = d.get("widenings") or {}
+    if not ws:
+        return []
+    lines = ["", "## Layer-wise widening (Kapur et al.)", "",
+             "`python -m sw_ref widen` (sw_ref.experiment.layerwise_widening over real training runs): each round "
+             "widens one layer at a time (the others at their current size) through the candidate sizes; the "
+             "cheapest stack (model bits) that reaches the target wins, else the layer with the most PPW per added "
+             "bit is widened and the next round starts from it. PPW: integer-model test PPW of the stack's entry.", ""]
+    for key, w in sorted(ws.items()):
+        src = f" ({w['target_source']})" if w.get("target_source") else ""
+        if w.get("status") != "done":
+            outcome = f"unfinished: waiting for {w.get('waiting_for')} (rerun the command to continue)"
+        elif w.get("reached"):
+            outcome = (f"reached with hidden {','.join(map(str, w['sizes']))}: PPW {w['ppw']:.1f}, "
+                       f"{w['model_bits']:,} model bits (+{w.get('widening_cost_bits', 0):,} over the base)")
+        else:
+            outcome = (f"not reached; best {','.join(map(str, w['sizes']))}: PPW {w['ppw']:.1f}, "
+                       f"{w['model_bits']:,} model bits")
+        lines += [f"### {key}: target test PPW <= {w['target_ppw']:.1f}{src}", "",
+                  f"Base hidden sizes {','.join(map(str, w['base_sizes']))}, candidates "
+                  f"{','.join(map(str, w['hidden_sizes']))}; {outcome}. Command: `{w.get('command')}`.", "",
+                  "| round | stack tried | test PPW | model bits | stack entry |", "|---|---|---|---|---|"]
+        stacks = w.get("stacks") or {}
+        start = list(w["base_sizes"])
+        base = stacks.get(",".join(map(str, start)))
+        if base:
+            lines.append(f"| base | {','.join(map(str, start))} | {_fmt(base.get('ppw'))} "
+                         f"| {base.get('model_bits', 0):,} | {base['entry']} |")
+        for i, r in enumerate(w.get("rounds") or [], 1):
+            for t in r["tried"]:
+                cur = list(start)
+                cur[t["layer"]] = t["hidden"]
+                ent = stacks.get(",".join(map(str, cur)), {}).get("entry", "-")
+                lines.append(f"| {i} | layer {t['layer']} -> {t['hidden']} ({','.join(map(str, cur))}) "
+                             f"| {t['ppw']:.1f} | {t['model_bits']:,} | {ent} |")
+            lines.append(f"| {i} | widened: " + (f"layer {r['widened_layer']}" if r["widened_layer"] is not None
+                                                 else "none") + f" -> {','.join(map(str, r['sizes']))} | | | |")
+            start = list(r["sizes"])
+    return lines

@@ -108,7 +108,7 @@ def lm_checkpoint(point: dict, which: str = "last") -> dict:
 def unpack(path, run_dir) -> dict:
     """Recreate run_dir's last.pt, best.pt and metrics.jsonl from a resume point (run_dir must not
     hold a last.pt yet). Returns a summary."""
-    from sw_ref.model import LMConfig, QuantLSTMLM
+    from sw_ref.stack_model import build_model, config_from_dict
     from sw_ref.train import _make_optimizer, _options
 
     point = read(path)
@@ -117,7 +117,7 @@ def unpack(path, run_dir) -> dict:
         raise TrainError(f"{run_dir / 'last.pt'} exists: unpack a resume point into a new run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     last = lm_checkpoint(point, "last")
-    model = QuantLSTMLM(LMConfig.from_dict(dict(point["config"])))
+    model = build_model(config_from_dict(dict(point["config"])))  # one layer, or a stack
     model.load_state_dict(last["model"], strict=True)
     opt_name = point.get("optimizer_name", "sgd")
     opts = _options(None, {"out": run_dir, "optimizer": opt_name, "lr": point["lr"]})

@@ -9,6 +9,12 @@ Public API
     (unknown keywords are an error). Options and defaults:
 
       data=None (dir; else $HWRNN_PTB)   hidden=300          input=None (-> hidden)
+      layers=1 (a stack of L layers, sw_ref.stack_model: hidden, wbits, abits and cell_type then take
+                one value per layer, a list, or one value for every layer; input is layer 0's;
+                every layer needs the same abits; one layer trains sw_ref.model.QuantRNNLM exactly
+                as without the option)
+      bidirectional=False (refused, TrainError: a language model predicts word t+1 from words
+                           up to t, which a backward direction does not respect)
       level='word'|'char' (sw_ref.data: PTB words, or its characters with '_' between words and
                            <eos> ending every line; perplexities are then per character, and the
                            logs, metrics and summary add bits per character, *_bpc)
@@ -59,11 +65,13 @@ Public API
     state carried across windows, no dropout.
 
 ``load_lm_checkpoint(path) -> (model, vocab, meta)``
-    Rebuilds the QuantRNNLM (eval mode; the cell type of its config) of a best.pt/last.pt; ``meta``
+    Rebuilds the QuantRNNLM (eval mode; the cell type of its config), or a stack's QuantStackLM, of a
+    best.pt/last.pt; ``meta``
     holds the other keys ('epoch', 'valid_ppl', 'config', ...). Missing, corrupt or foreign files
     raise ``CheckpointError`` (a ValueError) with one line naming the file.
 
-Checkpoint format: ``torch.save`` of a dict with 'format' ('hwrnn-lm-1'), 'config' (LMConfig dict),
+Checkpoint format: ``torch.save`` of a dict with 'format' ('hwrnn-lm-1'), 'config' (LMConfig dict, or a
+stack's StackLMConfig dict, which has the key 'layers'),
 'vocab' (list of tokens, id order), 'level' ('word' or 'char'; absent in checkpoints written before
 it existed: word), 'model' (state_dict), 'epoch' (completed epochs), 'valid_ppl'
 (valid ppl of that epoch), 'best_valid_ppl'; last.pt adds 'batch' (batches already done in epoch
@@ -87,6 +95,7 @@ import torch.nn.functional as F
 from sw_ref.data import (DEFAULT_LEVEL, DataError, batchify, bpc, check_level, iter_bptt, load_ptb,
                          num_bptt_batches, resolve_data_dir)
 from sw_ref.model import LMConfig, QuantRNNLM
+from sw_ref.stack_model import StackLMConfig, build_model, config_from_dict
 from sw_ref.weight_quantizers import code_label, resolve_wbits
 
 FORMAT = "hwrnn-lm-1"
@@ -99,7 +108,14 @@ DEFAULTS = dict(
     quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
     eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0, cell_type="lstm",
     weight_code="balanced", stochastic_weights=False, level=DEFAULT_LEVEL, fused_recurrence=True,
+    layers=1, bidirectional=False,
 )
+#: options that take one value per layer of a stack (a single value applies to every layer)
+PER_LAYER_OPTIONS = ("hidden", "wbits", "abits", "cell_type")
+#: why a language model cannot have a bidirectional layer (TrainError of --bidirectional)
+BIDIRECTIONAL_REFUSAL = ("--bidirectional: a bidirectional layer's backward direction reads the words after t, so it "
+                         "cannot predict word t+1 of a causal language model such as PTB's (bidirectional layers are "
+                         "for sequence classifiers: sw_ref.stack_model and sw_ref.export.stack_from_model)")
 DECODER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # options that must not change when resuming a run mid-way
 RESUME_FIXED = ("batch_size", "bptt", "max_train_tokens", "optimizer")
@@ -152,16 +168,17 @@ def _read_checkpoint(path) -> dict:
     return ck
 
 
-def _model_from_checkpoint(ck: dict, path) -> QuantRNNLM:
+def _model_from_checkpoint(ck: dict, path):
+    """QuantRNNLM, or QuantStackLM for a stack's config (sw_ref.stack_model.config_from_dict)."""
     try:
-        cfg = LMConfig.from_dict(dict(ck["config"]))
+        cfg = config_from_dict(dict(ck["config"]))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} has a bad model config: {_first_line(exc)}") from None
     vocab = ck["vocab"]
     if not isinstance(vocab, list) or len(vocab) != cfg.vocab:
         raise CheckpointError(f"checkpoint {path}: vocabulary does not match its config "
                               f"({len(vocab) if isinstance(vocab, list) else '?'} vs {cfg.vocab})")
-    model = QuantRNNLM(cfg)
+    model = build_model(cfg)
     try:
         model.load_state_dict(ck["model"], strict=True)
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -178,7 +195,7 @@ def load_lm_checkpoint(path):
     return model, list(ck["vocab"]), meta
 
 
-def _init_from(model: QuantRNNLM, path, vocab) -> None:
+def _init_from(model, path, vocab) -> None:
     """Copy parameters from an LM checkpoint or from a resume point's best parameters
     (sw_ref.resume_point, e.g. a committed float baseline)."""
     from sw_ref import resume_point
@@ -201,6 +218,8 @@ def _init_from(model: QuantRNNLM, path, vocab) -> None:
                              f"{list(src[name].shape)} but the model needs {list(t.shape)}")
     model.load_state_dict({k: src[k] for k in dst}, strict=True)
     sc = ck["config"]
+    if not isinstance(model, QuantRNNLM) or "layers" in sc:
+        return  # a stack: names and shapes matched; the warnings below compare one-layer configs
     if sc.get("cell_type", "lstm") != model.cfg.cell_type:
         print(f"warning: --init-from {path} is a {sc.get('cell_type', 'lstm')} model, "
               f"this model is a {model.cfg.cell_type}", flush=True)
@@ -291,11 +310,65 @@ def _options(args, kwargs) -> SimpleNamespace:
         check_level(o.level)
     except DataError as exc:
         raise TrainError(f"--level: {exc}") from None
+    per_layer_options(o)
     if o.progress is None:
         o.progress = sys.stderr.isatty()
     o.lr = float(o.lr)
     o.out = Path(o.out)
     return o
+
+
+def per_layer_options(o) -> None:
+    """Checks ``layers`` and normalises the per-layer options in place: one value (or a list of one)
+    applies to every layer; a list must have one value per layer. A one-layer run keeps scalars (its
+    recipe and model are exactly those of a run without ``layers``); a stack gets lists."""
+    if isinstance(o.layers, bool) or not isinstance(o.layers, int) or o.layers < 1:
+        raise TrainError(f"--layers must be a positive integer, got {o.layers!r}")
+    if not isinstance(o.bidirectional, bool):
+        raise TrainError(f"bidirectional must be True or False, got {o.bidirectional!r}")
+    if o.bidirectional:
+        raise TrainError(BIDIRECTIONAL_REFUSAL)
+    for name in PER_LAYER_OPTIONS:
+        v = getattr(o, name)
+        if isinstance(v, (list, tuple)):
+            if len(v) == 1:
+                v = v[0]
+            elif len(v) != o.layers:
+                raise TrainError(f"--{name.replace('_', '-')} has {len(v)} values but --layers is {o.layers}: give one "
+                                 "value per layer, or one for every layer")
+        setattr(o, name, list(v) if isinstance(v, (list, tuple)) else [v] * o.layers if o.layers > 1 else v)
+
+
+def model_config(o, vocab_size: int):
+    """The model config of training options ``o`` (after ``_options``): LMConfig for one
+    unidirectional layer, StackLMConfig otherwise; TrainError (one line) for a bad option."""
+    common = dict(vocab=vocab_size, input=o.input, gamma=o.gamma, weight_tanh=o.weight_tanh, candidate=o.candidate,
+                  embedding=o.embedding, init_state=o.init_state, quantize_output=o.quantize_output,
+                  dropout=o.dropout, cell=o.cell, weight_code=o.weight_code,
+                  stochastic_weights=bool(o.stochastic_weights))
+    try:
+        if o.layers == 1:
+            return LMConfig(hidden=o.hidden, wbits=resolve_wbits(o.wbits, o.weight_code), abits=o.abits,
+                            cell_type=o.cell_type, **common)
+        return StackLMConfig(hidden=tuple(o.hidden), wbits=tuple(resolve_wbits(w, o.weight_code) for w in o.wbits),
+                             abits=tuple(o.abits), cell_type=tuple(o.cell_type), **common)
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"bad model option: {_first_line(exc)}") from None
+
+
+def _mode_label(cfg) -> str:
+    """'W2A2', 'gru W4A2 ternary', 'float'; a stack: '2 layers: W4A2 H=300 | gru W2A2 H=450'."""
+    if isinstance(cfg, StackLMConfig):
+        return f"{cfg.layers} layers: " + " | ".join(
+            f"{_mode_label(cfg.layer_config(l))} H={cfg.hidden[l]}" + (" bidirectional" if cfg.bidirectional[l] else "")
+            for l in range(cfg.layers))
+    mode = "float" if cfg.is_float else f"W{cfg.wbits or 32}A{cfg.abits or 32}"
+    if cfg.cell_type != "lstm":
+        mode = f"{cfg.cell_type} {mode}"
+    label = code_label(cfg.weight_code, cfg.wbits, cfg.stochastic_weights)
+    if label:
+        mode += f" {label}"
+    return mode
 
 
 def _make_optimizer(o, params, lr):
@@ -329,16 +402,7 @@ def train(args=None, **kwargs) -> dict:
     n_batches = num_bptt_batches(train_b, o.bptt)
     valid = corpus.valid
 
-    try:
-        cfg = LMConfig(vocab=len(vocab), hidden=o.hidden, input=o.input,
-                       wbits=resolve_wbits(o.wbits, o.weight_code),
-                       abits=o.abits, gamma=o.gamma, weight_tanh=o.weight_tanh,
-                       candidate=o.candidate, embedding=o.embedding, init_state=o.init_state,
-                       quantize_output=o.quantize_output, dropout=o.dropout, cell=o.cell,
-                       cell_type=o.cell_type, weight_code=o.weight_code,
-                       stochastic_weights=bool(o.stochastic_weights))
-    except (ValueError, TypeError) as exc:
-        raise TrainError(f"bad model option: {_first_line(exc)}") from None
+    cfg = model_config(o, len(vocab))
 
     out = o.out
     out.mkdir(parents=True, exist_ok=True)
@@ -359,11 +423,12 @@ def train(args=None, **kwargs) -> dict:
             raise TrainError(f"{last_path} was written at {ck.get('level', DEFAULT_LEVEL)} level, now {o.level}; "
                              "use the same --level or another --out")
         try:  # normalised through LMConfig, so fields added later compare by their defaults
-            saved_cfg = LMConfig.from_dict(dict(ck["config"])).to_dict()
+            saved_cfg = config_from_dict(dict(ck["config"])).to_dict()
         except (ValueError, TypeError) as exc:
             raise TrainError(f"{last_path} has a bad model config: {_first_line(exc)}") from None
         if saved_cfg != cfg.to_dict():
-            diff = [k for k in cfg.to_dict() if saved_cfg.get(k) != cfg.to_dict()[k]]
+            now = cfg.to_dict()
+            diff = [k for k in dict.fromkeys([*now, *saved_cfg]) if saved_cfg.get(k) != now.get(k)]
             raise TrainError(f"{last_path} was written with a different model config "
                              f"({', '.join(diff)}); use another --out")
         if list(ck["vocab"]) != list(vocab):
@@ -392,7 +457,7 @@ def train(args=None, **kwargs) -> dict:
         log(f"resuming {out} at epoch {done_epochs + 1}, batch {start_batch}/{n_batches}, lr {lr:g}")
     else:
         torch.manual_seed(o.seed)
-        model = QuantRNNLM(cfg)
+        model = build_model(cfg)
         if o.init_from:
             _init_from(model, o.init_from, vocab)
             model.constrain_()
@@ -404,15 +469,12 @@ def train(args=None, **kwargs) -> dict:
         hidden = None
         epoch_loss, epoch_tokens, epoch_seconds = 0.0, 0, 0.0
 
-    mode = "float" if cfg.is_float else f"W{cfg.wbits or 32}A{cfg.abits or 32}"
-    if cfg.cell_type != "lstm":
-        mode = f"{cfg.cell_type} {mode}"
-    label = code_label(cfg.weight_code, cfg.wbits, cfg.stochastic_weights)
-    if label:
-        mode += f" {label}"
+    mode = _mode_label(cfg)
     model.fused_recurrence = o.fused_recurrence
-    fused = "fused" if model.fused_recurrence and model.rnn.fusable else "step-by-step"
-    log(f"model {mode} H={cfg.hidden} X={cfg.input} V={cfg.vocab} "
+    fusable = model.rnn.fusable if isinstance(model, QuantRNNLM) else model.fusable
+    fused = "fused" if model.fused_recurrence and fusable else "step-by-step"
+    hid = "" if isinstance(cfg, StackLMConfig) else f" H={cfg.hidden}"
+    log(f"model {mode}{hid} X={cfg.input} V={cfg.vocab} "
         f"params={sum(p.numel() for p in model.parameters())}; train {len(train_tokens)} tokens "
         f"({n_batches} batches of {o.batch_size}x{o.bptt}), valid {len(valid)}; "
         f"threads {torch.get_num_threads()}; {fused} recurrence")
