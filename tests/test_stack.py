@@ -264,6 +264,31 @@ def test_cocotb_stack_regression(sim, tmp_path):
     assert res["mismatches"] == [] and len(res["last_valid"]) == 8
 
 
+BIDIR_CASES = {
+    # a bidirectional LSTM layer on its own
+    "bidir": ([LayerConfig(wbits=2, abits=2, hidden=4, input=3)], [True], [Folding(pe=8, simd=4)]),
+    # a bidirectional first layer feeding a unidirectional GRU layer (input 2H)
+    "bidir+gru": ([LayerConfig(wbits=2, abits=2, hidden=4, input=3),
+                   LayerConfig(wbits=3, abits=2, hidden=3, input=8, cell_type="gru")], [True, False],
+                  [Folding(pe=8, simd=4), Folding(pe=2, simd=6, planes="serial")]),
+}
+
+
+@pytest.mark.parametrize("sim", [pytest.param("verilator", marks=pytest.mark.slow), "icarus"])
+@pytest.mark.parametrize("case", list(BIDIR_CASES))
+def test_cocotb_bidirectional_stack_regression(case, sim, tmp_path):
+    """The emitted Verilog with a bidirectional layer under cocotb: two sequences back to back (5
+    and 3 steps, buffers of 6), every layer's output, out's last flags and every hand-over cycle as
+    hwrnn.stack.IntegerStack and hwrnn.stack.Schedule predict. Icarus in the default run (7-10 s);
+    Verilator with -m slow (its C++ build took 85-120 s on the shared machine)."""
+    from sim.regress import run_stack_regression
+
+    cfgs, bidirectional, folds = BIDIR_CASES[case]
+    res = run_stack_regression(Stack.random(cfgs, bidirectional=bidirectional, seed=7), folds, tmp_path, sim=sim,
+                               lengths=[5, 3], max_len=6, seed=2)
+    assert res["mismatches"] == [] and len(res["last_valid"]) == 8
+
+
 def test_stack_cli_from_flags_and_checkpoint(tmp_path, capsys):
     from rtl_gen.__main__ import main
 
@@ -291,3 +316,38 @@ def test_stack_cli_from_flags_and_checkpoint(tmp_path, capsys):
         assert msg in err and len(err.splitlines()) == 1, err
     assert main(["report", str(tmp_path / "a")]) == 2
     assert "describes a stack" in capsys.readouterr().err
+
+
+def test_stack_cli_bidirectional_from_flags_and_checkpoint(tmp_path, capsys):
+    import json
+
+    from rtl_gen.__main__ import main
+
+    assert main(["stack", "--layers", "2", "--hidden", "4,3", "--input", "3", "--wbits", "2", "--abits", "2",
+                 "--bidirectional", "1,0", "--pe", "8,4", "--simd", "4", "--steps", "6", "--max-len", "10",
+                 "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "layer 0: bidirectional W2A2 LSTM" in out and "at most 10 steps" in out
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["layers"][1]["config"]["input"] == 8 and man["max_len"] == 10
+    assert sorted(man["files"]) == ["hwrnn_stack.v", "report.txt", "weights_0_bw.hex", "weights_0_fw.hex",
+                                    "weights_1.hex"]
+    lat = man["latency"]
+    (lf, lb), (l1,) = lat["layer_latencies"]
+    assert (lat["first_output"], lat["cycles_per_sequence"]) == bidirectional_stack_cycles(lf, lb, [l1], 6)
+    stack = Stack.random([LayerConfig(wbits=2, abits=2, hidden=4, input=3)], bidirectional=[True], seed=2)
+    save_stack(stack, tmp_path / "s.npz")
+    assert main(["stack", "--checkpoint", str(tmp_path / "s.npz"), "--steps", "5", "-o", str(tmp_path / "b")]) == 0
+    assert "bidirectional" in capsys.readouterr().out
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["max_len"] == 5 and [d["weights_file"] for d in man["layers"][0]["directions"]] == [
+        "weights_0_fw.hex", "weights_0_bw.hex"]
+    flags = ["--layers", "1", "--hidden", "4", "--wbits", "2", "--abits", "2"]
+    for args, msg in (([*flags, "--bidirectional", "2"], "takes 1 or 0"),
+                      ([*flags, "--bidirectional", "1", "--max-len", "0"], "must be an integer >= 1"),
+                      ([*flags, "--bidirectional", "1", "--steps", "9", "--max-len", "8"], "longer than the maximum"),
+                      ([*flags, "--max-len", "8"], "this stack has none"),
+                      (["--checkpoint", str(tmp_path / "s.npz"), "--bidirectional", "1"], "drop --bidirectional")):
+        assert main(["stack", *args, "-o", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
