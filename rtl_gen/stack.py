@@ -10,12 +10,17 @@ forward core runs while the sequence arrives, the backward core once its last st
 [h_fw_t ; h_bw_t] (forward half in the low bits) streams out step by step. Cycles of every
 hand-over: hwrnn.stack (module docstring, ``Schedule``).
 
-Why two cores and not one core shared by both directions: the directions run at once (the forward
-direction keeps pace with the input, the backward one starts on the last step), so a shared MAC
-array would halve the throughput of a layer fed at full rate; sharing only the gate tables and the
-controller saves no area, because every PE lane has its own gate-table ROM (both directions read
-theirs in the same cycle) and the controller is a few counters (results/stack_bidirectional.md
-measures this with yosys).
+Why two cores and not one core shared by both directions (measured in
+results/stack_bidirectional.md): the directions run at once when the layer is fed at full rate
+(the forward core keeps pace with the input, the backward one starts on the last step), so one
+MAC array time-shared by both would nearly double the cycles per sequence (2T(L+1) against
+T(L+2)); sharing only the controller saves its counters and control delay lines (158 of the
+layer's 11,398 ECP5 flip-flops at W2A2 H=32); sharing the gate tables saves nothing where they are
+LUT ROMs (both directions read every lane's table in the same cycle, so a shared ROM is two
+copies), but on ECP5 each lane's table is a DP16KD block RAM with a second read port unused, and
+one table per pair of readers would halve those (16 of the layer's 46 DP16KD): that is a change
+inside rtl_gen.core (lanes reading the same gate can pair up within one core as well) and is
+not made here.
 
 Ports of ``StackCore``:
   x        In  stream, layer 0's x: X*abits bits (as LstmCore); in a stack with a bidirectional
