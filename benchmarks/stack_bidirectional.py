@@ -85,10 +85,7 @@ def main():
            "controller_ff_per_core": control_ff, "families": {}}
     for fam in args.families.split(","):
         t0 = time.time()
-        bare = synth(LstmCore(fw, fold), fam, os.path.join(args.work, fam, "core"))
-        # the forward direction as a one-layer stack: the same core with its run-time load port tied
-        # off, as in every stack (its bias memory becomes a ROM)
-        one = synth(StackCore(Stack([fw]), [fold]), fam, os.path.join(args.work, fam, "uni"))
+        one = synth(LstmCore(fw, fold), fam, os.path.join(args.work, fam, "core"))
         bi = synth(StackCore(stack, [fold], max_len=args.max_len), fam, os.path.join(args.work, fam, "bidir"))
         hier = synth(StackCore(stack, [fold], max_len=args.max_len), fam, os.path.join(args.work, fam, "bidir_hier"),
                      flatten=False)
@@ -100,7 +97,7 @@ def main():
                 own.update(Counter({t: n for t, n in mods[name].items() if t not in mods}))
         est = stack_estimate(stack, [fold], fam, args.max_len)
         res["families"][fam] = {
-            "core_with_load_port": bare["counts"], "core": one["counts"], "bidirectional_layer": bi["counts"],
+            "core": one["counts"], "bidirectional_layer": bi["counts"],
             "buffers_and_counters": classify(fam, own),
             "fw_core_blocks": {b: blocks[b] for b in ("gate_luts", "state_and_control") if b in blocks},
             "estimate": {"layer": est["total"], "core": est["layers"][0]["directions"][0],
