@@ -102,27 +102,39 @@ def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "ver
 
 
 def run_stack_regression(stack, folds, work: Path, sim: str = "verilator", steps: int = 12, seed: int = 0,
-                         name: str = "hwrnn_stack") -> dict:
-    """A generated stack (rtl_gen.stack) driven with one random sequence: every layer's h_t equal to
-    hwrnn.stack.IntegerStack and every hand-over at the cycle hwrnn.stack.stack_schedule predicts.
-    Returns the testbench's summary; raises sim.runner.SimulationFailed (one line) on a mismatch."""
+                         name: str = "hwrnn_stack", lengths=None, max_len: int | None = None) -> dict:
+    """A generated stack (rtl_gen.stack) driven with random sequences back to back (``lengths``;
+    default one sequence of ``steps``; a stack without a bidirectional layer runs them as one
+    stream): every layer's outputs equal to hwrnn.stack.IntegerStack (each sequence from the reset
+    state when the stack has a bidirectional layer) and every hand-over at the cycle
+    hwrnn.stack.Schedule predicts. ``max_len``: the bidirectional layers' buffer depth (default:
+    the longest sequence). Returns the testbench's summary; raises sim.runner.SimulationFailed (one
+    line) on a mismatch."""
     import numpy as np
 
-    from hwrnn.datapath import latency
-    from hwrnn.stack import IntegerStack, stack_schedule
+    from hwrnn.stack import IntegerStack, Schedule, check_lengths, stack_latencies
     from rtl_gen.emit import write_output
     from rtl_gen.stack import generate_stack
 
     work = Path(work).resolve()
     gen = work / "gen"
-    write_output(generate_stack(stack, folds, name, source="sim", steps=steps), str(gen))
-    xs = np.random.default_rng(seed).integers(0, 1 << stack.abits, (steps, stack.input))
-    outs = IntegerStack(stack).run(xs)
-    lats = [latency(layer.cfg, f) for layer, f in zip(stack.layers, folds)]
-    acc = stack_schedule(lats, steps)
-    plan = {"abits": stack.abits, "xs": xs.tolist(), "hidden": [layer.cfg.hidden for layer in stack.layers],
-            "expected_h": [o.tolist() for o in outs], "expected_cycles": acc, "latencies": lats,
-            "max_cycles": acc[-1][-1] + lats[-1] + 100}
+    delimited = any(layer.bidirectional for layer in stack.layers)
+    lengths = check_lengths(lengths or [steps], None)
+    if not delimited:
+        lengths = [sum(lengths)]  # one stream: no sequence boundaries in the hardware
+    max_len = (max_len or max(lengths)) if delimited else None
+    check_lengths(lengths, max_len)
+    write_output(generate_stack(stack, folds, name, source="sim", steps=lengths[0], max_len=max_len), str(gen))
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(0, 1 << stack.abits, (n, stack.input)) for n in lengths]
+    runs = [IntegerStack(stack).run(xs) for xs in seqs]
+    sch = Schedule(stack_latencies(stack, folds), lengths, delimited=delimited)
+    plan = {"abits": stack.abits, "delimited": delimited, "xs": np.concatenate(seqs).tolist(),
+            "lasts": [int(t == n - 1) for n in lengths for t in range(n)],
+            "widths": [layer.output_width for layer in stack.layers],
+            "expected_h": [np.concatenate([r[l] for r in runs]).tolist() for l in range(len(stack))],
+            "expected_accept": sch.accept[0], "expected_taken": sch.taken,
+            "max_cycles": sch.valid[-1][-1] + 100}
     plan_path, result_path = work / "stack_plan.json", work / "stack_result.json"
     plan_path.write_text(json.dumps(plan))
     if result_path.exists():

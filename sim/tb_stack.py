@@ -1,11 +1,12 @@
 """cocotb testbench of a generated hwrnn stack (rtl_gen.stack; imported by the simulator).
 
 Reads a plan (JSON, path in $HWRNN_SIM_PLAN, written by sim.regress.run_stack_regression): the x_t
-codes of one sequence, every layer's expected h_t (hwrnn.stack.IntegerStack) and the expected
-cycles (hwrnn.stack.stack_schedule). x is offered every cycle and the last output always taken, so
-every hand-over happens at a predicted cycle: layer 0 accepts x_t, inner layer l's h_t is taken by
-layer l+1 (tap h{l}_valid), the last layer's h_t is valid at out. All compared exactly; a summary
-JSON goes to $HWRNN_SIM_RESULT.
+codes of one or more sequences (with their last flags when the stack is delimited: it has a
+bidirectional layer), every layer's expected outputs (hwrnn.stack.IntegerStack, per sequence) and
+the expected cycles (hwrnn.stack.Schedule). x is offered every cycle and the last output always
+taken, so every hand-over happens at a predicted cycle: layer 0 accepts x_t, inner layer l's
+output is taken by layer l+1 (tap h{l}_valid), the last layer's output is valid at out. All
+compared exactly (and out's last flag); a summary JSON goes to $HWRNN_SIM_RESULT.
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ def _codes(value: int, bits: int, n: int) -> list[int]:
 @cocotb.test()
 async def run_stack_plan(dut):
     plan = json.load(open(os.environ["HWRNN_SIM_PLAN"]))
-    A, xs, hidden = plan["abits"], plan["xs"], plan["hidden"]
-    want_h, want_cycles = plan["expected_h"], plan["expected_cycles"]   # per layer, per step
-    n_layers, T = len(hidden), len(xs)
+    A, xs, lasts, widths = plan["abits"], plan["xs"], plan["lasts"], plan["widths"]
+    delimited = plan["delimited"]
+    x_bits, out_bits = len(xs[0]) * A, widths[-1] * A
+    want_h, want_accept, want_taken = plan["expected_h"], plan["expected_accept"], plan["expected_taken"]
+    n_layers, n = len(widths), len(xs)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.x__valid.value = 0
     dut.out__ready.value = 1
@@ -40,40 +43,46 @@ async def run_stack_plan(dut):
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    seen = [[] for _ in range(n_layers)]  # (h, cycle) per layer
-    accepted = []
+    seen = [[] for _ in range(n_layers)]  # (codes, cycle) per layer
+    out_lasts, accepted = [], []
     cycle, step = 0, 0
-    while len(seen[-1]) < T and cycle < plan["max_cycles"]:
-        if step < T:
-            dut.x__payload.value = sum(int(v) << (A * j) for j, v in enumerate(xs[step]))
+    while len(seen[-1]) < n and cycle < plan["max_cycles"]:
+        if step < n:
+            payload = sum(int(v) << (A * j) for j, v in enumerate(xs[step]))
+            dut.x__payload.value = payload | (int(lasts[step]) << x_bits if delimited else 0)
             dut.x__valid.value = 1
         else:
             dut.x__valid.value = 0
         await ReadOnly()
-        if step < T and _high(dut.x__ready):
+        if step < n and _high(dut.x__ready):
             accepted.append(cycle)
             step += 1
         for l in range(n_layers - 1):
             if _high(getattr(dut, f"h{l}_valid")):
-                seen[l].append((_codes(int(getattr(dut, f"h{l}").value), A, hidden[l]), cycle))
+                seen[l].append((_codes(int(getattr(dut, f"h{l}").value), A, widths[l]), cycle))
         if _high(dut.out__valid):
-            seen[-1].append((_codes(int(dut.out__payload.value), A, hidden[-1]), cycle))
+            value = int(dut.out__payload.value)
+            seen[-1].append((_codes(value, A, widths[-1]), cycle))
+            out_lasts.append((value >> out_bits) & 1 if delimited else 0)
         await RisingEdge(dut.clk)
         cycle += 1
     mismatches = []
     t0 = accepted[0] if accepted else 0
-    if [c - t0 for c in accepted] != want_cycles[0]:
-        mismatches.append(f"layer 0 accepted x at {[c - t0 for c in accepted][:6]}, predicted {want_cycles[0][:6]}")
+    if [c - t0 for c in accepted] != want_accept:
+        mismatches.append(f"layer 0 accepted x at {[c - t0 for c in accepted][:6]}, predicted {want_accept[:6]}")
     for l in range(n_layers):
         got = [h for h, _ in seen[l]]
         if got != want_h[l]:
-            bad = next((t for t in range(min(len(got), T)) if got[t] != want_h[l][t]), len(got))
-            mismatches.append(f"layer {l}: h differs from step {bad} ({len(got)} of {T} steps seen)")
+            bad = next((t for t in range(min(len(got), n)) if got[t] != want_h[l][t]), len(got))
+            mismatches.append(f"layer {l}: output differs from element {bad} ({len(got)} of {n} seen)")
         cyc = [c - t0 for _, c in seen[l]]
-        want = want_cycles[l + 1] if l + 1 < n_layers else [a + plan["latencies"][-1] for a in want_cycles[-1]]
-        if cyc != want:
-            mismatches.append(f"layer {l}: h handed on at cycles {cyc[:6]}, predicted {want[:6]}")
-    summary = {"steps": T, "layers": n_layers, "cycles": cycle, "accepted": [c - t0 for c in accepted],
+        if cyc != want_taken[l]:
+            bad = next((k for k in range(min(len(cyc), n)) if cyc[k] != want_taken[l][k]), len(cyc))
+            mismatches.append(f"layer {l}: output {bad} handed on at cycle {cyc[bad] if bad < len(cyc) else None}, "
+                              f"predicted {want_taken[l][bad] if bad < n else None}")
+    if delimited and out_lasts != [int(v) for v in lasts]:
+        mismatches.append(f"out's last flags {out_lasts} differ from the sequences' {lasts}")
+    summary = {"elements": n, "layers": n_layers, "cycles": cycle, "accepted": [c - t0 for c in accepted],
                "last_valid": [c - t0 for _, c in seen[-1]], "mismatches": mismatches}
     with open(os.environ["HWRNN_SIM_RESULT"], "w") as fh:
         json.dump(summary, fh)
