@@ -102,9 +102,10 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", default=os.path.join(ROOT, "results", "fmax.json"))
     a = p.parse_args(argv)
     names = a.only or list(CONFIGS)
-    res = {}
+    res, commands = {}, {}
     if os.path.exists(a.output):
-        res = json.load(open(a.output)).get("configs", {})
+        prev = json.load(open(a.output))
+        res, commands = prev.get("configs", {}), prev.get("commands", {})
     ok = True
     for name in names:
         old = res.get(name, {})
@@ -128,8 +129,10 @@ def main(argv=None) -> int:
         print(f"{name}: " + (f"Fmax {f:.1f} MHz ({'met' if met else 'NOT met'}), "
                              f"{e['counts']['lut']} LUT4, {e['counts']['ff']} FF, latency {e['latency_cycles']} cycles"
                              if f is not None else f"error: {e.get('error')}") + f" [{e['wall_s']} s]", flush=True)
-    doc = {"command": "python benchmarks/bench_fmax.py" + (" --only " + " ".join(a.only) if a.only else "")
-                      + (" --families " + " ".join(a.families) if a.families != ["ecp5"] else ""),
+    command = ("python benchmarks/bench_fmax.py" + (" --only " + " ".join(a.only) if a.only else "")
+               + (" --families " + " ".join(a.families) if a.families != ["ecp5"] else ""))
+    doc = {"command": command,
+           "commands": {**commands, **{fam: command for fam in a.families}},  # the last run of each family
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()} "
                       "(PTB training running alongside: wall times are upper bounds)",
