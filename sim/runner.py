@@ -585,10 +585,15 @@ def run_cocotb(
                 else:
                     child.unlink(missing_ok=True)
         if stored is not None:
-            shutil.copy2(stored, binary)
-            stamp_path.write_text(json.dumps(stamp, indent=1))
-            build_log.write_text(f"build taken from the build store: {stored}\n")
-        elif not reuse:
+            try:
+                shutil.copy2(stored, binary)
+            except OSError:  # removed from the store meanwhile: build it
+                stored = None
+                binary.unlink(missing_ok=True)
+            else:
+                stamp_path.write_text(json.dumps(stamp, indent=1))
+                build_log.write_text(f"build taken from the build store: {stored}\n")
+        if stored is None and not reuse:
             if control:
                 vlt = build_dir / "hwrnn.vlt"
                 vlt.write_text(control)
