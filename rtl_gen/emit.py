@@ -26,6 +26,7 @@ from hwrnn.datapath import Geometry, weight_image
 from hwrnn.devices import DEVICES
 
 from .core import LstmCore
+from .dedupe import share_modules
 from .memory import WMEM_VERILOG, hex_image
 from .report import (MANIFEST_FILE, REPORT_FILE, WEIGHTS_FILE, add_analytic, check_module_name, config_sections,
                      file_digest, manifest_files, resources_text)
@@ -124,7 +125,8 @@ def generate(layer: QuantLayer, fold: Folding, name: str, source: str, steps: in
         raise ConfigError(f"the core's input ports would have {in_bits} bits, Amaranth's Verilog back end takes at "
                           f"most {MAX_INPUT_BITS}: use a smaller --pe or --simd")
     g = Geometry(layer.cfg, fold)
-    text = verilog.convert(core, name=name, emit_src=False)
+    # one module per distinct lane type (rtl_gen.dedupe): simulators compile each once
+    text = share_modules(verilog.convert(core, name=name, emit_src=False))
     if weights == "memory":
         text = text + "\n" + WMEM_VERILOG
     manifest = build_manifest(core, name, source, steps)

@@ -17,6 +17,64 @@ SIM_DIR = Path(__file__).resolve().parent
 ROOT = SIM_DIR.parent
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a regression builds the core on Verilator (Icarus ignores all but ``shared``).
+
+    public:      "ports": only the top's ports are visible to cocotb (all the testbench touches), so
+                 Verilator optimises across the design; "all": cocotb's --public-flat-rw.
+    opt:         C++ optimisation of the model's hot code (verilated.mk's OPT_FAST; "": its default
+                 -Os). Not yet measured on the full-size core, so the default leaves it alone.
+    split_cfuncs: Verilator --output-split-cfuncs (statements per C++ function; 0: off): big
+                 functions compile superlinearly.
+    hier:        compile each shared lane module (rtl_gen.dedupe) once, as a Verilator
+                 hierarchical block.
+    shared:      take the build from / keep it in the repo's build store (sim.buildcache), keyed by
+                 the Verilog text (weights live in weights.hex, read at run time).
+    """
+    public: str = "ports"
+    opt: str = ""
+    split_cfuncs: int = 0
+    hier: bool = False
+    shared: bool = True
+
+    def run_cocotb_args(self, verilog: Path) -> dict:
+        args = {"public": self.public, "shared_build": self.shared}
+        if self.opt:
+            args["make_vars"] = {"OPT_FAST": self.opt}
+        if self.split_cfuncs:
+            args["build_args"] = ["--output-split-cfuncs", str(self.split_cfuncs)]
+        if self.hier:
+            args["hier_blocks"] = hier_blocks(verilog.read_text())
+        return args
+
+
+#: the regression's default build
+FAST_BUILD = BuildOptions()
+
+
+def hier_blocks(text: str) -> list[str]:
+    """Modules of an emitted core worth a Verilator hierarchical block: plain-named modules
+    instantiated more than once (rtl_gen.dedupe merged them), none inside another such block."""
+    from rtl_gen.dedupe import instances
+
+    inst = instances(text)
+    shared = {n for n, parents in inst.items() if len(parents) > 1 and not n.startswith("\\")}
+
+    def ancestors(name: str) -> set[str]:
+        out: set[str] = set()
+        todo = list(inst.get(name, []))
+        while todo:
+            p = todo.pop()
+            if p not in out:
+                out.add(p)
+                todo += inst.get(p, [])
+        return out
+
+    blocks = [n for n in inst if n in shared and not ancestors(n) & shared]
+    return blocks
+
+
 @dataclass
 class RegressionResult:
     sim: str
@@ -26,11 +84,12 @@ class RegressionResult:
     cycles_per_step: int
     predicted: int
     sim_cycles_per_s: float
-    build_s: float
+    build_s: float  # 0.0 when an up-to-date build dir was reused; the copy time for a stored build
     run_s: float
     generate_s: float
     waveform: str | None
     seed: int
+    build_stored: bool = False  # the build came from the build store (sim.buildcache)
 
     def line(self) -> str:
         aborted = self.steps - self.compared_steps
@@ -60,11 +119,12 @@ def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "ver
                    seed: int = 0, stall_in: float = 0.3, stall_out: float = 0.3, resets: bool = True,
                    load_layer: QuantLayer | None = None, waves: bool = False,
                    name: str | None = None, inject=None, weights: str = "memory",
-                   source: str = "sim") -> RegressionResult:
+                   source: str = "sim", build: BuildOptions = FAST_BUILD) -> RegressionResult:
     """Raises sim.runner.SimulationFailed (one line) when anything differs.
 
     ``source`` describes where the weights came from (the manifest's weights_source);
-    ``inject(verilog_text) -> text`` lets tests break the design on purpose."""
+    ``inject(verilog_text) -> text`` lets tests break the design on purpose; ``build`` says how the
+    simulator builds it (BuildOptions)."""
     work = Path(work).resolve()
     name = name or top_name(layer)
     gen = work / "gen"
@@ -88,8 +148,10 @@ def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "ver
     env = {"HWRNN_SIM_PLAN": str(plan_path), "HWRNN_SIM_RESULT": str(result_path),
            "PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "COCOTB_REWRITE_ASSERTION_FILES": "tb_core.py"}
-    res = run_cocotb(sim, [gen / f"{name}.v"], toplevel=name, test_module="tb_core", test_dir=gen,
-                     build_dir=work / f"build_{sim}", module_dir=SIM_DIR, extra_env=env, waves=waves)
+    verilog = gen / f"{name}.v"
+    opts = build.run_cocotb_args(verilog) if sim == "verilator" else {"shared_build": build.shared}
+    res = run_cocotb(sim, [verilog], toplevel=name, test_module="tb_core", test_dir=gen,
+                     build_dir=work / f"build_{sim}", module_dir=SIM_DIR, extra_env=env, waves=waves, **opts)
     summary = json.loads(result_path.read_text())
     per_step = summary["cycles_per_step"]
     return RegressionResult(sim=sim, steps=summary["steps"], compared_steps=summary["compared_steps"],
@@ -98,7 +160,8 @@ def run_regression(layer: QuantLayer, fold: Folding, work: Path, sim: str = "ver
                             predicted=summary["predicted_cycles_per_step"],
                             sim_cycles_per_s=summary["cycles_per_s"] or 0.0, build_s=res.build_time_s,
                             run_s=res.run_time_s, generate_s=gen_s,
-                            waveform=str(res.waveform) if res.waveform else None, seed=seed)
+                            waveform=str(res.waveform) if res.waveform else None, seed=seed,
+                            build_stored=res.build_stored)
 
 
 def run_stack_regression(stack, folds, work: Path, sim: str = "verilator", steps: int = 12, seed: int = 0,

@@ -119,7 +119,7 @@ def _flip_lut_entry(module, addr, mask):
     """Return a function that flips bits `mask` of entry `addr` of the ROM inside `module`
     (Amaranth writes ROM contents as `rom[addr] = W'hVALUE;`)."""
     def inject(text):
-        start = text.index(f"module \\{module} ")
+        start = text.index(f"module {module} ")
         end = text.index("endmodule", start)
         body = text[start:end]
         m = re.search(rf"(rom\[{addr}\] = \d+')h([0-9a-f]+);", body)
@@ -130,7 +130,8 @@ def _flip_lut_entry(module, addr, mask):
 
 
 def test_broken_design_is_caught(tmp_path):
-    """Flip a bit of the sigmoid-table entry that lane 0 (gate i of unit 0) reads at step 0."""
+    """Flip a bit of the sigmoid-table entry that lane 0 (gate i of unit 0) reads at step 0 (in the
+    one table module all lanes share: rtl_gen.dedupe merged their identical tables)."""
     from hwrnn import formats as fm
     from hwrnn.integer_model import IntegerLSTM
 
@@ -147,4 +148,4 @@ def test_broken_design_is_caught(tmp_path):
     assert good.compared_steps == steps
     with pytest.raises(SimulationFailed, match="differs"):
         run_regression(layer, fold, tmp_path / "bad", sim="verilator", steps=steps, seed=seed, resets=False,
-                       inject=_flip_lut_entry("hwrnn_lstm.lut0", addr, 0x40))
+                       inject=_flip_lut_entry("hwrnn_lstm_lut0", addr, 0x40))

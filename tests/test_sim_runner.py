@@ -205,3 +205,38 @@ def test_compiler_cache_env(tmp_path, monkeypatch):
     assert env["OBJCACHE"] == ccache_exe() and env["CCACHE_DIR"] == str(tmp_path / "ccache")
     assert compiler_cache_env({"HWRNN_CCACHE": "0"}) == {}
     assert compiler_cache_env({"OBJCACHE": "my-ccache"}) == {}  # the user's choice is kept
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_build_store_reuses_same_design_only(sim, hex_dir, tmp_path, monkeypatch):
+    """shared_build: a second build dir takes the first one's build from the store; another Verilog
+    text (a changed generator's output) or other parameters (another geometry) build anew.
+    Verilator builds with public="ports" (only the top's signals visible: all the testbench uses)."""
+    monkeypatch.setenv("HWRNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CCACHE_DIR", raising=False)
+    changed = tmp_path / "src" / "counter_mem.v"
+    changed.parent.mkdir()
+    changed.write_text(SOURCES[0].read_text() + "\n// the generator changed\n")
+    expect = {"FIXTURE_EXPECT": hex_dir / "expect.json"}
+
+    def run(n, sources=SOURCES, limit=LIMIT):
+        if limit != LIMIT:  # the testbench checks LIMIT transfers
+            exp = tmp_path / f"expect{n}.json"
+            exp.write_text(json.dumps({**json.loads((hex_dir / "expect.json").read_text()), "limit": limit}))
+            env = {"FIXTURE_EXPECT": exp}
+        else:
+            env = expect
+        return run_cocotb(sim, sources, TOP, "counter_mem_tb", test_dir=hex_dir, build_dir=tmp_path / f"b{n}",
+                          module_dir=FIXTURES, parameters={"LIMIT": limit}, extra_env=env, shared_build=True,
+                          **({"public": "ports"} if sim == "verilator" else {}))
+
+    first = run(1)
+    assert first.passed == 2 and not first.build_stored and not first.build_reused
+    second = run(2)
+    assert second.passed == 2 and second.build_stored and second.build_reused
+    assert "build store" in second.build_log.read_text()
+    other_text = run(3, sources=[changed])
+    assert other_text.passed == 2 and not other_text.build_stored
+    other_params = run(4, limit=LIMIT + 2)
+    assert other_params.passed == 2 and not other_params.build_stored
+    assert run(5, sources=[changed]).build_stored
