@@ -1,15 +1,11 @@
 """Fmax of the pipelined core on ECP5 (speed 8): yosys synth_ecp5 from RTLIL + nextpnr-ecp5,
 for a few configurations that fit an LFE5U-85F (target: rtl_gen.synth.TARGET_MHZ).
 
-    python benchmarks/bench_fmax.py [--only NAME ...] [--families ecp5 ice40 xilinx]
+    python benchmarks/bench_fmax.py [--only NAME ...]
 
 Writes results/fmax.json (per config: the rtl_gen command, Fmax, critical path, resources,
 tool wall time) and prints one line per config. Configs whose synthesis fails are recorded
-with the error; the script exits 1 if any config misses the ECP5 target or fails.
-``--families``: also (or only) measure iCE40 (nextpnr-ice40: UP5K, or HX8K without DSPs; the core in
-rtl_gen.synth.PnrHarness) and Xilinx 7-series (yosys synth_xilinx counts only: no open
-place-and-route, no Fmax); they are recorded per config under ``other_families``, beside the ECP5
-figures and not held to the target. A run keeps the figures of families it does not measure.
+with the error; the script exits 1 if any config misses the target or fails.
 """
 from __future__ import annotations
 
@@ -34,33 +30,6 @@ CONFIGS = {
     "W8A8_H16_PE4_S16_serial": ["--wbits", "8", "--abits", "8", "--hidden", "16", "--pe", "4", "--simd", "16",
                                 "--planes", "serial"],
 }
-
-
-FAMILIES = ("ecp5", "ice40", "xilinx")
-
-
-def run_other(name: str, args: list[str], family: str) -> dict:
-    """iCE40 / Xilinx figures of a config (not held to the target)."""
-    out = os.path.join("build", "bench_fmax", f"{name}_{family}")
-    cmd = [sys.executable, "-m", "rtl_gen", *args, "--synth", family, "-o", out]
-    t0 = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    entry = {"command": "python -m rtl_gen " + " ".join(args) + f" --synth {family} -o {out}",
-             "wall_s": round(time.time() - t0, 1), "exit": r.returncode}
-    man_path = os.path.join(ROOT, out, "manifest.json")
-    if not os.path.exists(man_path):
-        entry["error"] = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return entry
-    syn = json.load(open(man_path)).get("synthesis", {}).get(family, {})
-    pnr = syn.get("pnr") or {}
-    entry.update({"counts": syn.get("counts"), "device": pnr.get("device"), "fmax_mhz": pnr.get("fmax_mhz"),
-                  "critical_path": {k: (pnr.get("critical_path") or {}).get(k)
-                                    for k in ("delay_ns", "logic_ns", "from", "to", "blocks")} if pnr else None,
-                  "note": pnr.get("note") or syn.get("note") or syn.get("pnr_error"),
-                  "dsp_mapping": syn.get("dsp_mapping")})
-    if r.returncode != 0:
-        entry["error"] = (r.stderr.strip().splitlines() or ["no output"])[-1]
-    return entry
 
 
 def run(name: str, args: list[str]) -> dict:
@@ -97,31 +66,15 @@ def run(name: str, args: list[str]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", choices=sorted(CONFIGS), help="run only these configs")
-    p.add_argument("--families", nargs="+", choices=FAMILIES, default=["ecp5"],
-                   help="families to measure (default ecp5; ice40 and xilinx go under other_families)")
     p.add_argument("-o", "--output", default=os.path.join(ROOT, "results", "fmax.json"))
     a = p.parse_args(argv)
     names = a.only or list(CONFIGS)
-    res, commands = {}, {}
+    res = {}
     if os.path.exists(a.output):
-        prev = json.load(open(a.output))
-        res, commands = prev.get("configs", {}), prev.get("commands", {})
+        res = json.load(open(a.output)).get("configs", {})
     ok = True
     for name in names:
-        old = res.get(name, {})
-        others = dict(old.get("other_families", {}))
-        for fam in a.families:
-            if fam != "ecp5":
-                others[fam] = o = run_other(name, CONFIGS[name], fam)
-                print(f"{name} [{fam}]: " + (f"Fmax {o['fmax_mhz']} MHz on {o['device']}" if o.get("fmax_mhz")
-                                             else f"no Fmax ({o.get('note') or o.get('error')})")
-                      + f", counts {o.get('counts')} [{o['wall_s']} s]", flush=True)
-        if "ecp5" not in a.families:
-            res[name] = {**old, "other_families": others}
-            continue
         e = run(name, CONFIGS[name])
-        if others:
-            e["other_families"] = others
         res[name] = e
         f = e.get("fmax_mhz")
         met = f is not None and f >= TARGET_MHZ
@@ -129,16 +82,11 @@ def main(argv=None) -> int:
         print(f"{name}: " + (f"Fmax {f:.1f} MHz ({'met' if met else 'NOT met'}), "
                              f"{e['counts']['lut']} LUT4, {e['counts']['ff']} FF, latency {e['latency_cycles']} cycles"
                              if f is not None else f"error: {e.get('error')}") + f" [{e['wall_s']} s]", flush=True)
-    command = ("python benchmarks/bench_fmax.py" + (" --only " + " ".join(a.only) if a.only else "")
-               + (" --families " + " ".join(a.families) if a.families != ["ecp5"] else ""))
-    doc = {"command": command,
-           "commands": {**commands, **{fam: command for fam in a.families}},  # the last run of each family
+    doc = {"command": "python benchmarks/bench_fmax.py" + (" --only " + " ".join(a.only) if a.only else ""),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()} "
                       "(PTB training running alongside: wall times are upper bounds)",
            "target_mhz": TARGET_MHZ, "part": "ECP5 speed 8 (nextpnr-ecp5 --speed 8, out of context)",
-           "other_families": "iCE40 (nextpnr-ice40, core in a shift-chain harness) and Xilinx 7-series (synth_xilinx "
-                             "counts only, no Fmax) per config under other_families: measured beside, not the target",
            "configs": res}
     os.makedirs(os.path.dirname(a.output), exist_ok=True)
     with open(a.output, "w") as fh:

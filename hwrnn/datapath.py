@@ -42,11 +42,9 @@ TREE_LEVELS_PER_STAGE = 2
 # stages are its format's in hwrnn.cell_state, sigmoid(c) table, h requantizer)
 # every multiplier (a DSP block) has its operands registered right before it and its product
 # registered right after it, so that the placer can keep both routes short; the odd-weight
-# correction 2*acc - (2^k - 1)*sum(a) is formed in front of the scale multiplier's operand register.
-# For 200 MHz on ECP5 (issue 23) the product is copied into a fabric register before any carry chain
-# meets it, and the LUT address's sum and clamp comparisons get a stage of their own, so that one
-# multiplexer level is left in front of the table's read-address register (rtl_gen.blocks.ScaleBias)
-SCALE_BIAS_STAGES = 4   # operands | product | product copied into the fabric | address terms
+# correction 2*acc - (2^k - 1)*sum(a) is formed in front of the scale multiplier's operand register,
+# and the LUT address (shift, clamp, offset) in front of the table's read-address register
+SCALE_BIAS_STAGES = 3   # operands | product | + bias + rounding constant (-> shift, clamp, LUT address)
 
 
 def clog2(n: int) -> int:
@@ -84,9 +82,8 @@ def pipeline_stages(cfg: LayerConfig, fold: Folding, phase: int = 0) -> dict:
         "scale_bias": SCALE_BIAS_STAGES,
         "gate_lut_read": 1,
         "gate_register": 1,
-        # the phase's unit: gate values -> result (LSTM: cell, sigmoid(c), h); its last stage writes
-        # the result (h_t; output valid) in the same cycle as the unit's own h register
-        **cfg.gate_set.stages(cfg, phase),
+        **cfg.gate_set.stages(cfg, phase),  # the phase's unit: gate values -> result (LSTM: cell, sigmoid(c), h)
+        "h_write": 1,                # the result (h_t) written; output valid
     }
 
 

@@ -263,25 +263,16 @@ class ActivationSum(wiring.Component):
 
 
 class ScaleBias(wiring.Component):
-    """Scale-and-bias unit and LUT address (latency 4 = hwrnn.datapath.SCALE_BIAS_STAGES):
-    operands | product acc*mult | product copied into the fabric | address terms, each registered;
-    ``addr`` is one multiplexer level after the last, for a table's read-address register.
+    """Scale-and-bias unit plus LUT address (latency 3 = hwrnn.datapath.SCALE_BIAS_STAGES):
+    operands | product acc*mult | + bias + 2^(R-1), each registered; then shift, clamp and offset
+    combinationally to ``addr``, which is meant for a table's read-address register.
 
     ``addr = clamp(rshift_round(acc * mult + bias, R), -2**(L-1), 2**(L-1)-1) + 2**(L-1)``;
-    acc, mult and bias are sampled in the same cycle, addr is valid 4 cycles later.
+    acc, mult and bias are sampled in the same cycle, addr is valid 3 cycles later.
     ``mult`` is an input (loadable multiplier register), R is fixed at generation.
-
-    Stage by stage (for 200 MHz on ECP5: no carry chain right after a DSP block's output, and only
-    one multiplexer level between the last registers and the table's read-address register): the bias travels beside the
-    multiplier and yields b = bias + 2**(R-1), then, beside the product's copy, the two
-    clamp thresholds t_lo = -2**(L-1+R) - b, t_hi = 2**(L-1+R) - b (z < -2**(L-1) <=> p < t_lo,
-    z > 2**(L-1) - 1 <=> p >= t_hi); the product p is copied into a fabric register; the last
-    stage registers p + b (its bits R .. R+L-1) and the two comparisons, formed side by side from
-    registers; ``addr`` picks 0, 2**L - 1 or those bits with the top one inverted.
     ``dsp``: elaboration of the operand/product registers and the multiplier (rtl_gen.multiplier:
     None behavioural, "ecp5" MULT18X18D with internal registers; an acc wider than 18 bits is then
-    split into two products, 18 low bits and the rest, combined in the fabric copy stage); same
-    latency.
+    split into two products, 18 low bits and the rest, added in the sum stage); same latency.
     Reference: hwrnn.formats.preactivation + lut_address.
     """
 
@@ -312,68 +303,57 @@ class ScaleBias(wiring.Component):
 
     @staticmethod
     def product_width(acc_width: int, mult_width: int, bias_width: int, shift: int) -> int:
-        """Bits of the product's fabric copy (the exact signed product acc * mult)."""
-        return acc_width + mult_width + 1
-
-    @staticmethod
-    def widths(cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int) -> dict[str, int]:
-        """Bits of the registers after the operands: ``b`` (bias + rounding constant), ``t`` (each
-        threshold), ``p`` (the product's fabric copy: the exact signed product)."""
-        L = cfg.lut_bits
-        b = max(bias_width, shift + 1) + 1
-        return {"b": b, "t": max(L + shift, b) + 2,
-                "p": ScaleBias.product_width(acc_width, mult_width, bias_width, shift)}
+        """Bits of the registered sum acc * mult + bias + 2**(R-1) (signed, with headroom)."""
+        return max(acc_width + mult_width + 2, bias_width + 2, shift + 2)
 
     @classmethod
     def built(cls, cfg: LayerConfig, acc_width: int, mult_width: int, bias_width: int, shift: int) -> Built:
-        """Behavioural elaboration (dsp=None): bias0, b twice, the two thresholds, the multiplier's
-        operands and product (the sign-extension bit of the signed x unsigned product is a copy:
-        not kept) and its fabric copy, the address terms (L bits of the sum, two comparisons).
-        The copy's register is the post-adder register of a DSP48E1."""
+        """Behavioural elaboration (dsp=None): bias0, bias, the multiplier's operands and product (the
+        sign-extension bit of the signed x unsigned product is a copy: not kept) and the sum, of
+        which only the bits at and above the shift are read (its effective width is one more than
+        its widest addend's). The sum's register is the post-adder register of a DSP48E1."""
         aw, mw, bw, r = acc_width, mult_width, bias_width, shift
-        w = cls.widths(cfg, aw, mw, bw, r)
+        prod_w = cls.product_width(aw, mw, bw, r)
+        total = max(0, min(prod_w, max(aw + mw, max(bw, r + 1) + 1) + 1) - r)
         mul = RegisteredMultiplier.built(signed(aw), unsigned(mw), signed(aw + mw + 1), p_kept=aw + mw, split=True)
-        return Built(regs=(Reg("bias0", bw), Reg("b", 2 * w["b"]), Reg("thresholds", 2 * w["t"]),
-                           Reg("p", w["p"], aw + mw), Reg("address_terms", cfg.lut_bits + 2)),
-                     subs=(("mul", 1, mul),), stages=cls.latency, post_adder=aw + mw,
-                     logic={"sum_bits": w["p"], "addr_bits": w["p"] - r})
+        return Built(regs=(Reg("bias0", bw), Reg("bias", bw), Reg("total", prod_w, total)),
+                     subs=(("mul", 1, mul),), stages=cls.latency, post_adder=total,
+                     logic={"sum_bits": prod_w, "addr_bits": prod_w - r})
 
     def elaborate(self, platform):
         m = Module()
-        L, R = self.cfg.lut_bits, self.shift_r
-        w = self.widths(self.cfg, self.acc_w, self.mult_w, self.bias_w, R)
-        half = 1 << (L - 1)
+        prod_w = self.product_width(self.acc_w, self.mult_w, self.bias_w, self.shift_r)
         # operands registered next to the multiplier (DSP) first, product registered: with
         # dsp="ecp5" both registers are the DSP block's own, otherwise the placer puts these
-        # flip-flops beside it; the bias travels alongside and becomes b and the thresholds
+        # flip-flops beside it; the bias travels alongside
+        rnd = 1 << (self.shift_r - 1)
         bias0 = Signal(signed(self.bias_w))
         m.d.sync += bias0.eq(self.bias)
-        b1, b2 = Signal(signed(w["b"]), name="b1"), Signal(signed(w["b"]), name="b2")
-        t_lo, t_hi = Signal(signed(w["t"])), Signal(signed(w["t"]))
-        m.d.sync += [b1.eq(bias0 + (1 << (R - 1))), b2.eq(b1), t_lo.eq(-(half << R) - b1), t_hi.eq((half << R) - b1)]
-        p = Signal(signed(w["p"]))
+        total = Signal(signed(prod_w))
         k = self.split_at
         if k is None:
             m.submodules.mul = mul = RegisteredMultiplier(signed(self.acc_w), unsigned(self.mult_w),
                                                           signed(self.acc_w + self.mult_w + 1), dsp=self.dsp)
             m.d.comb += [mul.a.eq(self.acc), mul.b.eq(self.mult)]
-            m.d.sync += p.eq(mul.p)
+            bias = Signal(signed(self.bias_w))
+            m.d.sync += bias.eq(bias0)
+            m.d.sync += total.eq(mul.p + (bias + rnd))
         else:
             # acc too wide for one DSP: acc = hi * 2**k + lo (lo the unsigned low k bits), two
-            # registered products, combined into the fabric copy
+            # registered products, summed with the bias (+ rounding constant, added a stage early)
             m.submodules.mul_lo = lo = RegisteredMultiplier(unsigned(k), unsigned(self.mult_w), dsp=self.dsp)
             m.submodules.mul_hi = hi = RegisteredMultiplier(signed(self.acc_w - k), unsigned(self.mult_w),
                                                             dsp=self.dsp)
             m.d.comb += [lo.a.eq(self.acc[:k]), lo.b.eq(self.mult), hi.a.eq(self.acc[k:].as_signed()),
                          hi.b.eq(self.mult)]
-            m.d.sync += p.eq((hi.p << k) + lo.p)
-        # the address: p + b from bit R up, offset by 2**(L-1) (its top bit inverted), unless p lies
-        # below t_lo (address 0) or at or above t_hi (address 2**L - 1)
-        s = Signal(signed(w["t"]))
-        m.d.comb += s.eq(p + b2)
-        z, below, above = Signal(L, name="z"), Signal(name="below"), Signal(name="above")
-        m.d.sync += [z.eq(s[R:R + L]), below.eq(p < t_lo), above.eq(p >= t_hi)]
-        m.d.comb += self.addr.eq(Mux(below, 0, Mux(above, (1 << L) - 1, Cat(z[:L - 1], ~z[L - 1]))))
+            bias = Signal(signed(max(self.bias_w, self.shift_r + 1) + 1))
+            m.d.sync += bias.eq(bias0 + rnd)
+            m.d.sync += total.eq((hi.p << k) + (lo.p + bias))
+        z = Signal(signed(prod_w))
+        m.d.comb += z.eq(total >> self.shift_r)
+        half = 1 << (self.cfg.lut_bits - 1)
+        clamped = Mux(z < -half, -half, Mux(z > half - 1, half - 1, z))
+        m.d.comb += self.addr.eq((clamped + half)[:self.cfg.lut_bits])
         return m
 
 
@@ -413,9 +393,8 @@ class LookupTable(wiring.Component):
 class FixedCellUnit(wiring.Component):
     """Fixed-point cell-state update and the sigmoid(c) LUT address, pipelined:
     operands | products f*c, i*g | aligned sum + rounding constant | shift + saturation -> c_new
-    (``c_latency`` = 4 cycles after f, i, g, c); c_addr (``addr_latency`` = 0, meant for a table's
-    read-address register) is one multiplexer level after registers written with c_new: the rounding
-    shift's bits and the two clamp decisions, formed from the unsaturated sum beside the saturation.
+    (``c_latency`` = 4 cycles after f, i, g, c), then rounding shift + clamp -> c_addr combinationally
+    from the registered c_new (``addr_latency`` = 0; c_addr is meant for a table's read-address register).
 
     ``c_new = sat(rshift_round(f*c << (P-G-F) + i*g << (P-2G), P-F))``;
     ``c_addr = lut_address(rshift_round(c_new, F - z_frac))``.
@@ -448,7 +427,7 @@ class FixedCellUnit(wiring.Component):
     def built(cls, cfg: LayerConfig) -> Built:
         """Operands and products f*c, i*g (product LSBs that only meet zeros of the other, shifted
         addend below the rounding position are unread), the sum s from the rounding position up
-        (the post-adder register of a DSP48E1), c_new and the address terms (L bits, two decisions)."""
+        (the post-adder register of a DSP48E1), c_new; c_addr is combinational."""
         G, F = cfg.gate_frac, cfg.cell_format.frac_bits
         P = max(G + F, 2 * G)
         cw, G1, cand = cfg.cell_format.width, fm.gate_width(cfg), fm.candidate_width(cfg)
@@ -460,8 +439,7 @@ class FixedCellUnit(wiring.Component):
         gs = signed(cand) if cfg.candidate == "tanh" else unsigned(cand)
         fcm = RegisteredMultiplier.built(unsigned(G1), signed(cw), signed(cw + G + 2), p_kept=fc)
         igm = RegisteredMultiplier.built(unsigned(G1), gs, signed(2 * G + 4), p_kept=ig)
-        return Built(regs=(Reg("s", cw + 2 * G + 8 + (P - G - F) + (P - 2 * G), s), Reg("c_new", cw),
-                           Reg("address_terms", cfg.lut_bits + 2)),
+        return Built(regs=(Reg("s", cw + 2 * G + 8 + (P - G - F) + (P - 2 * G), s), Reg("c_new", cw)),
                      subs=(("fc", 1, fcm), ("ig", 1, igm)), stages=cls.c_latency + cls.addr_latency,
                      post_adder=s, logic={"units": 1})
 
@@ -484,34 +462,21 @@ class FixedCellUnit(wiring.Component):
         m.d.comb += r.eq(s >> sh)
         lo, hi = cfg.cell_format.limits
         m.d.sync += self.c_new.eq(Mux(r < lo, lo, Mux(r > hi, hi, r)))
-        # the address terms, registered beside c_new and decided from r (not from the saturated
-        # c_new): with f(x) = rshift_round(x, d) (monotone, f(lo) <= 0 <= f(hi)),
-        # clamp(f(clamp(r, lo, hi)), -half, half - 1) = clamp(f(r), lo2, hi2) where lo2 = max(-half,
-        # f(lo)), hi2 = min(half - 1, f(hi)); the two comparisons are against constants, beside f(r)
-        L = cfg.lut_bits
         d = F - cfg.z_frac
-        rd = (1 << (d - 1)) if d else 0
-        half = 1 << (L - 1)
-        lo2, hi2 = max(-half, (lo + rd) >> d), min(half - 1, (hi + rd) >> d)
-        fr = Signal(signed(len(r) + 1))
-        m.d.comb += fr.eq((r + rd) >> d)
-        z, below, above = Signal(L, name="z"), Signal(name="below"), Signal(name="above")
-        m.d.sync += [z.eq(fr[:L]), below.eq(r < (lo2 << d) - rd), above.eq(r >= ((hi2 + 1) << d) - rd)]
-        m.d.comb += self.c_addr.eq(Mux(below, lo2 + half, Mux(above, hi2 + half, Cat(z[:L - 1], ~z[L - 1]))))
+        zc = Signal(signed(cw + 1))
+        if d:
+            m.d.comb += zc.eq((self.c_new + (1 << (d - 1))) >> d)
+        else:
+            m.d.comb += zc.eq(self.c_new)
+        half = 1 << (cfg.lut_bits - 1)
+        clamped = Mux(zc < -half, -half, Mux(zc > half - 1, half - 1, zc))
+        m.d.comb += self.c_addr.eq((clamped + half)[:cfg.lut_bits])
         return m
 
 
 class HRequantizer(wiring.Component):
-    """h = rshift_round(Ka * o * sc, 2G), an abits code (latency 3: operands | product | rounding,
-    shift, registered); ``h_next`` is the value h takes at the next clock edge (combinational, for a
-    result register written in the same cycle). ``dsp``: elaboration of the registered multiplier
-    (rtl_gen.multiplier).
-
-    When o x Ka*sc fits one ECP5 multiplier (``folds_ka``; G + 1 + abits <= 18 bits), Ka * sc =
-    (sc << abits) - sc is formed in front of the operand register and the product P = o * Ka * sc
-    only meets an abits-bit incrementer, h = P[2G:2G+abits] + P[2G-1] (h <= Ka: no overflow);
-    otherwise the product P = o * sc meets Ka * P + 2**(2G-1) = (P << abits) - P + 2**(2G-1), then the
-    shift (a constant multiply would become a combinational DSP block after the product register).
+    """h = rshift_round(Ka * o * sc, 2G), an abits code (latency 3: operands | o*sc | *Ka + rounding,
+    shift). ``dsp``: elaboration of the registered multiplier o*sc (rtl_gen.multiplier).
     Reference: hwrnn.formats.h_code."""
 
     latency = LstmGates.H_REQUANT_STAGES
@@ -523,47 +488,30 @@ class HRequantizer(wiring.Component):
             "o": In(unsigned(fm.gate_width(cfg))),
             "sc": In(unsigned(fm.gate_width(cfg))),
             "h": Out(cfg.abits),
-            "h_next": Out(cfg.abits),
         })
-
-    @staticmethod
-    def folds_ka(cfg: LayerConfig) -> bool:
-        """Whether Ka goes into the sc operand (o x Ka*sc fits one ECP5 multiplier)."""
-        G1 = fm.gate_width(cfg)
-        return ecp5_fits(unsigned(G1), unsigned(G1 + cfg.abits))
 
     @classmethod
     def built(cls, cfg: LayerConfig) -> Built:
-        """Operands o, sc (or Ka*sc), the product (only its bits up to 2G + abits are read; with abits
-        1, two), h."""
+        """Operands o, sc, the product (only its bits up to 2G + abits are read; with abits 1, two),
+        h."""
         G1, A = fm.gate_width(cfg), cfg.abits
         prod = 2 if A == 1 else min(2 * G1, 2 * cfg.gate_frac + A)
-        if cls.folds_ka(cfg):
-            mul = RegisteredMultiplier.built(unsigned(G1), unsigned(G1 + A), unsigned(2 * G1 + A),
-                                             p_kept=min(2 * G1 + A, 2 * cfg.gate_frac + A))
-        else:
-            mul = RegisteredMultiplier.built(unsigned(G1), unsigned(G1), unsigned(2 * G1), p_kept=prod)
+        mul = RegisteredMultiplier.built(unsigned(G1), unsigned(G1), unsigned(2 * G1), p_kept=prod)
         return Built(regs=(Reg("h", A),), subs=(("prod", 1, mul),), stages=cls.latency, logic={"units": 1})
 
     def elaborate(self, platform):
         m = Module()
-        G, A = self.cfg.gate_frac, self.cfg.abits
-        G1 = G + 1
-        Ka = levels(A)
-        assert Ka == (1 << A) - 1
+        G = self.cfg.gate_frac
+        Ka = levels(self.cfg.abits)
         # operands registered next to the multiplier (DSP), product registered
-        if self.folds_ka(self.cfg):
-            m.submodules.prod = mul = RegisteredMultiplier(self.o.shape(), unsigned(G1 + A), unsigned(2 * G1 + A),
-                                                           dsp=self.dsp)
-            m.d.comb += [mul.a.eq(self.o), mul.b.eq((self.sc << A) - self.sc)]
-            m.d.comb += self.h_next.eq(mul.p[2 * G:2 * G + A] + mul.p[2 * G - 1])
-        else:
-            m.submodules.prod = mul = RegisteredMultiplier(self.o.shape(), self.sc.shape(), unsigned(2 * G1),
-                                                           dsp=self.dsp)
-            m.d.comb += [mul.a.eq(self.o), mul.b.eq(self.sc)]
-            prod = mul.p
-            p = Signal(2 * G1 + A + 1)
-            m.d.comb += p.eq((prod << A) - prod + (1 << (2 * G - 1)))
-            m.d.comb += self.h_next.eq(p >> (2 * G))
-        m.d.sync += self.h.eq(self.h_next)
+        m.submodules.prod = mul = RegisteredMultiplier(self.o.shape(), self.sc.shape(), unsigned(2 * (G + 1)),
+                                                       dsp=self.dsp)
+        m.d.comb += [mul.a.eq(self.o), mul.b.eq(self.sc)]
+        prod = mul.p
+        p = Signal(2 * (G + 1) + self.cfg.abits + 1)
+        # prod * Ka as (prod << abits) - prod (Ka = 2**abits - 1): a constant multiply would become
+        # a combinational DSP block after the product register (the critical path on ECP5)
+        assert Ka == (1 << self.cfg.abits) - 1
+        m.d.comb += p.eq((prod << self.cfg.abits) - prod + (1 << (2 * G - 1)))
+        m.d.sync += self.h.eq(p >> (2 * G))
         return m

@@ -393,12 +393,11 @@ class LstmCore(wiring.Component):
                 with m.If(w_valid):
                     m.d.sync += stores[name].word_select(w_rf, U * w).eq(Cat(*(getattr(u, f"{name}_new") for u in units)))
             lat = units[0].latency
-            r_valid = delayed(valid_q, lat - 1, "v_h" + sfx)
-            r_rf = delayed(s6_rf, lat - 1, "rf_h" + sfx)
-            # the phase's result written from the units' h_next, in the cycle their h registers take it
-            # (h_t: the step is done with the last row fold)
+            r_valid = delayed(valid_q, lat, "v_h" + sfx)
+            r_rf = delayed(s6_rf, lat, "rf_h" + sfx)
+            # the phase's result written (h_t: the step is done with the last row fold)
             with m.If(r_valid):
-                m.d.sync += results[ph.result].word_select(r_rf, U * A).eq(Cat(*(u.h_next for u in units)))
+                m.d.sync += results[ph.result].word_select(r_rf, U * A).eq(Cat(*(u.h for u in units)))
             done_terms.append(r_valid & (r_rf == Rfs[q] - 1))
         m.d.comb += done.eq(Cat(*done_terms).any())
         with m.If(done & (phase == NP - 1) if NP > 1 else done):

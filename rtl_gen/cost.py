@@ -127,7 +127,7 @@ def core_built(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts:
         for name in ph.writes:
             wl = write_lat[name]
             regs += [Reg(f"v_{name}_write", wl, 0), Reg(f"rf_{name}_write", rf_w * wl, 0)]
-        regs += [Reg("v_h", lat - 1), Reg("rf_h", rf_w * (lat - 1))]
+        regs += [Reg("v_h", lat), Reg("rf_h", rf_w * lat)]
         subs.append(("unit", U, unit))
     mems = (Mem("bmem", PE * bias_bits, max(g.row_folds, 2), True),)
     if not memory:  # no storage; listed so that the estimate shows how the weight memory would map

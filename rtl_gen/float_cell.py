@@ -17,11 +17,7 @@ For 150 MHz on ECP5 no stage chains two carry-chain operations after wide logic:
 before the multiplier, the sum's magnitude comes from three adders side by side (no negation after
 the subtraction), leading-one detectors are log-depth, "bits shifted out" and "bits above t" are
 mask tests rather than second shifters or comparators, and constants are folded into registered
-exponent terms (eb, thr) off the significand path. For 200 MHz (issue 23), with the same stages:
-the subtraction's sign is decided a stage early from the operands (xsm > xbig with d = 0), eb and
-sh_min + m + 1 are formed from ha and hb beside the swap and clamped a stage before they are read,
-the mask of the positions >= thr is registered beside the sum, and the LUT address's clamp is
-decided beside its rounding increment (one multiplexer level in front of the table).
+exponent terms (eb, thr) off the significand path.
 Each step is a named submodule (dec, opa, opb, normab, swap, align, add, norm, round, carry, pack,
 addr_dec, addr_shift, addr_clamp): the natural places for pipeline registers. The long path is
 multiplier -> leading-one detector -> shifter -> adder -> leading-one detector -> shifter ->
@@ -60,26 +56,9 @@ def measured_cost(exp_bits: int, man_bits: int) -> tuple[float, float]:
 
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
-    """bit_length(x) of an unsigned value of `width` bits (0 for x == 0): ``_lead``'s index + 1."""
-    nz, idx = _lead(x, width)
-    bl = Signal(range(width + 1), name=name)
-    m.d.comb += bl.eq(Mux(nz, idx + 1, 0))
-    return bl
-
-
-def _msb_index(m: Module, x, width: int, name: str) -> Signal:
-    """bit_length(x) - 1 of an unsigned value of `width` bits, without the increment (some index
-    for x == 0: the caller must not depend on it then)."""
-    _nz, idx = _lead(x, width)
-    i = Signal(range(width), name=name)
-    m.d.comb += i.eq(idx)
-    return i
-
-
-def _lead(x, width: int):
-    """(x != 0, index of the leading one of x): a log-depth leading-one detector (x padded to a
-    power of two; each level picks the upper half when it is non-zero, so the MSB index is built
-    bit by bit, MSB first), clog2(width) mux levels deep.
+    """bit_length(x) of an unsigned value of `width` bits (0 for x == 0): a log-depth leading-one
+    detector (x padded to a power of two; each level picks the upper half when it is non-zero, so
+    the MSB index is built bit by bit, MSB first), clog2(width) mux levels deep.
     Continuous assignments only (an ``always @*`` block whose inputs never change after time 0
     would stay X in Icarus)."""
     size = 1 << max(0, (width - 1).bit_length())
@@ -95,8 +74,12 @@ def _lead(x, width: int):
         return nz_lo | nz_hi, Cat(Mux(nz_hi, i_hi, i_lo), nz_hi)
 
     if size == 1:
-        return bits[0], Const(0, 1)
-    return lead(0, size)
+        nz, idx = bits[0], Const(0, 1)
+    else:
+        nz, idx = lead(0, size)
+    bl = Signal(range(width + 1), name=name)
+    m.d.comb += bl.eq(Mux(nz, idx + 1, 0))
+    return bl
 
 
 def _below(n, width: int):
@@ -165,16 +148,16 @@ class FloatCellUnit(wiring.Component):
         cuts = (  # (name, declared, kept)
             ("operands", gw + (mb + 1) + gw + cand + width + 1, 2 * gw + cand + width),  # a_r, b_r x 2; p0: c, sign
             ("products", wa + wb + e + 2, wa + wb + e + 2),                            # p_r x 2; p1
-            ("p2", wa + rb(wa) + e + wb + rb(wb) + 2, wa + rb(wa) + xw + wb + rb(wb) + xw + 2),
+            ("p2", wa + rb(wa + 1) + e + wb + rb(wb + 1) + 2, wa + rb(wa + 1) + xw + wb + rb(wb + 1) + xw + 2),
             ("p3", 2 * W + 2 * xw + 3, 2 * W + 2 * xw + 3),
-            ("p4", 2 * W + 2 + 2 * (xw + 2) + rb(W + 4), 2 * W + 2 + 2 * xw + rb(W + 4)),
-            ("p5", 2 * W + 1 + 4 + t + xw + 2, 2 * W + 1 + 4 + t + xw),
-            ("p6", W + 2 + 2 + t + xw + 2 + W + 2, W + 2 + 2 + xw + W + 2),
+            ("p4", 2 * W + 2 + xw + rb(W + 4), 2 * W + 2 + xw + rb(W + 4)),
+            ("p5", 2 * W + 1 + 3 + xw, 2 * W + 1 + 3 + xw),
+            ("p6", W + 2 + 2 + t + xw + 2, W + 2 + 2 + xw),
             ("p7", W + 2 + 2 + xw + 2 + t, W + 2 + 2 + 2 * xw + t),
             ("p8", mb + 2 + 2 + xw + 2 + t, mb + 2 + 2 + 2 * xw),
             ("p9", mb + 1 + xw + 1, mb + 1 + xw + 1),
             ("p10", width + mb + 2 + rb(L + mb + 4), width + mb + 2 + rb(L + mb + 4)),  # c_new, address terms
-            ("p11", L + 2, L + 2),
+            ("p11", mb + 2 + L + 2, mb + 2 + L + 2),
         )
         # f x significand, i x |g| (|g| taken before the multiplier: unsigned, candidate width)
         mults = (Mult("mul_a", gw, False, mb + 1, False), Mult("mul_b", gw, False, cand, False))
@@ -264,23 +247,21 @@ class FloatCellUnit(wiring.Component):
         # ---- operand A = f * c: a * 2**(e_eff - bias - m - G); B = i * g: bm * 2**-2G, sign sb -------
         # (the leading-one detectors right after the multipliers; the exponents are formed next stage)
         st = self._stage(m, "opa")
-        # (MSB indices, bit length - 1: no incrementer after the products; a zero operand's index
-        # is never read: it is never big and its normalised significand is 0)
-        ia = _msb_index(st, a, wa, "ia")
+        bla = _bitlen(st, a, wa, "bla")
         st = self._stage(m, "opb")
-        ib = _msb_index(st, bm, wb, "ib")
-        a, ia, e_eff, bm, ib, sb, s_c = self._cut(m, "p2", a, ia, e_eff, bm, ib, sb, s_c)
+        blb = _bitlen(st, bm, wb, "blb")
+        a, bla, e_eff, bm, blb, sb, s_c = self._cut(m, "p2", a, bla, e_eff, bm, blb, sb, s_c)
 
         # ---- normalise both operands to W bits; which one is big (a zero operand never is) ----------
         st = self._stage(m, "normab")
         ha, hb = Signal(xs), Signal(xs)  # MSB exponents of A and B
-        st.d.comb += [ha.eq(e_eff + ia - (bias + mb + G)), hb.eq(ib - 2 * G)]
+        st.d.comb += [ha.eq(e_eff + bla - (bias + mb + G + 1)), hb.eq(blb - (1 + 2 * G))]
         la = Signal(range(W + 1))
         xa = Signal(W)
-        st.d.comb += [la.eq(W - 1 - ia), xa.eq((a << la)[:W])]
+        st.d.comb += [la.eq(W - bla), xa.eq((a << la)[:W])]
         lb = Signal(range(W + 1))
         xb = Signal(W)
-        st.d.comb += [lb.eq(W - 1 - ib), xb.eq((bm << lb)[:W])]
+        st.d.comb += [lb.eq(W - blb), xb.eq((bm << lb)[:W])]
         a_big0 = Signal()
         st.d.comb += a_big0.eq((a != 0) & ((bm == 0) | (ha >= hb)))
         xa, xb, ha, hb, sb, s_c, a_big = self._cut(m, "p3", xa, xb, ha, hb, sb, s_c, a_big0)
@@ -299,13 +280,7 @@ class FloatCellUnit(wiring.Component):
         d = Signal(range(dmax + 1))
         diff = Signal(xs)
         st.d.comb += [diff.eq(hbig - hsm), d.eq(_clamp(diff, 0, dmax))]
-        # from the MSB exponent of big (each candidate's term side by side, then the choice): shp =
-        # sh_min + m + 1 with sh_min = q_min + W - hbig, the smallest shift the format allows, and
-        # eb = hbig - W + bias - 1
-        shp0, eb0 = Signal(signed(xw + 2)), Signal(signed(xw + 2))
-        kp, ke = q_min + W + mb + 1, bias - 1 - W
-        st.d.comb += [shp0.eq(Mux(a_big, kp - ha, kp - hb)), eb0.eq(Mux(a_big, ha + ke, hb + ke))]
-        xbig, xsm, sbig, ssm, shp, eb, d = self._cut(m, "p4", xbig, xsm, sbig, ssm, shp0, eb0, d)
+        xbig, xsm, sbig, ssm, hbig, d = self._cut(m, "p4", xbig, xsm, sbig, ssm, hbig, d)
 
         # ---- align the small operand (sticky), then add -----------------------------------------------
         st = self._stage(m, "align")
@@ -316,31 +291,29 @@ class FloatCellUnit(wiring.Component):
         sticky = Signal()
         # the bits shifted out are those of ys below bit d: a mask compare, not a second shifter
         st.d.comb += sticky.eq((ys & _below(d, W + 1)) != 0)
-        # the subtraction below goes negative only when d = 0 (then sticky = 0, shifted = xsm << 1)
-        # and xsm > xbig; for d >= 1, xbig << 1 >= 2**W > shifted. Decided here, beside the shifter,
-        # so that no carry chain's sign feeds a multiplexer after the adders
-        neg0 = Signal()
-        st.d.comb += neg0.eq((sbig != ssm) & (d == 0) & (xsm > xbig))
-        # thr = clamp(sh_min, -(m+1), W+3) + m + 1 = clamp(shp, 0, W + m + 4) (off the significand path)
-        thr0 = Signal(range(W + mb + 5))
-        st.d.comb += thr0.eq(_clamp(shp, 0, W + mb + 4))
-        xbig, shifted, sticky, sbig, ssm, neg, thr, eb = self._cut(m, "p5", xbig, shifted, sticky, sbig, ssm, neg0,
-                                                                   thr0, eb)
+        xbig, shifted, sticky, sbig, ssm, hbig = self._cut(m, "p5", xbig, shifted, sticky, sbig, ssm, hbig)
         st = self._stage(m, "add")
         # the magnitude of x2 +- shifted (x2 = xbig << 1) with three adders side by side, no negation
-        # after the subtraction: x2 - shifted - sticky < 0 only when neg (then the magnitude is
-        # shifted - x2)
+        # after the subtraction: x2 - shifted - sticky < 0 only when d = 0 (then sticky = 0 and the
+        # magnitude is shifted - x2); for d >= 1 x2 >= 2**W > shifted
         x2 = Signal(W + 1)
         st.d.comb += x2.eq(xbig << 1)
-        total, diff, rdiff = Signal(W + 2), Signal(W + 1), Signal(W + 1)
+        total, diff, rdiff = Signal(W + 2), Signal(signed(W + 3)), Signal(W + 1)
         st.d.comb += [total.eq(x2 + shifted), diff.eq(x2 - shifted - sticky), rdiff.eq(shifted - x2)]
+        neg = Signal()
         nm = Signal(W + 2)
         sign = Signal()
-        st.d.comb += [nm.eq(Mux(sbig == ssm, total, Mux(neg, rdiff, diff))), sign.eq(sbig ^ neg)]
-        # the positions >= thr as a mask (a thermometer code, from thr alone: off the nm path)
-        at_thr0 = Signal(W + 2)
-        st.d.comb += at_thr0.eq(~_below(thr, W + 2))
-        nm, sign, sticky, thr, eb, at_thr = self._cut(m, "p6", nm, sign, sticky, thr, eb, at_thr0)
+        st.d.comb += [neg.eq((sbig != ssm) & (diff < 0)),
+                      nm.eq(Mux(sbig == ssm, total, Mux(neg, rdiff, diff[:W + 1]))), sign.eq(sbig ^ neg)]
+        # from hbig alone (off the nm path): thr = clamp(sh_min, -(m+1), W+3) + m + 1 with
+        # sh_min = q_min + W - hbig, the smallest shift the format allows; eb = hbig - W + bias - 1
+        sh_min = Signal(signed(xw + 2))
+        st.d.comb += sh_min.eq(q_min + W - hbig)
+        thr0 = Signal(range(W + mb + 5))
+        st.d.comb += thr0.eq(_clamp(sh_min, -(mb + 1), W + 3) + (mb + 1))
+        eb0 = Signal(signed(xw + 2))
+        st.d.comb += eb0.eq(hbig + (bias - 1 - W))
+        nm, sign, sticky, thr, eb = self._cut(m, "p6", nm, sign, sticky, thr0, eb0)
 
         # ---- normalise to the result LSB q = L + sh, L = hbig - W, and round -------------------------
         # sh = clamp(max(bln - (m+1), sh_min), -(m+1), W+3) = max(bln - (m+1), clamp(sh_min, ...))
@@ -353,7 +326,7 @@ class FloatCellUnit(wiring.Component):
         # bln > thr  <=>  nm has a one at a bit position >= thr: a mask test, no comparator after
         # the leading-one detector
         above = Signal()
-        st.d.comb += above.eq((nm & at_thr) != 0)
+        st.d.comb += above.eq((nm & ~_below(thr, W + 2)) != 0)
         st.d.comb += t.eq(Mux(above, bln, thr))
         nm, sign, sticky, eb, t = self._cut(m, "p7", nm, sign, sticky, eb, t)
         st = self._stage(m, "round")
@@ -420,21 +393,14 @@ class FloatCellUnit(wiring.Component):
         st = self._stage(m, "addr_shift")
         wv = Signal(signed(mb + 2 + L + mb + 3))
         st.d.comb += wv.eq(v << tc)
-        # y = floor(v * 2**t + 1/2) = (u + 1) >> 1 with u = floor(v * 2**(t-1)); its clamp to
-        # [-2**(L-1), 2**(L-1) - 1] decided from u beside the increment: y < -2**(L-1) <=> u < -2**L - 1,
-        # y > 2**(L-1) - 1 <=> u >= 2**L - 1
-        u = Signal(signed(mb + 2 + L + 1))
-        st.d.comb += u.eq(wv >> (mb + 2))
         y0 = Signal(signed(mb + 2 + L + 2))
-        st.d.comb += y0.eq((u + 1) >> 1)
-        low0, high0 = Signal(), Signal()
-        st.d.comb += [low0.eq(u < -(1 << L) - 1), high0.eq(u >= (1 << L) - 1)]
-        y, low, high = self._cut(m, "p11", y0[:L], low0, high0)
+        st.d.comb += y0.eq(((wv >> (mb + 2)) + 1) >> 1)  # floor(v * 2**t + 1/2)
+        y = self._cut(m, "p11", y0)
         assert self._cuts == self.c_latency + self.addr_latency, (self._cuts, self.addr_latency)
-        # clamped and offset into the table's read-address register (one multiplexer level here):
-        # in range, + 2**(L-1) inverts the top bit of the L-bit two's complement y
+        # clamped and offset into the table's read-address register (combinational here)
         st = self._stage(m, "addr_clamp")
+        half = 1 << (L - 1)
         addr = Signal(L)
-        st.d.comb += addr.eq(Mux(low, 0, Mux(high, (1 << L) - 1, Cat(y[:L - 1], ~y[L - 1]))))
+        st.d.comb += addr.eq((_clamp(y, -half, half - 1) + half)[:L])
         m.d.comb += self.c_addr.eq(addr)
         return m

@@ -22,7 +22,7 @@ WebAssembly tools cannot see absolute /tmp paths, see TOOLCHAIN.md):
   separate module (``keep_hierarchy``), so they equal the counts of the core by itself;
 * Xilinx: synth_xilinx only (no open place-and-route for 7-series here), so no Fmax.
 
-Fmax is nextpnr's achieved frequency of the ``sync`` clock with a 200 MHz target (issue 23; SPEC 5 asked 150) and
+Fmax is nextpnr's achieved frequency of the ``sync`` clock with a 150 MHz target (SPEC 5) and
 ``--timing-allow-fail``; Fmax and critical path are read from nextpnr's JSON report by
 hwrnn.toolreports.read_nextpnr (the reader the board builds use too). The place-and-route device
 is the smallest the counts fit by hwrnn.fpga's fit check, with 5 % room for placement (``fits``).
@@ -53,7 +53,7 @@ from hwrnn.toolreports import classify, hier_cells, module_cells, read_nextpnr, 
 from .core import LstmCore
 from .cost import INSTANCE_BLOCKS, STATE_BLOCK
 
-TARGET_MHZ = 200  # issue 23: nextpnr >= 200 MHz on ECP5 speed 8 (SPEC 5 asked 150)
+TARGET_MHZ = 150  # SPEC 5: nextpnr >= 150 MHz on ECP5 speed 8
 TOP = "top"
 DEFAULT_TIMEOUT = 3600
 

@@ -9,8 +9,7 @@ one gate set's part of the core.
   h_{t-1} code) if it reads it (class attribute ``reads_h``), one input per store the phase reads
   (its old word) and one output ``<store>_new`` per store it writes (valid ``write_latency[store]``
   cycles after the gates), and ``h``, the phase's result code, ``latency`` cycles after the gates
-  (the gate set's ``stages`` of the phase), with ``h_next``, the value ``h`` takes at the next clock
-  edge (combinational: the core writes its result register from it, in the same cycle as ``h``'s);
+  (the gate set's ``stages`` of the phase);
 * weight codings (hwrnn.weight_code) -> ``MAC_UNITS``: a MAC array (rtl_gen.mac) from weight
   words and activation slices to per-lane accumulators acc = sum mac_value * a.
 
@@ -94,7 +93,6 @@ class LstmUnit(wiring.Component):
             "c": In(cell_shape),
             "c_new": Out(cell_shape),
             "h": Out(cfg.abits),
-            "h_next": Out(cfg.abits),
         })
 
     @staticmethod
@@ -129,22 +127,21 @@ class LstmUnit(wiring.Component):
         # o waits beside the cell update, the address and the sigmoid(c) read
         o = delay_line(m, self.o, cu.c_latency + cu.addr_latency + 2, "o")
         m.submodules.hq = hq = HRequantizer(cfg, dsp=self.dsp)
-        m.d.comb += [hq.o.eq(o), hq.sc.eq(sc), self.h.eq(hq.h), self.h_next.eq(hq.h_next)]
+        m.d.comb += [hq.o.eq(o), hq.sc.eq(sc), self.h.eq(hq.h)]
         assert cu.c_latency + cu.addr_latency + 2 + hq.latency == self.latency
         return m
 
 
-def _register_clamped(m: Module, h, h_next, total, shift: int, Ka: int) -> None:
-    """h_next = clamp(total >> shift, 0, Ka) and h <= h_next, registered (total: a signed sum that
-    already holds the rounding constant; the h codes of hwrnn.gates.gru_h and rnn_h)."""
+def _register_clamped(m: Module, h, total, shift: int, Ka: int) -> None:
+    """h <= clamp(total >> shift, 0, Ka), registered (total: a signed sum that already holds the
+    rounding constant; the h codes of hwrnn.gates.gru_h and rnn_h)."""
     v = total >> shift
     with m.If(total < 0):
-        m.d.comb += h_next.eq(0)
+        m.d.sync += h.eq(0)
     with m.Elif(v > Ka):
-        m.d.comb += h_next.eq(Ka)
+        m.d.sync += h.eq(Ka)
     with m.Else():
-        m.d.comb += h_next.eq(v)
-    m.d.sync += h.eq(h_next)
+        m.d.sync += h.eq(v)
 
 
 class GruResetUnit(wiring.Component):
@@ -160,7 +157,7 @@ class GruResetUnit(wiring.Component):
         self.write_latency = GruGates().write_stages(cfg, 0)
         G1 = fm.gate_width(cfg)
         super().__init__({"u": In(unsigned(G1)), "r": In(unsigned(G1)), "h_old": In(cfg.abits),
-                          "u_new": Out(unsigned(G1)), "h": Out(cfg.abits), "h_next": Out(cfg.abits)})
+                          "u_new": Out(unsigned(G1)), "h": Out(cfg.abits)})
 
     @staticmethod
     def gate_widths(cfg: LayerConfig) -> dict[str, int]:
@@ -179,8 +176,7 @@ class GruResetUnit(wiring.Component):
         G = self.cfg.gate_frac
         r, h = Signal.like(self.r), Signal.like(self.h_old)
         m.d.sync += [r.eq(self.r), h.eq(self.h_old)]
-        m.d.comb += self.h_next.eq((r * h + (1 << (G - 1))) >> G)  # <= h: r <= 2**G
-        m.d.sync += self.h.eq(self.h_next)
+        m.d.sync += self.h.eq((r * h + (1 << (G - 1))) >> G)  # <= h: r <= 2**G
         m.d.comb += self.u_new.eq(delay_line(m, self.u, 2, "u"))
         return m
 
@@ -198,8 +194,7 @@ class GruUpdateUnit(wiring.Component):
         self.write_latency = {}
         G1 = fm.gate_width(cfg)
         gs = signed(fm.candidate_width(cfg)) if cfg.candidate == "tanh" else unsigned(fm.candidate_width(cfg))
-        super().__init__({"g": In(gs), "u": In(unsigned(G1)), "h_old": In(cfg.abits), "h": Out(cfg.abits),
-                          "h_next": Out(cfg.abits)})
+        super().__init__({"g": In(gs), "u": In(unsigned(G1)), "h_old": In(cfg.abits), "h": Out(cfg.abits)})
 
     @staticmethod
     def gate_widths(cfg: LayerConfig) -> dict[str, int]:
@@ -233,7 +228,7 @@ class GruUpdateUnit(wiring.Component):
         assert levels(A) == (1 << A) - 1
         total = Signal(signed(max(keep_w + G, ug_w + A) + 2))
         m.d.comb += total.eq((keep << G) + (ug << A) - ug + (1 << (2 * G - 1)))
-        _register_clamped(m, self.h, self.h_next, total, 2 * G, levels(A))
+        _register_clamped(m, self.h, total, 2 * G, levels(A))
         return m
 
 
@@ -248,7 +243,7 @@ class RnnUnit(wiring.Component):
         self.cfg = cfg
         self.write_latency = {}
         gs = signed(fm.candidate_width(cfg)) if cfg.candidate == "tanh" else unsigned(fm.candidate_width(cfg))
-        super().__init__({"g": In(gs), "h": Out(cfg.abits), "h_next": Out(cfg.abits)})
+        super().__init__({"g": In(gs), "h": Out(cfg.abits)})
 
     @staticmethod
     def gate_widths(cfg: LayerConfig) -> dict[str, int]:
@@ -266,7 +261,7 @@ class RnnUnit(wiring.Component):
         Ka = levels(A)
         total = Signal(signed(fm.candidate_width(cfg) + A + 2))
         m.d.comb += total.eq((self.g << A) - self.g + (1 << (G - 1)))
-        _register_clamped(m, self.h, self.h_next, total, G, Ka)
+        _register_clamped(m, self.h, total, G, Ka)
         return m
 
 
