@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,20 +133,25 @@ def _fail(path, msg):
     raise CheckpointError(f"checkpoint {path}: {msg}")
 
 
-def load_layer(path) -> QuantLayer:
-    """Load and validate a layer checkpoint; any problem raises CheckpointError (one line)."""
+def read_npz(path, what: str, required, fail) -> dict:
+    """Every array of the .npz at ``path``; ``fail(path, message)`` (which raises) on a missing or
+    unreadable file (``what``: e.g. "hwrnn layer checkpoint") or a missing ``required`` entry."""
     if not os.path.exists(path):
-        _fail(path, "file not found")
+        fail(path, "file not found")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        _fail(path, f"not a readable hwrnn layer checkpoint (corrupt or truncated: {type(e).__name__})")
-    except Exception as e:  # zlib.error and friends from a damaged member
-        _fail(path, f"not a readable hwrnn layer checkpoint (corrupt or truncated: {type(e).__name__})")
-    for key in ("format", "version", "config", "codes", "scale", "bias"):
+    except Exception as e:  # BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error from a damaged member
+        fail(path, f"not a readable {what} (corrupt or truncated: {type(e).__name__})")
+    for key in required:
         if key not in data:
-            _fail(path, f"missing entry '{key}'")
+            fail(path, f"missing entry '{key}'")
+    return data
+
+
+def load_layer(path) -> QuantLayer:
+    """Load and validate a layer checkpoint; any problem raises CheckpointError (one line)."""
+    data = read_npz(path, "hwrnn layer checkpoint", ("format", "version", "config", "codes", "scale", "bias"), _fail)
     if str(data["format"]) != FORMAT_NAME:
         _fail(path, f"format is {str(data['format'])!r}, expected {FORMAT_NAME!r}")
     if data["version"].dtype.kind not in "iu" or int(data["version"]) != FORMAT_VERSION:

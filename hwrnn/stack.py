@@ -43,12 +43,11 @@ entries of a layer checkpoint (hwrnn.checkpoint) under ``l{l}d{d}_config``, ``_c
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import CheckpointError, QuantLayer, save_npz
+from .checkpoint import CheckpointError, QuantLayer, read_npz, save_npz
 from .config import ConfigError, LayerConfig
 from .integer_model import IntegerLSTM
 
@@ -336,16 +335,7 @@ def _fail(path, msg):
 
 def load_stack(path) -> Stack:
     """Load and validate a stack checkpoint; any problem raises CheckpointError (one line)."""
-    if not os.path.exists(path):
-        _fail(path, "file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError ...
-        _fail(path, f"not a readable hwrnn stack checkpoint (corrupt or truncated: {type(e).__name__})")
-    for key in ("format", "version", "layers"):
-        if key not in data:
-            _fail(path, f"missing entry '{key}'")
+    data = read_npz(path, "hwrnn stack checkpoint", ("format", "version", "layers"), _fail)
     if str(data["format"]) != FORMAT_NAME:
         _fail(path, f"format is {str(data['format'])!r}, expected {FORMAT_NAME!r}")
     if data["version"].dtype.kind not in "iu" or int(data["version"]) != FORMAT_VERSION:

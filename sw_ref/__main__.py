@@ -64,6 +64,18 @@ def _bits_list(text):
     return v if isinstance(v, list) else [v]
 
 
+def _recipe_args(p, max_batches_help: str):
+    """The training-recipe options that experiment and widen share (train's defaults where not given)."""
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-batches", type=int, help=max_batches_help)
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--max-train-tokens", type=int)
+
+
 def _format_args(p):
     g = p.add_argument_group("hardware number formats (hwrnn.LayerConfig)")
     g.add_argument("--cell", default=None, help="cell-state format, e.g. fixed:3.10 (default)")
@@ -168,15 +180,8 @@ def build_parser():
     _stack_args(r)
     _cell_type_arg(r, per_layer=True)
     _weight_code_args(r)
-    r.add_argument("--epochs", type=int, default=40)
+    _recipe_args(r, "stop this invocation after N batches (resume later)")
     r.add_argument("--init-from")
-    r.add_argument("--lr", type=float)
-    r.add_argument("--optimizer", choices=["sgd", "adam"])
-    r.add_argument("--dropout", type=float)
-    r.add_argument("--threads", type=int)
-    r.add_argument("--max-batches", type=int, help="stop this invocation after N batches (resume later)")
-    r.add_argument("--min-lr", type=float)
-    r.add_argument("--max-train-tokens", type=int)
     _speed_args(r)
     r.add_argument("--eval-only", action="store_true",
                    help="no training: evaluate the run directory as it stands and update its entry")
@@ -241,14 +246,7 @@ def build_parser():
     w.add_argument("--max-rounds", type=int, default=8, help="widening rounds at most")
     w.add_argument("--results", default="results/ptb.json")
     w.add_argument("--runs", default="runs", help="directory for the stacks' run directories")
-    w.add_argument("--epochs", type=int, default=40)
-    w.add_argument("--lr", type=float)
-    w.add_argument("--optimizer", choices=["sgd", "adam"])
-    w.add_argument("--dropout", type=float)
-    w.add_argument("--threads", type=int)
-    w.add_argument("--max-batches", type=int, help="stop each invocation's training after N batches (rerun to continue)")
-    w.add_argument("--min-lr", type=float)
-    w.add_argument("--max-train-tokens", type=int)
+    _recipe_args(w, "stop each invocation's training after N batches (rerun to continue)")
     w.add_argument("--batch-size", type=int)
     w.add_argument("--bptt", type=int)
     _speed_args(w)

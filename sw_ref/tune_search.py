@@ -36,9 +36,13 @@ from hwrnn.points import init_ray  # noqa: E402
 TRIAL_MEMORY_MB = 3000
 
 
-def epoch_batches(data, level, max_train_tokens=None, batch_size=20, bptt=35) -> int:
-    """TBPTT batches of one training epoch (what one ``max_batches`` step of a trial trains)."""
+def epoch_batches(data, level, max_train_tokens=None) -> int:
+    """TBPTT batches of one training epoch at train's default batch size and bptt (what one
+    ``max_batches`` step of a trial trains)."""
     from .data import batchify, load_ptb, num_bptt_batches, resolve_data_dir
+    from .train import DEFAULTS
+
+    batch_size, bptt = DEFAULTS["batch_size"], DEFAULTS["bptt"]
 
     corpus = load_ptb(resolve_data_dir(data), level)
     tokens = corpus.train[:max_train_tokens] if max_train_tokens else corpus.train
