@@ -293,15 +293,12 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import math
 
-    import torch
-
     from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb, resolve_data_dir
     from .export import IntegerLM, IntegerStackLM, layer_from_model, stack_from_model
     from .stack_model import QuantStackLM
-    from .train import evaluate_loss, load_lm_checkpoint
+    from .train import evaluate_loss, load_lm_checkpoint, set_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, vocab, meta = load_lm_checkpoint(args.checkpoint)
     level = meta.get("level", DEFAULT_LEVEL)
     if args.level is not None and check_level(args.level) != level:

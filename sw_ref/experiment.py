@@ -351,7 +351,7 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     one value per layer (or one for all); the entry ("2x W4A2@300,300", ``stack_entry_name``) records
     them as lists, "layers", and per-layer "layer_bits". ``bidirectional`` is refused (no causal LM)."""
     from .data import resolve_data_dir
-    from .train import BIDIRECTIONAL_REFUSAL, train
+    from .train import BIDIRECTIONAL_REFUSAL, set_threads, train
 
     if bidirectional:
         raise ValueError(BIDIRECTIONAL_REFUSAL)
@@ -386,6 +386,7 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
     state_path = out / "experiment.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_s": 0.0, "invocations": 0}
     if eval_only:  # measure the run as it stands (e.g. while its training runs elsewhere)
+        set_threads(train_opts.get("threads"))
         summary = _run_state(out, epochs)
         if summary["layers"] != layers:
             raise ValueError(f"{out} holds a model of {summary['layers']} layer(s), not {layers}: "

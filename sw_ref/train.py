@@ -382,11 +382,22 @@ def _set_lr(optimizer, lr):
         g["lr"] = lr
 
 
+def set_threads(n: int | None) -> None:
+    """Cap this process at n threads: torch's intra-op pool and numpy's BLAS (the integer model's
+    products). None leaves both at their defaults. An uncapped OpenBLAS beside another busy job makes
+    the integer model's small products 5-20x slower (its threads wait on the busy core)."""
+    if not n:
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------------
 def train(args=None, **kwargs) -> dict:
     o = _options(args, kwargs)
-    if o.threads:
-        torch.set_num_threads(o.threads)
+    set_threads(o.threads)
 
     corpus = load_ptb(resolve_data_dir(o.data), o.level)
     char = o.level == "char"

@@ -253,3 +253,17 @@ def test_checkpoint_errors(tmp_path, corpus_dir):
         train(data=str(corpus_dir), **QUICK)
     with pytest.raises(DataError, match="data directory not found"):
         train(data=str(tmp_path / "nodata"), out=str(tmp_path / "y"), **QUICK)
+
+
+def test_set_threads_caps_torch_and_numpy_blas():
+    """--threads caps numpy's BLAS too (the integer model's products), not only torch; in a child
+    process so that this test's caps do not leak into the others."""
+    import subprocess
+    import sys
+    code = ("import torch, threadpoolctl; from sw_ref.train import set_threads; set_threads(1); "
+            "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']; "
+            "import json; print(json.dumps([torch.get_num_threads(), blas]))")
+    torch_threads, blas = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                    check=True).stdout)
+    assert torch_threads == 1
+    assert blas and all(n == 1 for n in blas), blas
