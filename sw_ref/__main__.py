@@ -74,6 +74,8 @@ def _recipe_args(p, max_batches_help: str):
     p.add_argument("--max-batches", type=int, help=max_batches_help)
     p.add_argument("--min-lr", type=float)
     p.add_argument("--max-train-tokens", type=int)
+    p.add_argument("--batch-size", type=int, help="training batch size (default 20; evaluation keeps batch 10)")
+    p.add_argument("--bptt", type=int, help="truncated-BPTT window in tokens (default 35)")
 
 
 def _format_args(p):
@@ -247,8 +249,6 @@ def build_parser():
     w.add_argument("--results", default="results/ptb.json")
     w.add_argument("--runs", default="runs", help="directory for the stacks' run directories")
     _recipe_args(w, "stop each invocation's training after N batches (rerun to continue)")
-    w.add_argument("--batch-size", type=int)
-    w.add_argument("--bptt", type=int)
     _speed_args(w)
 
     x = sub.add_parser("export", help="write the hwrnn layer checkpoint (a stack's: the stack checkpoint) for rtl_gen")

@@ -141,10 +141,11 @@ def test_experiment_and_table_at_char_level(tiny_corpus, tmp_path, capsys):
     res_file, exp = tmp_path / "ptb.json", tmp_path / "exp"
     code, out, err = _main(capsys, "experiment", "--data", tiny_corpus, "--out", exp, "--results", res_file,
                            "--level", "char", "--weight-code", "ternary", "--hidden", 8, "--abits", 2, "--epochs", 1,
-                           "--max-train-tokens", 10000, "--threads", 1, "--dropout", 0)
+                           "--max-train-tokens", 10000, "--threads", 1, "--dropout", 0, "--batch-size", 8, "--bptt", 60)
     assert code == 0, err
     e = json.loads(res_file.read_text())["runs"]["char W2A2@8 ternary"]
     assert e["level"] == "char" and e["recipe"]["level"] == "char" and e["finished"]
+    assert (e["recipe"]["batch_size"], e["recipe"]["bptt"]) == (8, 60)
     for which in ("model", "integer"):
         for split in ("valid", "test"):
             assert e[f"{which}_bpc"][split] == pytest.approx(math.log2(e[f"{which}_ppw"][split]), rel=1e-12)
