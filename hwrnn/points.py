@@ -226,8 +226,9 @@ def run_points(fn: Callable[[dict], Any], configs: list[dict], *, cache: PointCa
 
     shown = [None]
 
-    def status(running):
-        text = f"running {running}, failed {failed}, cached {len(configs) - len(todo)}"
+    def status(running, queued=0):
+        text = (f"running {running}" + (f", queued {queued}" if queued else "")
+                + f", failed {failed}, cached {len(configs) - len(todo)}")
         if text != shown[0]:  # only on a change: a log file gets one line per event, not per second
             shown[0] = text
             bar.set_postfix_str(text)
@@ -250,8 +251,11 @@ def run_points(fn: Callable[[dict], Any], configs: list[dict], *, cache: PointCa
                 opts["memory"] = int(memory_mb) * 1024 * 1024
             remote = ray.remote(_timed_call).options(**opts)
             pending = {remote.remote(fn, configs[i]): i for i in todo}
+            # Ray does not say which submitted tasks a worker has started: as many as the cluster's
+            # CPUs hold run, the others wait (exact while the cluster is this sweep's alone)
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
             while pending:
-                status(len(pending))
+                status(min(len(pending), slots), max(0, len(pending) - slots))
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     i = pending.pop(ref)

@@ -25,11 +25,13 @@ def results(outcomes):
     return [(o.result, o.error) for o in outcomes]
 
 
-def test_ray_equals_serial_and_reports_a_raising_point(local_ray):
+def test_ray_equals_serial_and_reports_a_raising_point(local_ray, capsys):
     configs = [{"x": x} for x in range(6)]
     serial = run_points(tasks.fail_on_three, configs, executor="serial", progress=False)
-    on_ray = run_points(tasks.fail_on_three, configs, executor="ray", progress=False)
+    on_ray = run_points(tasks.fail_on_three, configs, executor="ray")
     assert results(serial) == results(on_ray)
+    # the bar counts as running what the 2 CPUs hold, the rest as queued
+    assert "running 2, queued 4, failed 0" in capsys.readouterr().err
     assert [o.ok for o in on_ray] == [True, True, True, False, True, True]
     assert on_ray[3].error == "ValueError: x = 3 is refused"
     assert on_ray[5].result == {"square": 25}
