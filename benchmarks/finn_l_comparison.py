@@ -452,7 +452,6 @@ def render(res: dict) -> str:
     if str(mhz) != str(f0):
         L.append(f"| columns/s at {mhz:g} MHz (assumed clock) | - | "
                  + " | ".join(f"{p['columns_per_s'][str(mhz)]:,}" if p else "-" for _m, p in picks) + " |")
-    fh = res["finn_l_folding_in_hwrnn"]
     L.append(f"| step latency per direction (cycles) | {fl('hidden') // fl('pe')} MAC cycles per direction step; about "
              f"{res['finn_l_cycles'] / T / 2:.0f} per direction step from the measured time | "
              + " | ".join(f"{p['latency'][0]} ({p['mac_cycles']} MAC)" if p else "-" for _m, p in picks) + " |")
@@ -578,6 +577,7 @@ def main(argv=None, folds=None):
     selected = {m: select(rows, float(m)) for m in clocks}
     ts_rows = [time_shared(r, cfg) for r in rows]
     ts_sel = {m: select(ts_rows, float(m)) for m in clocks}
+    theirs = finn_l_folding(cfg)
     tool = None
     if args.synth:
         done = {}
@@ -613,7 +613,7 @@ def main(argv=None, folds=None):
         "feasible": {m: sum(feasible(r, float(m)) for r in rows) for m in clocks},
         "selected": selected, "time_shared": ts_sel,
         "frontier": shown_frontier(rows, max(f0, mhz)),
-        "finn_l_folding_in_hwrnn": {**finn_l_folding(cfg).to_dict(), "latency": latency(cfg, finn_l_folding(cfg))},
+        "finn_l_folding_in_hwrnn": {**theirs.to_dict(), "latency": latency(cfg, theirs)},
         "calibration": cal,
         "goal_clock": {"parallel_cores": goal_clock(rows), "time_shared_rough": goal_clock(ts_rows),
                        **({"parallel_cores_x_ratio": goal_clock(rows, cal["ratio"]),
