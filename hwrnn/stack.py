@@ -130,6 +130,33 @@ class IntegerStack:
         self.stack = stack
         self.models = [[IntegerLSTM(d) for d in layer.directions] for layer in stack.layers]
 
+    def _check_causal(self):
+        if any(layer.bidirectional for layer in self.stack.layers):
+            raise ConfigError("a stack with a bidirectional layer cannot be stepped: its backward direction "
+                              "needs the whole sequence (use run)")
+
+    def initial_state(self, batch: int = 1) -> list:
+        """Every layer's reset state (hwrnn.integer_model.IntState), for a batch of sequences.
+        Unidirectional stacks only (ConfigError otherwise)."""
+        self._check_causal()
+        return [models[0].initial_state(batch) for models in self.models]
+
+    def step(self, x, states: list):
+        """One step of every layer, layer l+1 reading layer l's new h codes unchanged (the hardware's
+        hand-over): x [B, X] input codes, states from ``initial_state`` or a previous step (so a
+        sequence can be fed in windows with the state carried). Returns (new states, [h codes
+        [B, H_l] per layer]). Unidirectional stacks only."""
+        self._check_causal()
+        if len(states) != len(self.models):
+            raise ValueError(f"{len(self.models)} layers need {len(self.models)} states, got {len(states)}")
+        new, hs = [], []
+        for models, st in zip(self.models, states):
+            st, _ = models[0].step(x, st)
+            new.append(st)
+            hs.append(st.h)
+            x = st.h
+        return new, hs
+
     def run(self, xs) -> list[np.ndarray]:
         """xs: [T, X] input codes of one sequence. Returns per layer its output codes [T, width]
         (the input of the next layer), every direction from its reset state."""

@@ -165,17 +165,11 @@ class IntegerStackLM(IntegerLM):
         self.Ka = levels(stack.abits)
 
     def initial_state(self, bsz: int) -> list:
-        return [models[0].initial_state(bsz) for models in self.int_stack.models]
+        return self.int_stack.initial_state(bsz)
 
     def step_codes(self, x, states):
-        """One step of every layer on input codes x [B, X]: (new states, [h codes [B, H_l] per layer])."""
-        new, hs = [], []
-        for models, st in zip(self.int_stack.models, states):
-            st, _ = models[0].step(x, st)
-            new.append(st)
-            hs.append(st.h)
-            x = st.h  # layer l+1 reads layer l's codes unchanged
-        return new, hs
+        """One step of every layer on input codes x [B, X] (hwrnn.stack.IntegerStack.step)."""
+        return self.int_stack.step(x, states)
 
     def _step(self, tokens, states):
         states, hs = self.step_codes(self.emb_codes[tokens], states)

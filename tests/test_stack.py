@@ -47,6 +47,29 @@ def test_integer_stack_is_the_layers_in_turn_and_the_backward_direction_reversed
     assert np.array_equal(outs[2], last)
 
 
+def test_integer_stack_steps_in_windows_with_the_state_carried():
+    """IntegerStack.step over a batch, fed in two windows with the states carried, equals run on each
+    sequence; a stack with a bidirectional layer and a wrong state list are refused in one line."""
+    c0 = LayerConfig(wbits=2, abits=2, hidden=5, input=3, cell_type="gru")
+    c1 = LayerConfig(wbits=4, abits=2, hidden=4, input=5, weight_code="exponential")
+    stack = Stack.random([c0, c1], seed=7)
+    xs = np.random.default_rng(1).integers(0, 4, (3, 9, 3))  # [B, T, X]
+    model = IntegerStack(stack)
+    states, outs = model.initial_state(3), []
+    for window in (range(0, 4), range(4, 9)):
+        for t in window:
+            states, hs = model.step(xs[:, t], states)
+            outs.append(hs)
+    for b in range(3):
+        for l, ref in enumerate(model.run(xs[b])):
+            assert np.array_equal(np.stack([o[l][b] for o in outs]), ref)
+    with pytest.raises(ValueError, match="2 layers need 2 states, got 1"):
+        model.step(xs[:, 0], states[:1])
+    bidir = IntegerStack(Stack.random([c0, LayerConfig(wbits=2, abits=2, hidden=4, input=5)], bidirectional=[False, True]))
+    with pytest.raises(ConfigError, match="cannot be stepped"):
+        bidir.initial_state(1)
+
+
 def test_stack_checkpoint_round_trip_and_refusals(tmp_path):
     c0 = LayerConfig(wbits=2, abits=2, hidden=5, input=3)
     c1 = LayerConfig(wbits=4, abits=2, hidden=4, input=10, weight_code="exponential")
