@@ -89,13 +89,12 @@ EMBEDDINGS = ("clip", "relu")
 INIT_STATES = ("zero", "half")
 
 
-@dataclass
-class LMConfig:
-    vocab: int
-    hidden: int
+@dataclass(kw_only=True)
+class RecipeFields:
+    """The model options one layer and a stack of layers share (one value for the whole model):
+    LMConfig and sw_ref.stack_model.StackLMConfig both take them, and a stack hands them to each
+    of its layers' LMConfig unchanged (``shared()``). Keyword-only."""
     input: int | None = None
-    wbits: int | None = None
-    abits: int | None = None
     gamma: float | None = None
     weight_tanh: bool = True
     candidate: str = "sigmoid"
@@ -104,9 +103,21 @@ class LMConfig:
     quantize_output: bool = False
     cell: str | None = None  # None: c in float32; else the hardware cell format, emulated (STE)
     dropout: float = 0.3
-    cell_type: str = DEFAULT_CELL_TYPE  # sw_ref.cells: lstm, gru, gru_ott, rnn
     weight_code: str = DEFAULT_WEIGHT_CODE  # sw_ref.weight_quantizers / hwrnn.weight_code
     stochastic_weights: bool = False  # Ott's codes: sampled rounding in training mode
+
+    def shared(self) -> dict:
+        """{field: value} of the shared options."""
+        return {f.name: getattr(self, f.name) for f in fields(RecipeFields)}
+
+
+@dataclass
+class LMConfig(RecipeFields):
+    vocab: int
+    hidden: int
+    wbits: int | None = None
+    abits: int | None = None
+    cell_type: str = DEFAULT_CELL_TYPE  # sw_ref.cells: lstm, gru, gru_ott, rnn
 
     def __post_init__(self):
         for name in ("vocab", "hidden"):

@@ -61,33 +61,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sw_ref.cells import DEFAULT_CELL_TYPE
-from sw_ref.model import CANDIDATES, EMBEDDINGS, LMConfig, QuantRNNLM  # noqa: F401 (CANDIDATES: docs)
+from sw_ref.model import CANDIDATES, EMBEDDINGS, LMConfig, QuantRNNLM, RecipeFields  # noqa: F401 (CANDIDATES: docs)
 from sw_ref.quantizers import quantize_activation
-from sw_ref.weight_quantizers import DEFAULT_WEIGHT_CODE
 
 #: per-layer fields of StackLMConfig (a tuple of one value per layer each)
 PER_LAYER = ("hidden", "wbits", "abits", "cell_type", "bidirectional")
 
 
 @dataclass
-class StackLMConfig:
+class StackLMConfig(RecipeFields):
+    """The stack's model config: the per-layer fields (PER_LAYER) as tuples, the shared recipe
+    options (sw_ref.model.RecipeFields, keyword-only) once for every layer."""
     vocab: int
     hidden: tuple
     wbits: tuple | None = None
     abits: tuple | None = None
     cell_type: tuple | None = None
     bidirectional: tuple | None = None
-    input: int | None = None
-    gamma: float | None = None
-    weight_tanh: bool = True
-    candidate: str = "sigmoid"
-    embedding: str = "clip"
-    init_state: str = "zero"
-    quantize_output: bool = False
-    cell: str | None = None
-    dropout: float = 0.3
-    weight_code: str = DEFAULT_WEIGHT_CODE
-    stochastic_weights: bool = False
 
     def __post_init__(self):
         if not isinstance(self.hidden, (tuple, list)) or not self.hidden:
@@ -131,12 +121,9 @@ class StackLMConfig:
     def layer_config(self, l: int) -> LMConfig:
         """Layer l as a one-layer LMConfig (validated: one-line ValueError naming the layer)."""
         try:
-            return LMConfig(vocab=self.vocab, hidden=self.hidden[l], input=self.layer_input(l), wbits=self.wbits[l],
-                            abits=self.abits[l], gamma=self.gamma, weight_tanh=self.weight_tanh,
-                            candidate=self.candidate, embedding=self.embedding, init_state=self.init_state,
-                            quantize_output=False, cell=self.cell, dropout=self.dropout,
-                            cell_type=self.cell_type[l], weight_code=self.weight_code,
-                            stochastic_weights=self.stochastic_weights)
+            return LMConfig(vocab=self.vocab, hidden=self.hidden[l], wbits=self.wbits[l], abits=self.abits[l],
+                            cell_type=self.cell_type[l],
+                            **{**self.shared(), "input": self.layer_input(l), "quantize_output": False})
         except (ValueError, TypeError) as e:
             raise ValueError(f"layer {l}: {e}") from None
 
