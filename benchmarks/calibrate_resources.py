@@ -33,7 +33,8 @@ sys.path.insert(0, ROOT)
 from hwrnn.devices import FAMILIES  # noqa: E402
 from hwrnn.points import RESOURCE_MODEL_FILES, add_executor_args, results_cache, run_points  # noqa: E402
 
-# (wbits, abits, hidden, input, pe, simd, planes, weights, role)
+# (wbits, abits, hidden, input, pe, simd, planes, weights, role), or with the weight coding before the
+# role: (..., weights, weight_code, role) (hwrnn.weight_code; default balanced)
 # the slower families (iCE40 place-and-route, synth_xilinx) run on a subset
 SLOW_FAMILY_POINTS = [
     (2, 2, 8, None, 4, 4, "parallel", "memory", "fit"),
@@ -59,6 +60,11 @@ POINTS = {
         (8, 2, 16, None, 4, 8, "serial", "memory", "check"),
         (4, 2, 100, None, 16, 16, "parallel", "stream", "check"),
         (2, 2, 40, 24, 20, 10, "parallel", "memory", "check"),
+        # Ott et al.'s codes: the exponential lanes' shifted terms are the term_bits feature
+        (4, 2, 32, None, 8, 16, "parallel", "memory", "exponential", "fit"),
+        (3, 2, 32, None, 8, 16, "parallel", "memory", "exponential", "fit"),
+        (4, 4, 24, 16, 4, 32, "parallel", "memory", "exponential", "check"),
+        (2, 2, 32, None, 8, 16, "parallel", "memory", "ternary", "check"),
     ],
     "ice40": SLOW_FAMILY_POINTS,
     "xilinx": SLOW_FAMILY_POINTS,
@@ -66,16 +72,21 @@ POINTS = {
 assert set(POINTS) == set(FAMILIES)
 
 
+def unpack(p) -> tuple:
+    """(wbits, abits, hidden, input, pe, simd, planes, weights, weight_code, role) of a point."""
+    return p if len(p) == 10 else (*p[:8], "balanced", p[8])
+
+
 def point_key(family, p) -> str:
-    w, a, h, x, pe, s, planes, weights, _role = p
-    return f"{family}_w{w}a{a}_h{h}_x{x or h}_pe{pe}_s{s}_{planes[0]}_{weights[0]}"
+    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
+    return f"{family}_w{w}a{a}_h{h}_x{x or h}_pe{pe}_s{s}_{planes[0]}_{weights[0]}" + ("" if code == "balanced" else f"_{code}")
 
 
 def point_config(family, p) -> dict:
     """The hwrnn.points config of a calibration point (its role is not part of its identity)."""
-    w, a, h, x, pe, s, planes, weights, _role = p
+    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
     return {"family": family, "wbits": w, "abits": a, "hidden": h, "input": x, "pe": pe, "simd": s, "planes": planes,
-            "weights": weights}
+            "weights": weights, **({} if code == "balanced" else {"weight_code": code})}
 
 
 def synth_point(point: dict) -> dict:
@@ -87,7 +98,8 @@ def synth_point(point: dict) -> dict:
     from hwrnn import Folding, LayerConfig, QuantLayer
     from rtl_gen.synth import synthesize
 
-    cfg = LayerConfig(wbits=point["wbits"], abits=point["abits"], hidden=point["hidden"], input=point["input"])
+    cfg = LayerConfig(wbits=point["wbits"], abits=point["abits"], hidden=point["hidden"], input=point["input"],
+                      weight_code=point.get("weight_code", "balanced"))
     layer = QuantLayer.random(cfg, seed=0)
     fold = Folding(pe=point["pe"], simd=point["simd"], planes=point["planes"])
     work = tempfile.mkdtemp(prefix="hwrnn-calibration-")
@@ -140,8 +152,8 @@ def point_model_inputs(p):
     from hwrnn import formats as fm
     from hwrnn.datapath import bias_width
 
-    w, a, h, x, pe, s, planes, weights, _role = p
-    cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x)
+    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
+    cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, weight_code=code)
     layer = QuantLayer.random(cfg, seed=0)
     consts = {"shift": layer.shift, "bias_bits": bias_width(layer) + 1,
               "mult_bits": max(fm.unsigned_width(layer.mult), cfg.mult_bits)}
@@ -237,13 +249,41 @@ def fit_coefficients(families, synth):
     return coeffs, flatten
 
 
+def extend_missing_features(coeffs: dict) -> dict:
+    """Coefficients with every feature of hwrnn.resources.BLOCK_FEATURES: a feature a family's set
+    lacks (added to the model after that family was last fitted) takes the base family's coefficient
+    times the family's scale for the block (the mean ratio over the features both price), as the fit
+    of a non-base family would share it; the base family's own missing features are 0."""
+    from hwrnn import resources as rm
+
+    base = coeffs.get(BASE_FAMILY, {})
+    out = {}
+    for fam, blocks in coeffs.items():
+        out[fam] = {}
+        for b, per_res in blocks.items():
+            out[fam][b] = {}
+            for res, c in per_res.items():
+                c = dict(c)
+                missing = [n for n in rm.BLOCK_FEATURES.get(b, ()) if n not in c]
+                if missing:
+                    bc = base.get(b, {}).get(res, {})
+                    ratios = [c[n] / bc[n] for n in c if bc.get(n, 0) > 0 and c[n] > 0]
+                    if fam == BASE_FAMILY:
+                        scale = 0.0
+                    else:
+                        scale = sum(ratios) / len(ratios) if ratios else 1.0
+                    c.update({n: round(float(bc.get(n, 0.0) * scale), 5) for n in missing})
+                out[fam][b][res] = c
+    return out
+
+
 def write_coefficients(coeffs, flatten, path=None):
     """Merge the fitted coefficients into the model's data file (hwrnn/data/resource_coefficients.json,
     read by hwrnn.resources at import) and into the loaded model, so the report uses them."""
     from hwrnn import resources as rm
 
     path = path or rm.COEFFICIENTS_FILE
-    merged_c = {**rm.COEFFICIENTS, **coeffs}
+    merged_c = extend_missing_features({**rm.COEFFICIENTS, **coeffs})
     merged_f = {**rm.FLATTEN, **flatten}
     doc = {"about": ABOUT_COEFFICIENTS, "coefficients": merged_c, "flatten": merged_f}
     tmp = f"{path}.tmp{os.getpid()}"
@@ -270,18 +310,32 @@ def build_report(families, synth, args, t_synth, outcomes):
     if args.fit:
         coeffs, flatten = fit_coefficients(families, synth)
         write_coefficients(coeffs, flatten)
+    # the other families' rows stay as the earlier report had them (dated: that day's RTL and model),
+    # so that the report always covers every family
+    earlier = {}
+    if os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as fh:
+            prev = json.load(fh)
+        earlier = {r["key"]: {**r, "synthesized_on": r.get("synthesized_on", prev.get("date"))}
+                   for r in prev.get("points", []) if r["family"] not in families and "synthesized" in r}
     rows = []
-    for fam in families:
+    for fam in rm.FAMILIES:
+        if fam not in families and not any(r["family"] == fam for r in earlier.values()):
+            continue
         for p in POINTS[fam]:
             key = point_key(fam, p)
             r = synth.get(key)
+            if fam not in families:
+                if key in earlier:
+                    rows.append(earlier[key])
+                continue
             cfg, fold, weights, consts = point_model_inputs(p)
             t0 = time.perf_counter()
             e = estimate(cfg, fold, fam, weights, consts)
             t_model = time.perf_counter() - t0
             row = {"key": key, "family": fam, "role": p[-1],
                    "config": {"wbits": p[0], "abits": p[1], "hidden": p[2], "input": p[3] or p[2], "pe": p[4],
-                              "simd": p[5], "planes": p[6], "weights": p[7]},
+                              "simd": p[5], "planes": p[6], "weights": p[7], "weight_code": unpack(p)[8]},
                    "model_ms": round(1000 * t_model, 3), "predicted": e["total"], "predicted_blocks": e["blocks"]}
             if not r or "error" in r:
                 row["error"] = (r or {}).get("error", "not synthesized")
@@ -291,7 +345,7 @@ def build_report(families, synth, args, t_synth, outcomes):
                 row["error_percent"] = {res: pct(e["total"][res], r["counts"][res]) for res in rm.RESOURCES}
             rows.append(row)
     summary = {}
-    for fam in families:
+    for fam in dict.fromkeys(r["family"] for r in rows):
         fr = [r for r in rows if r["family"] == fam and "error_percent" in r]
         if not fr:
             continue
@@ -385,7 +439,8 @@ def _fmt_err(v):
 def _cfg_label(c):
     x = "" if c["input"] == c["hidden"] else f" X={c['input']}"
     return (f"W{c['wbits']}A{c['abits']} H={c['hidden']}{x} PE={c['pe']} SIMD={c['simd']} {c['planes']}"
-            + (" stream" if c["weights"] == "stream" else ""))
+            + (" stream" if c["weights"] == "stream" else "")
+            + ("" if c.get("weight_code", "balanced") == "balanced" else f" {c['weight_code']}"))
 
 
 def markdown_summary(res):
@@ -412,7 +467,11 @@ def markdown(res):
          *([f"Note: {res['note']}", ""] if res.get("note") else []),
          "## Summary (totals, flattened synthesis)", "", markdown_summary(res)]
     for fam in sorted({r["family"] for r in res["points"]}):
+        dates = sorted({r["synthesized_on"] for r in res["points"] if r["family"] == fam and r.get("synthesized_on")})
         L += [f"## {fam}: totals", "",
+              *([f"Rows of an earlier run ({', '.join(dates)}): that day's RTL, synthesis and model, not regenerated "
+                 "by this one.", ""]
+                if dates else []),
               "| config | role | LUT yosys | LUT model | err | FF yosys | FF model | err | carry y/m | BRAM y/m | DSP y/m | LUTRAM y/m | synth s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["points"]:

@@ -57,6 +57,13 @@ def _bram_xilinx(width, depth, has_write):
     return best
 
 
+#: memory_libmap's cost of the read mux of ECP5 LUT RAM deeper than one DPR16X4 (16 words), per
+#: data bit and bank beyond the first: bracketed by yosys 0.70 mapping a written memory with a
+#: synchronous read (rtl_gen.memory.WeightMemory) to LUT RAM at 256 x 40 and 128 x 48 but to
+#: DP16KD at 260 x 48 and 512 x 48 (0.469 < cost <= 0.5, the block RAM costing 128 a primitive)
+LUTRAM_MUX_COST = 0.49
+
+
 def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
     """How yosys' memory_libmap maps a width x depth memory with one synchronous read port (and a
     write port): the cheapest of block RAM, LUT RAM and logic by its cost rule (cost of a primitive
@@ -67,7 +74,9 @@ def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
         options = [(128 * nb, MemMap("bram", nb, 0, has_write))]
         if has_write:  # DPR16X4 is not used for ROMs (prune_rom)
             nl = math.ceil(width / 4) * math.ceil(depth / 16)
-            options.append((4 * nl, MemMap("lutram", 0, nl, False)))
+            # plus the read mux between banks of 16 words, LUTRAM_MUX_COST per bit and extra bank
+            mux = LUTRAM_MUX_COST * width * (math.ceil(depth / 16) - 1)
+            options.append((4 * nl + mux, MemMap("lutram", 0, nl, False)))
         else:
             options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
     elif family == "ice40":

@@ -50,6 +50,12 @@ INSTANCE_BLOCKS = {
     "clut": "cell_luts", "cell": "cell_units", "hq": "h_requant", "wmem": "weight_memory",
 }
 STATE_BLOCK = "state_and_control"
+
+
+def instance_kind(name: str) -> str:
+    """An instance name without its index suffix: dot3, dot3_1 (lane 3, plane 1), unit0_p1 (unit 0 of
+    phase 1) -> dot, dot, unit; how INSTANCE_BLOCKS is looked up here and in rtl_gen.synth."""
+    return re.sub(r"\d+(_p?\d+)*$", "", name)
 #: what each memory of the core holds
 MEMORY_TEXT = {"wmem": "weights", "bmem": "biases", "gate_rom": "gate tables", "cell_rom": "sigmoid(c) tables"}
 
@@ -155,7 +161,7 @@ def block_instances(core: Built) -> dict[str, list[list[tuple[int, Built]]]]:
     def walk(node, n, inst):
         inst.append((n, node))
         for name, k, sub in node.subs:
-            block = INSTANCE_BLOCKS.get(re.sub(r"\d+$", "", name))
+            block = INSTANCE_BLOCKS.get(instance_kind(name))
             if block is None:
                 walk(sub, n * k, inst)
             else:

@@ -225,33 +225,14 @@ class ExponentialMac(_SignedLaneMac):
     multiplier (benchmarks/exponential_lanes.py: half the LUTs of a popcount lane per exponent).
     Parallel planes only (a weight's shift needs all its bits)."""
 
-    def _term_width(self) -> int:
-        code = self.cfg.weight_coding
-        return self.cfg.abits + code.top  # |a << (E - 1)| < 2**(A + E - 1), and a sign bit
-
     def _partial(self, m, lane):
-        S, A = self.fold.simd, self.cfg.abits
-        code = self.cfg.weight_coding
-        W, e = code.bits, code.exp_bits
-        word = self.w[lane * W * S:(lane + 1) * W * S]
-        terms = []
-        for s in range(S):
-            f = Cat(*[word[p * S + s] for p in range(e)])
-            sign = word[e * S + s]
-            a = self.a[s * A:(s + 1) * A]
-            t = Signal(signed(self._term_width()), name=f"term{lane}_{s}")
-            mag = Signal(A + code.top - 1, name=f"mag{lane}_{s}")
-            with m.Switch(f):
-                for k in range(1, code.top + 1):
-                    with m.Case(k):
-                        m.d.comb += mag.eq(a << (k - 1))
-            m.d.sync += t.eq(Mux(sign, -mag, mag))  # the terms registered: the shift mux is a stage of its own
-            terms.append(t)
-        tree = TreePipeline(m, TREE_LEVELS_PER_STAGE, f"exp{lane}")
-        total = tree.reduce([terms])[0]
-        assert 1 + tree.registers == self.dot_latency
-        pr = Signal(signed(len(total)), name=f"partial{lane}")
-        m.d.sync += pr.eq(total)
+        S, W = self.fold.simd, self.cfg.weight_coding.bits
+        dot = ExponentialLane(self.cfg, S)
+        m.submodules[f"dot{lane}"] = dot
+        m.d.comb += [dot.w.eq(self.w[lane * W * S:(lane + 1) * W * S]), dot.a.eq(self.a)]
+        assert dot.latency == self.dot_latency
+        pr = Signal(dot.dot.shape(), name=f"partial{lane}")
+        m.d.sync += pr.eq(dot.dot)
         return pr
 
     @classmethod
@@ -264,5 +245,46 @@ class ExponentialMac(_SignedLaneMac):
         partial = tw + tree_levels(S)
         lane = Built(regs=(Reg("terms", S * tw), Reg("tree", bits, kept)), stages=1 + stages,
                      logic={"and_bits": 0, "tree_bits": partial, "shifter": 0,
-                            "pop_bits": adder_tree_bits([tw] * S), "lanes": 1})
+                            "pop_bits": adder_tree_bits([tw] * S), "lanes": 1, "term_bits": S * tw})
         return cls._built(cfg, fold, partial, (("dot", fold.pe, lane),), {})
+
+
+class ExponentialLane(wiring.Component):
+    """One lane of ExponentialMac: sum over S columns of (+-) a_s << (f_s - 1) (0 for f_s = 0), the
+    exponential code's integer products (hwrnn.weight_code.ExponentialCode.acc). The terms are
+    registered (the shift mux is a stage of its own), then summed by a pipelined adder tree;
+    ``latency`` = 1 + the tree's registers, ``dot`` is the tree's output (registered by the MAC).
+    w: S*W bits, plane-major (exponent planes, then the sign plane); a: S*abits bits."""
+
+    def __init__(self, cfg: LayerConfig, simd: int):
+        self.cfg, self.simd = cfg, simd
+        code = cfg.weight_coding
+        self.term_width = cfg.abits + code.top  # |a << (E - 1)| < 2**(A + E - 1), and a sign bit
+        tree = tree_levels(simd)
+        self.latency = 1 + tree_registers(tree)
+        super().__init__({"w": In(code.bits * simd), "a": In(cfg.abits * simd),
+                          "dot": Out(signed(self.term_width + tree))})
+
+    def elaborate(self, platform):
+        m = Module()
+        S, A = self.simd, self.cfg.abits
+        code = self.cfg.weight_coding
+        e = code.exp_bits
+        terms = []
+        for s in range(S):
+            f = Cat(*[self.w[p * S + s] for p in range(e)])
+            sign = self.w[e * S + s]
+            a = self.a[s * A:(s + 1) * A]
+            t = Signal(signed(self.term_width), name=f"term{s}")
+            mag = Signal(A + code.top - 1, name=f"mag{s}")
+            with m.Switch(f):
+                for k in range(1, code.top + 1):
+                    with m.Case(k):
+                        m.d.comb += mag.eq(a << (k - 1))
+            m.d.sync += t.eq(Mux(sign, -mag, mag))
+            terms.append(t)
+        tree = TreePipeline(m, TREE_LEVELS_PER_STAGE, "exp")
+        total = tree.reduce([terms])[0]
+        assert 1 + tree.registers == self.latency
+        m.d.comb += self.dot.eq(total)
+        return m

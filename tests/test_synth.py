@@ -63,6 +63,11 @@ def test_hierarchy_walk_and_blocks():
     assert hier_cells(mods, "top") == {"LUT4": 19, "CCU2C": 1, "DP16KD": 1}
     b = per_block("ecp5", mods)
     assert b["mac_lanes"]["lut"] == 14 and b["gate_luts"]["bram"] == 1 and b["state_and_control"]["lut"] == 5
+    # instance indices: lane 3's plane 1 (ternary lanes), a GRU phase's unit, nested blocks
+    from rtl_gen.synth import block_of
+    assert block_of("top.mac.dot3_1") == block_of("top.mac.dot12") == "mac_lanes"
+    assert block_of("top.unit0_p1.cell") == "cell_units" and block_of("top.unit0_p1") == "state_and_control"
+    assert block_of("top.sb11") == "scale_bias" and block_of("top.mac") == "state_and_control"
 
 
 def test_fit_check():
