@@ -320,15 +320,13 @@ def build_report(families, synth, args, t_synth, outcomes):
                    for r in prev.get("points", []) if r["family"] not in families and "synthesized" in r}
     rows = []
     for fam in rm.FAMILIES:
-        if fam not in families and not any(r["family"] == fam for r in earlier.values()):
-            continue
         for p in POINTS[fam]:
             key = point_key(fam, p)
-            r = synth.get(key)
             if fam not in families:
                 if key in earlier:
                     rows.append(earlier[key])
                 continue
+            r = synth.get(key)
             cfg, fold, weights, consts = point_model_inputs(p)
             t0 = time.perf_counter()
             e = estimate(cfg, fold, fam, weights, consts)

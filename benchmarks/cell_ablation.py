@@ -15,7 +15,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
 from hwrnn.config import LayerConfig  # noqa: E402
 from rtl_gen.synth import ecp5_block_cells  # noqa: E402
 from rtl_gen.units import cell_state_unit  # noqa: E402

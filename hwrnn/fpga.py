@@ -64,6 +64,11 @@ def _bram_xilinx(width, depth, has_write):
 LUTRAM_MUX_COST = 0.49
 
 
+def lutram_read_mux_bits(width: int, depth: int, bank: int = 16) -> int:
+    """Data bits times extra banks of the read mux of a LUT RAM built from ``bank``-word primitives."""
+    return width * (math.ceil(depth / bank) - 1)
+
+
 def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
     """How yosys' memory_libmap maps a width x depth memory with one synchronous read port (and a
     write port): the cheapest of block RAM, LUT RAM and logic by its cost rule (cost of a primitive
@@ -75,8 +80,7 @@ def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
         if has_write:  # DPR16X4 is not used for ROMs (prune_rom)
             nl = math.ceil(width / 4) * math.ceil(depth / 16)
             # plus the read mux between banks of 16 words, LUTRAM_MUX_COST per bit and extra bank
-            mux = LUTRAM_MUX_COST * width * (math.ceil(depth / 16) - 1)
-            options.append((4 * nl + mux, MemMap("lutram", 0, nl, False)))
+            options.append((4 * nl + LUTRAM_MUX_COST * lutram_read_mux_bits(width, depth), MemMap("lutram", 0, nl, False)))
         else:
             options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
     elif family == "ice40":

@@ -129,9 +129,10 @@ class IntegerStack:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.models = [[IntegerLSTM(d) for d in layer.directions] for layer in stack.layers]
+        self.causal = not any(layer.bidirectional for layer in stack.layers)
 
     def _check_causal(self):
-        if any(layer.bidirectional for layer in self.stack.layers):
+        if not self.causal:
             raise ConfigError("a stack with a bidirectional layer cannot be stepped: its backward direction "
                               "needs the whole sequence (use run)")
 

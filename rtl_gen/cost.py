@@ -28,14 +28,13 @@ Accuracy against yosys is in results/resource_calibration.md. Latency is exact
 """
 from __future__ import annotations
 
-import math
 import re
 
 from hwrnn import formats as fm
 from hwrnn.config import Folding, LayerConfig
 from hwrnn.datapath import SCALE_BIAS_STAGES, Geometry, s1_width
 from hwrnn.devices import FAMILIES, check_family
-from hwrnn.fpga import LUT_INPUTS, MUX_COST, dsp_tiles, map_memory, mult18_fits
+from hwrnn.fpga import LUT_INPUTS, MUX_COST, dsp_tiles, lutram_read_mux_bits, map_memory, mult18_fits
 from hwrnn.resources import (BLOCK_FEATURES, BLOCKS, COEFFICIENTS, FLATTEN, RESOURCES, Built, Mem, Reg,
                              coefficients, layer_consts)
 
@@ -56,6 +55,8 @@ def instance_kind(name: str) -> str:
     """An instance name without its index suffix: dot3, dot3_1 (lane 3, plane 1), unit0_p1 (unit 0 of
     phase 1) -> dot, dot, unit; how INSTANCE_BLOCKS is looked up here and in rtl_gen.synth."""
     return re.sub(r"\d+(_p?\d+)*$", "", name)
+
+
 #: what each memory of the core holds
 MEMORY_TEXT = {"wmem": "weights", "bmem": "biases", "gate_rom": "gate tables", "cell_rom": "sigmoid(c) tables"}
 
@@ -249,7 +250,7 @@ def block_counts(core: Built, family: str) -> dict[str, dict]:
                     if mm.emulation:
                         emul += c * mem.width
                     if mm.kind == "lutram":
-                        mux += c * mem.width * (math.ceil(mem.depth / 16) - 1)
+                        mux += c * lutram_read_mux_bits(mem.width, mem.depth)
                 for f, v in node.logic.items():
                     feats[f] = feats.get(f, 0) + n * v
                 if node.measured is not None:

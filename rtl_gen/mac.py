@@ -240,7 +240,7 @@ class ExponentialMac(_SignedLaneMac):
         """Partials, the control along the trees, accumulators, done; per lane the adder tree's
         registers ("dot"); logic: terms (bits)."""
         S = fold.simd
-        tw = cfg.abits + cfg.weight_coding.top
+        tw = ExponentialLane.term_width_of(cfg)
         bits, kept, stages = tree_register_bits([[(tw, 0)] * S], None, TREE_LEVELS_PER_STAGE)
         partial = tw + tree_levels(S)
         lane = Built(regs=(Reg("terms", S * tw), Reg("tree", bits, kept)), stages=1 + stages,
@@ -259,11 +259,16 @@ class ExponentialLane(wiring.Component):
     def __init__(self, cfg: LayerConfig, simd: int):
         self.cfg, self.simd = cfg, simd
         code = cfg.weight_coding
-        self.term_width = cfg.abits + code.top  # |a << (E - 1)| < 2**(A + E - 1), and a sign bit
+        self.term_width = self.term_width_of(cfg)
         tree = tree_levels(simd)
         self.latency = 1 + tree_registers(tree)
         super().__init__({"w": In(code.bits * simd), "a": In(cfg.abits * simd),
                           "dot": Out(signed(self.term_width + tree))})
+
+    @staticmethod
+    def term_width_of(cfg: LayerConfig) -> int:
+        """Bits of one signed term: |a << (top - 1)| < 2**(abits + top - 1), and a sign bit."""
+        return cfg.abits + cfg.weight_coding.top
 
     def elaborate(self, platform):
         m = Module()

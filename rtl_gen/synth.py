@@ -384,8 +384,7 @@ _YOSYS_VERSION = None
 def ecp5_block_cells(component, name: str, work_parent: str, timeout: float = 1800) -> dict[str, int]:
     """Cell counts by type (yosys ``stat``'s num_cells_by_type) of one Amaranth block on its own after
     a flattened ``synth_ecp5``, for benchmarks that price a single unit or lane. The work directory
-    is made under ``work_parent`` (YoWASP's tools cannot see /tmp) and removed afterwards; SynthError
-    (one line) if yosys fails."""
+    is made under ``work_parent`` and removed afterwards; SynthError (one line) if yosys fails."""
     text = rtlil.convert(component, name=name)
     work = tempfile.mkdtemp(prefix=f"{name}-synth-", dir=work_parent)
     try:
