@@ -162,6 +162,9 @@ def build_parser():
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint (and of its integer model with --integer)")
     e.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/best.pt")
+    e.add_argument("--pretrained", nargs="?", const="", metavar="NAME",
+                   help="evaluate the language model shipped in hwrnn/data/ (NAME: its file stem, default the "
+                        "only one) instead of a checkpoint: its integer model, as stored")
     e.add_argument("--data")
     _level_arg(e, "the checkpoint's")
     e.add_argument("--split", choices=["valid", "test"], default="test")
@@ -263,6 +266,8 @@ def build_parser():
     sh.add_argument("--run", help="run directory (default: the entry's run_dir)")
     sh.add_argument("--name", default="ptb_w4a2_h450", help="file name stem in hwrnn/data/")
     sh.add_argument("--data-dir", help="directory to write to (default: the installed hwrnn/data/)")
+    sh.add_argument("--data", help="PTB directory (default $HWRNN_PTB): the shipped model's test perplexity "
+                                   "is measured with its decoder as stored (fp16) and recorded")
     rp = sub.add_parser("resume-point", help="pack a run into a committable fp16 resume point, or unpack one")
     rp_sub = rp.add_subparsers(dest="action", required=True)
     pk = rp_sub.add_parser("pack", help="write the resume point of a run directory (from its last.pt)")
@@ -299,6 +304,8 @@ def cmd_eval(args) -> int:
     from .train import evaluate_loss, load_lm_checkpoint, set_threads
 
     set_threads(args.threads)
+    if args.pretrained is not None:
+        return _eval_pretrained(args)
     model, vocab, meta = load_lm_checkpoint(args.checkpoint)
     level = meta.get("level", DEFAULT_LEVEL)
     if args.level is not None and check_level(args.level) != level:
@@ -353,6 +360,47 @@ def cmd_eval(args) -> int:
             cell = (f"cell {res['cell']}" if res["cell"] else
                     ",".join(model.cfg.cell_type) if stack else model.cfg.cell_type)
             print(f"{line('integer')} (integer model = hardware, {cell}; gap {res['gap_percent']:+.2f} %)")
+    return 0
+
+
+def _eval_pretrained(args) -> int:
+    """Re-measure a shipped language model (hwrnn.pretrained) from the package data alone: the
+    integer model of its layer between its stored embedding codes and fp16 decoder."""
+    import math
+    from pathlib import Path
+
+    from hwrnn import pretrained
+
+    from .data import DEFAULT_LEVEL, bpc, load_ptb, resolve_data_dir
+    from .export import IntegerLM
+
+    rec = pretrained.find_lm(args.pretrained or None)
+    layer, head = pretrained.load_lm(rec)
+    level = rec.get("level", DEFAULT_LEVEL)
+    if args.level is not None and args.level != level:
+        raise ValueError(f"the shipped model {rec['entry']} is {level} level, not {args.level}")
+    data_dir = resolve_data_dir(args.data)
+    corpus = load_ptb(data_dir, level)
+    if list(corpus.vocab) != head.vocab:
+        raise ValueError(f"the vocabulary of the shipped model {rec['entry']} does not match the data in {data_dir}")
+    t0 = time.perf_counter()
+    total, count = IntegerLM.from_head(layer, head).nll(getattr(corpus, args.split).numpy(), bsz=args.batch_size)
+    recorded = rec.get(f"shipped_{args.split}_ppw") if args.batch_size == 10 else None
+    res = {"pretrained": Path(rec["file"]).stem, "entry": rec["entry"], "split": args.split, "level": level,
+           "tokens": count, "integer_ppw": math.exp(total / count), "ppw": math.exp(total / count),
+           "recorded_ppw": recorded, "integer_seconds": round(time.perf_counter() - t0, 2),
+           "decoder_precision": rec.get("decoder_precision"), "cell": layer.cfg.cell}
+    if level == "char":
+        res["integer_bpc"] = res["bpc"] = bpc(total / count)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    unit = "per character" if level == "char" else "per word"
+    print(f"{args.split} perplexity {unit}: {res['ppw']:.2f} (shipped {rec['entry']}, "
+          f"{rec.get('epochs_done', '?')} epochs: integer model = hardware, cell {layer.cfg.cell}, "
+          f"decoder {res['decoder_precision']}; {res['integer_seconds']:.0f} s)")
+    if recorded is not None:
+        print(f"recorded when shipped: {recorded:.2f} (hwrnn/data/{Path(rec['file']).stem}.json)")
     return 0
 
 
@@ -567,8 +615,9 @@ def cmd_ship(args) -> int:
 
     from hwrnn import pretrained
 
+    from .data import DEFAULT_LEVEL, load_ptb, resolve_data_dir
     from .experiment import load_results, portable_entry
-    from .export import layer_from_model
+    from .export import IntegerLM, layer_from_model, lm_head
     from .train import load_lm_checkpoint
 
     d = load_results(args.results)
@@ -579,17 +628,26 @@ def cmd_ship(args) -> int:
         raise ValueError(f"entry {args.entry} has no integer-model perplexity: a float run cannot be shipped")
     e = portable_entry(e)  # the provenance names paths relative to the repository, never this machine's
     ck = Path(args.run or e["run_dir"]) / e["evaluated"]
-    model, _vocab, meta = load_lm_checkpoint(ck)
+    model, vocab, meta = load_lm_checkpoint(ck)
     if meta.get("epoch") != e.get("best_epoch"):
         raise ValueError(f"{ck} holds epoch {meta.get('epoch')}, the entry measured epoch {e.get('best_epoch')}: "
                          f"rerun `python -m sw_ref experiment` first")
     layer = layer_from_model(model, **({"cell": e["cell"]} if e.get("cell") else {}))
+    level = meta.get("level", DEFAULT_LEVEL)
+    head = lm_head(model, vocab, layer)
+    corpus = load_ptb(resolve_data_dir(args.data), level)
+    if list(corpus.vocab) != list(vocab):
+        raise ValueError(f"the vocabulary of {ck} does not match the data in {args.data or '$HWRNN_PTB'}")
+    t0 = time.perf_counter()  # the shipped model's own figure: the decoder as stored (fp16)
+    shipped_ppw = IntegerLM.from_head(layer, head.stored()).perplexity(corpus.test.numpy())
+    print(f"shipped model (decoder {pretrained.DECODER_PRECISION}): integer test perplexity {shipped_ppw:.2f} "
+          f"({time.perf_counter() - t0:.0f} s)")
     prov = {"entry": args.entry, "run": Path(e["run_dir"]).name, "epochs_done": e["epochs_done"],
             "best_epoch": e["best_epoch"], "finished": e["finished"], "recipe": e["recipe"],
             "integer_test_ppw": e["integer_ppw"]["test"], "integer_valid_ppw": e["integer_ppw"]["valid"],
             "model_test_ppw": e["model_ppw"]["test"], "gap_percent": e.get("gap_percent"),
-            "command": e["command"], "measured": e["date"]}
-    out = pretrained.write(layer, args.name, prov, args.data_dir)
+            "command": e["command"], "measured": e["date"], "level": level, "shipped_test_ppw": shipped_ppw}
+    out = pretrained.write(layer, args.name, prov, args.data_dir, head=head)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.json').name}: "
           f"{pretrained.describe({**prov, 'file': out.name})}")
     return 0

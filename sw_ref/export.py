@@ -20,6 +20,7 @@ import numpy as np
 from hwrnn.checkpoint import QuantLayer
 from hwrnn.config import FORMAT_FIELDS, ConfigError, LayerConfig  # format fields: not part of the trained model
 from hwrnn.integer_model import IntegerLSTM
+from hwrnn.pretrained import LMHead
 from hwrnn.stack import IntegerStack, Stack, StackLayer
 from hwrnn.quant import activation_codes, levels
 
@@ -98,6 +99,11 @@ def _decoder_arrays(model, abits):
     return activation_codes(E, abits), D, model.decoder.bias.detach().double().numpy()
 
 
+def lm_head(model, vocab, layer: QuantLayer):
+    """The hwrnn.pretrained.LMHead of a one-layer LM: embedding codes, float64 decoder, vocabulary."""
+    return LMHead(*_decoder_arrays(model, layer.cfg.abits), list(vocab))
+
+
 def _batched_nll(data, bsz, bptt, progress, init_state, step, Ka, dec_w, dec_b):
     """(sum of -log p, count) of an integer LM: ``step(t_tokens [bsz], state) -> (state, h codes [bsz, W])``,
     batchified like sw_ref.train.evaluate (bsz columns, state carried from ``init_state``)."""
@@ -130,9 +136,20 @@ class IntegerLM:
     """The language model whose recurrent layer is the bit-exact integer model."""
 
     def __init__(self, model, layer: QuantLayer):
+        self._setup(layer, *_decoder_arrays(model, layer.cfg.abits))
+
+    @classmethod
+    def from_head(cls, layer: QuantLayer, head) -> "IntegerLM":
+        """The LM of a layer and a hwrnn.pretrained.LMHead (a shipped model: no torch model needed)."""
+        head.check(layer.cfg)
+        self = cls.__new__(cls)
+        self._setup(layer, head.embedding_codes, head.decoder_weight, head.decoder_bias)
+        return self
+
+    def _setup(self, layer, emb_codes, dec_w, dec_b):
         self.layer = layer
         self.int_lstm = IntegerLSTM(layer)
-        self.emb_codes, self.dec_w, self.dec_b = _decoder_arrays(model, layer.cfg.abits)  # [V, X] codes
+        self.emb_codes, self.dec_w, self.dec_b = emb_codes, dec_w, dec_b  # [V, X] codes, [V, H], [V] float64
         self.Ka = levels(layer.cfg.abits)
 
     def _step(self, tokens, state):

@@ -26,9 +26,13 @@ def test_ship_writes_layer_and_provenance_and_rtl_gen_uses_it(tiny_corpus, tmp_p
                        command="test", **QUICK)
     data = tmp_path / "data"
     from sw_ref.__main__ import main as sw_main
-    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "tiny", "--data-dir", str(data)]) == 0
+    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "tiny", "--data-dir", str(data),
+                    "--data", str(tiny_corpus)]) == 0
     rec = json.loads((data / "tiny.json").read_text())
     assert rec["integer_test_ppw"] == e["integer_ppw"]["test"] and rec["epochs_done"] == 1
+    # the shipped LM (decoder rounded to fp16) is measured on its own; fp16 moves it only slightly
+    assert rec["lm_file"] == "tiny.lm.npz" and rec["decoder_precision"] == "float16"
+    assert rec["shipped_test_ppw"] == pytest.approx(e["integer_ppw"]["test"], rel=1e-3)
     layer = load_layer(data / "tiny.npz")
     assert LayerConfig.from_dict(rec["config"]) == layer.cfg
     # rtl_gen: the shipped layer for exactly its config, random otherwise or with --random
@@ -39,6 +43,59 @@ def test_ship_writes_layer_and_provenance_and_rtl_gen_uses_it(tiny_corpus, tmp_p
     assert not np.array_equal(rnd.codes, layer.codes) and source.startswith("random")
     other, _fold, source = resolve(parse_args(["--wbits", "2", "--abits", "2", "--hidden", "8", "--cell", "fp16"]))
     assert source.startswith("random")
+
+
+def test_eval_pretrained_remeasures_the_shipped_figure_exactly(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """`sw_ref eval --pretrained` needs nothing but the package data and the corpus: it prints the
+    figure `ship` recorded, bit for bit, and refuses a corpus with another vocabulary or a damaged file."""
+    res = tmp_path / "ptb.json"
+    run_experiment(str(tiny_corpus), tmp_path / "run", wbits=4, abits=2, hidden=8, epochs=1, results=res,
+                   command="test", **QUICK)
+    data = tmp_path / "data"
+    from sw_ref.__main__ import main as sw_main
+    assert sw_main(["ship", "--entry", "W4A2@8", "--results", str(res), "--name", "tiny", "--data-dir", str(data),
+                    "--data", str(tiny_corpus)]) == 0
+    rec = json.loads((data / "tiny.json").read_text())
+    monkeypatch.setattr(pretrained, "DATA_DIR", data)
+    capsys.readouterr()
+    assert sw_main(["eval", "--pretrained", "--data", str(tiny_corpus), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ppw"] == rec["shipped_test_ppw"] == got["recorded_ppw"] and got["entry"] == "W4A2@8"
+    assert sw_main(["eval", "--pretrained", "tiny", "--data", str(tiny_corpus)]) == 0
+    out = capsys.readouterr().out
+    assert f"test perplexity per word: {rec['shipped_test_ppw']:.2f}" in out and "recorded when shipped" in out
+    # the stored head: uint8 codes within the layer's activation range, fp16 decoder of the layer's width
+    layer, head = pretrained.load_lm(rec)
+    assert head.embedding_codes.shape == (len(head.vocab), 8) and head.embedding_codes.max() <= 3
+    assert head.decoder_weight.shape == (len(head.vocab), 8)
+    assert np.array_equal(head.decoder_weight, head.stored().decoder_weight)
+    # bad input: one line each
+    assert sw_main(["eval", "--pretrained", "other", "--data", str(tiny_corpus)]) == 2
+    assert "no shipped language model 'other' (shipped: tiny)" in capsys.readouterr().err
+    other = tmp_path / "other_corpus"
+    other.mkdir()
+    for split in ("train", "valid", "test"):
+        (other / f"ptb.{split}.txt").write_text("a b c d\n" * 20)
+    assert sw_main(["eval", "--pretrained", "--data", str(other)]) == 2
+    assert "vocabulary of the shipped model W4A2@8 does not match" in capsys.readouterr().err
+    (data / "tiny.lm.npz").write_bytes((data / "tiny.lm.npz").read_bytes()[:300])
+    assert sw_main(["eval", "--pretrained", "--data", str(tiny_corpus)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "language-model file" in err and "corrupt or truncated" in err
+
+
+def test_lm_head_checks_its_layer(tmp_path):
+    cfg = LayerConfig(wbits=2, abits=2, hidden=8, input=6)
+    V = 5
+    head = pretrained.LMHead(np.zeros((V, 6), np.int64), np.zeros((V, 8)), np.zeros(V), [str(i) for i in range(V)])
+    head.check(cfg)
+    bad = [pretrained.LMHead(np.full((V, 6), 4), head.decoder_weight, head.decoder_bias, head.vocab),
+           pretrained.LMHead(head.embedding_codes, np.zeros((V, 7)), head.decoder_bias, head.vocab),
+           pretrained.LMHead(head.embedding_codes, np.full((V, 8), np.nan), head.decoder_bias, head.vocab),
+           pretrained.LMHead(np.zeros((V, 5), np.int64), head.decoder_weight, head.decoder_bias, head.vocab)]
+    for h, msg in zip(bad, ["out of range 0..3", "decoder has shapes", "NaN", "embedding codes have shape"]):
+        with pytest.raises(pretrained.CheckpointError, match=msg):
+            h.check(cfg)
 
 
 def test_ship_rejects_bad_entries(tiny_corpus, tmp_path, capsys):
