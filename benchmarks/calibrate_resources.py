@@ -16,7 +16,8 @@ code and the tool versions: a re-run (or a run after an interruption) synthesize
 missing; --no-cache synthesizes everything again, --no-synth uses the cache only.
 
 Points marked "fit" are the ones the coefficients are fitted on (with --fit); "check" points are
-never used for fitting, so their errors show how the model extrapolates.
+never used for fitting, so their errors show how the model extrapolates; "held_out" points (ECP5)
+are drawn at random by held_out_points and never fitted either.
 """
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from hwrnn.config import LayerConfig  # noqa: E402
 from hwrnn.devices import FAMILIES  # noqa: E402
 from hwrnn.points import RESOURCE_MODEL_FILES, add_executor_args, results_cache, run_points  # noqa: E402
 
 # (wbits, abits, hidden, input, pe, simd, planes, weights, role), or with the weight coding before the
-# role: (..., weights, weight_code, role) (hwrnn.weight_code; default balanced)
+# role: (..., weights, weight_code, role) (hwrnn.weight_code; default balanced), or with the weight
+# coding and the cell-state format: (..., weights, weight_code, cell, role) (hwrnn.cell_state; None:
+# the default). Roles: "fit" (the coefficients are fitted on it), "check" (chosen by hand, never
+# fitted), "held_out" (drawn at random by held_out_points, never fitted)
 # the slower families (iCE40 place-and-route, synth_xilinx) run on a subset
 SLOW_FAMILY_POINTS = [
     (2, 2, 8, None, 4, 4, "parallel", "memory", "fit"),
@@ -44,6 +49,46 @@ SLOW_FAMILY_POINTS = [
     (3, 2, 24, 16, 8, 8, "parallel", "memory", "check"),
     (2, 2, 40, 24, 20, 10, "parallel", "memory", "check"),
 ]
+
+HELD_OUT_SEED = 23   # random.Random seed of the held-out draw (issue 23); changing it draws another set
+HELD_OUT_COUNT = 10
+HELD_OUT_CELLS = (None, "fixed:4.12", "fp16")
+
+
+DEFAULT_CELL = LayerConfig(wbits=2, abits=2, hidden=8).cell
+
+
+def held_out_points(count: int = HELD_OUT_COUNT, seed: int = HELD_OUT_SEED) -> list[tuple]:
+    """``count`` ECP5 points drawn at random (random.Random(seed)), role "held_out": bit widths
+    1..8 / 1..4, hidden 8..96 and an input of its own half the time, a legal folding (pe a multiple
+    of the gate count up to the rows and 32, simd up to the columns and 32), either plane mode the
+    coding allows, the weight coding (balanced twice as often as ternary or exponential) and the
+    cell format (HELD_OUT_CELLS). Small enough that yosys takes under a minute each; never fitted,
+    so their errors are how the model predicts configurations nobody chose."""
+    import random
+
+    from hwrnn import Folding, LayerConfig
+
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        code = rng.choice(("balanced", "balanced", "ternary", "exponential"))
+        w = {"balanced": rng.randint(1, 8), "ternary": 2, "exponential": rng.randint(3, 5)}[code]
+        a = rng.randint(1, 4)
+        h = rng.randrange(8, 97, 4)
+        x = rng.randrange(8, 97, 4) if rng.random() < 0.5 else None
+        cell = rng.choice(HELD_OUT_CELLS)
+        cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, weight_code=code, cell=cell)
+        n = cfg.gate_set.lane_multiple
+        pe = n * rng.randint(1, min(cfg.rows, 32) // n)
+        simd = rng.randint(1, min(cfg.columns, 32))
+        planes = rng.choice(("parallel", "serial") if cfg.weight_coding.serial_planes else ("parallel",))
+        Folding(pe=pe, simd=simd, planes=planes).check_against(cfg)
+        p = (w, a, h, x, pe, simd, planes, "memory", code, cell, "held_out")
+        if p[:10] not in [q[:10] for q in out]:
+            out.append(p)
+    return out
+
 
 POINTS = {
     "ecp5": [
@@ -65,6 +110,7 @@ POINTS = {
         (3, 2, 32, None, 8, 16, "parallel", "memory", "exponential", "fit"),
         (4, 4, 24, 16, 4, 32, "parallel", "memory", "exponential", "check"),
         (2, 2, 32, None, 8, 16, "parallel", "memory", "ternary", "check"),
+        *held_out_points(),
     ],
     "ice40": SLOW_FAMILY_POINTS,
     "xilinx": SLOW_FAMILY_POINTS,
@@ -73,20 +119,27 @@ assert set(POINTS) == set(FAMILIES)
 
 
 def unpack(p) -> tuple:
-    """(wbits, abits, hidden, input, pe, simd, planes, weights, weight_code, role) of a point."""
-    return p if len(p) == 10 else (*p[:8], "balanced", p[8])
+    """(wbits, abits, hidden, input, pe, simd, planes, weights, weight_code, cell, role) of a point
+    (cell None: the default format)."""
+    if len(p) == 11:
+        return p
+    if len(p) == 10:
+        return (*p[:9], None, p[9])
+    return (*p[:8], "balanced", None, p[8])
 
 
 def point_key(family, p) -> str:
-    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
-    return f"{family}_w{w}a{a}_h{h}_x{x or h}_pe{pe}_s{s}_{planes[0]}_{weights[0]}" + ("" if code == "balanced" else f"_{code}")
+    w, a, h, x, pe, s, planes, weights, code, cell, _role = unpack(p)
+    return (f"{family}_w{w}a{a}_h{h}_x{x or h}_pe{pe}_s{s}_{planes[0]}_{weights[0]}"
+            + ("" if code == "balanced" else f"_{code}") + ("" if cell is None else f"_{cell.replace(':', '')}"))
 
 
 def point_config(family, p) -> dict:
     """The hwrnn.points config of a calibration point (its role is not part of its identity)."""
-    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
+    w, a, h, x, pe, s, planes, weights, code, cell, _role = unpack(p)
     return {"family": family, "wbits": w, "abits": a, "hidden": h, "input": x, "pe": pe, "simd": s, "planes": planes,
-            "weights": weights, **({} if code == "balanced" else {"weight_code": code})}
+            "weights": weights, **({} if code == "balanced" else {"weight_code": code}),
+            **({} if cell is None else {"cell": cell})}
 
 
 def synth_point(point: dict) -> dict:
@@ -99,7 +152,7 @@ def synth_point(point: dict) -> dict:
     from rtl_gen.synth import synthesize
 
     cfg = LayerConfig(wbits=point["wbits"], abits=point["abits"], hidden=point["hidden"], input=point["input"],
-                      weight_code=point.get("weight_code", "balanced"))
+                      weight_code=point.get("weight_code", "balanced"), cell=point.get("cell"))
     layer = QuantLayer.random(cfg, seed=0)
     fold = Folding(pe=point["pe"], simd=point["simd"], planes=point["planes"])
     work = tempfile.mkdtemp(prefix="hwrnn-calibration-")
@@ -152,8 +205,8 @@ def point_model_inputs(p):
     from hwrnn import formats as fm
     from hwrnn.datapath import bias_width
 
-    w, a, h, x, pe, s, planes, weights, code, _role = unpack(p)
-    cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, weight_code=code)
+    w, a, h, x, pe, s, planes, weights, code, cell, _role = unpack(p)
+    cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, weight_code=code, cell=cell)
     layer = QuantLayer.random(cfg, seed=0)
     consts = {"shift": layer.shift, "bias_bits": bias_width(layer) + 1,
               "mult_bits": max(fm.unsigned_width(layer.mult), cfg.mult_bits)}
@@ -333,7 +386,8 @@ def build_report(families, synth, args, t_synth, outcomes):
             t_model = time.perf_counter() - t0
             row = {"key": key, "family": fam, "role": p[-1],
                    "config": {"wbits": p[0], "abits": p[1], "hidden": p[2], "input": p[3] or p[2], "pe": p[4],
-                              "simd": p[5], "planes": p[6], "weights": p[7], "weight_code": unpack(p)[8]},
+                              "simd": p[5], "planes": p[6], "weights": p[7], "weight_code": unpack(p)[8],
+                              "cell": cfg.cell},
                    "model_ms": round(1000 * t_model, 3), "predicted": e["total"], "predicted_blocks": e["blocks"]}
             if not r or "error" in r:
                 row["error"] = (r or {}).get("error", "not synthesized")
@@ -351,8 +405,12 @@ def build_report(families, synth, args, t_synth, outcomes):
         for res in ("lut", "ff"):
             errs = [abs(r["error_percent"][res]) for r in fr if r["error_percent"][res] is not None]
             chk = [abs(r["error_percent"][res]) for r in fr if r["role"] == "check" and r["error_percent"][res] is not None]
+            held = [abs(r["error_percent"][res]) for r in fr if r["role"] == "held_out"
+                    and r["error_percent"][res] is not None]
             summary[fam][res] = {"max_abs_percent": round(max(errs), 1), "mean_abs_percent": round(sum(errs) / len(errs), 1),
                                  "max_abs_percent_check_points": round(max(chk), 1) if chk else None,
+                                 "max_abs_percent_held_out": round(max(held), 1) if held else None,
+                                 "held_out_within_5_percent": sum(e <= 5 for e in held), "held_out_points": len(held),
                                  "within_15_percent": sum(e <= 15 for e in errs), "points": len(errs)}
     from importlib.metadata import version
 
@@ -438,16 +496,23 @@ def _cfg_label(c):
     x = "" if c["input"] == c["hidden"] else f" X={c['input']}"
     return (f"W{c['wbits']}A{c['abits']} H={c['hidden']}{x} PE={c['pe']} SIMD={c['simd']} {c['planes']}"
             + (" stream" if c["weights"] == "stream" else "")
-            + ("" if c.get("weight_code", "balanced") == "balanced" else f" {c['weight_code']}"))
+            + ("" if c.get("weight_code", "balanced") == "balanced" else f" {c['weight_code']}")
+            + ("" if c.get("cell") in (None, DEFAULT_CELL) else f" cell {c['cell']}"))
 
 
 def markdown_summary(res):
-    out = ["| family | LUT max abs err | LUT mean | FF max abs err | FF mean | points within 15 % (LUT / FF) |",
-           "|---|---|---|---|---|---|"]
+    out = ["| family | LUT max abs err | LUT mean | FF max abs err | FF mean | points within 15 % (LUT / FF) "
+           "| held-out max abs err (LUT / FF) | held-out within 5 % (LUT / FF) |",
+           "|---|---|---|---|---|---|---|---|"]
     for fam, s in res["summary"].items():
+        held = (f"{s['lut']['max_abs_percent_held_out']} % / {s['ff']['max_abs_percent_held_out']} % | "
+                f"{s['lut']['held_out_within_5_percent']}/{s['lut']['held_out_points']} / "
+                f"{s['ff']['held_out_within_5_percent']}/{s['ff']['held_out_points']}"
+                if s["lut"].get("held_out_points") else "- | -")
         out.append(f"| {fam} | {s['lut']['max_abs_percent']} % | {s['lut']['mean_abs_percent']} % | "
                    f"{s['ff']['max_abs_percent']} % | {s['ff']['mean_abs_percent']} % | "
-                   f"{s['lut']['within_15_percent']}/{s['lut']['points']} / {s['ff']['within_15_percent']}/{s['ff']['points']} |")
+                   f"{s['lut']['within_15_percent']}/{s['lut']['points']} / {s['ff']['within_15_percent']}/{s['ff']['points']} | "
+                   f"{held} |")
     return "\n".join(out) + "\n"
 
 
@@ -460,7 +525,9 @@ def markdown(res):
          "Synthesized = yosys `synth_ecp5` / `synth_ice40 -dsp` / `synth_xilinx -family xc7 -flatten` of the core "
          "from RTLIL (`stat -json`); predicted = `rtl_gen.cost.estimate` (the model runs in well under a "
          "millisecond per point). \"fit\" points are the ones the LUT/carry coefficients were fitted on; "
-         "\"check\" points were never used for fitting. Flip-flops, DSPs, block RAM and LUT RAM are counted "
+         "\"check\" points were never used for fitting; \"held_out\" points were drawn at random (held_out_points, "
+         f"seed {HELD_OUT_SEED}) over bit widths, folding, plane modes, weight codings and cell formats and never "
+         "used for fitting (issue 23's goal: within 5 % LUT and FF). Flip-flops, DSPs, block RAM and LUT RAM are counted "
          "structurally (no fitted coefficients).", "",
          *([f"Note: {res['note']}", ""] if res.get("note") else []),
          "## Summary (totals, flattened synthesis)", "", markdown_summary(res)]

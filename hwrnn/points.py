@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 __all__ = ["PointCache", "PointOutcome", "run_points", "source_digest", "tool_versions", "init_ray",
@@ -51,8 +51,10 @@ def tool_versions(distributions) -> dict[str, str]:
     return out
 
 
-#: files that never change a point's result (this executor itself)
-_NEVER_IN_DIGEST = ("hwrnn/points.py",)
+#: files that never change a point's result: this executor itself, and the shipped trained models
+#: (every point builds a seed-0 random layer, never a shipped one; re-shipping must not void the caches)
+_NEVER_IN_DIGEST = ("hwrnn/points.py", "hwrnn/pretrained.py")
+_SHIPPED_MODEL_GLOB = "hwrnn/data/ptb_*"
 #: the analytic resource model: it prices designs, it does not change what synthesis builds
 RESOURCE_MODEL_FILES = ("hwrnn/resources.py", "hwrnn/data/resource_coefficients.json", "rtl_gen/cost.py",
                         "rtl_gen/sweep.py")
@@ -69,7 +71,7 @@ def source_digest(packages=("hwrnn", "rtl_gen"), exclude=()) -> str:
         for f in sorted(base.rglob("*")):
             rel = f.relative_to(_ROOT).as_posix()
             if (f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".json", ".npz")
-                    and rel not in skip):
+                    and rel not in skip and not PurePosixPath(rel).match(_SHIPPED_MODEL_GLOB)):
                 h.update(str(f.relative_to(_ROOT)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -39,7 +39,7 @@ from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 
 from .blocks import LookupTable, ScaleBias, delay_line
-from .memory import WeightMemory
+from .memory import KEEP_AS_MEMORY, WeightMemory
 from .multiplier import check_dsp
 from .units import gate_set_unit, gate_set_unit_class, mac_unit
 
@@ -77,7 +77,7 @@ def lane_tables(cfg, fold: Folding) -> list[tuple[list[int], int]]:
 
 class LstmCore(wiring.Component):
     def __init__(self, layer: QuantLayer, fold: Folding, image_file: str | None = None, weights: str = "memory",
-                 dsp: str | None = None):
+                 dsp: str | None = None, fixed_weights: bool = False):
         fold.check_against(layer.cfg)
         for p in range(len(layer.cfg.gate_set.phases)):
             gate_set_unit_class(layer.cfg, p)  # ConfigError now for a cell type without RTL units
@@ -88,6 +88,7 @@ class LstmCore(wiring.Component):
         self.layer, self.cfg, self.fold = layer, layer.cfg, fold
         self.geom = g = Geometry(layer.cfg, fold)
         self.image_file = image_file
+        self.fixed_weights = bool(fixed_weights)  # the user ties `load` off: memories marked KEEP_AS_MEMORY
         cfg = self.cfg
         self.stores = cfg.gate_set.stores(cfg)
         self.cell_width = cfg.gate_set.cell_bits(cfg)
@@ -132,12 +133,14 @@ class LstmCore(wiring.Component):
         if streamed:
             w_word = Signal(g.word_bits)  # the word taken from the w stream, one cycle later (like a read)
         else:
-            m.submodules.wmem = wmem = WeightMemory(g.word_bits, g.depth, weight_image(layer, fold), self.image_file)
+            m.submodules.wmem = wmem = WeightMemory(g.word_bits, g.depth, weight_image(layer, fold), self.image_file,
+                                                    fixed=self.fixed_weights)
             w_word = wmem.rdata
         bw = self.bias_w
         bias_words = [sum((b & ((1 << bw) - 1)) << (bw * l) for l, b in enumerate(row)) for row in bias_image(layer, fold)]
         # depth at least 2: a one-word memory would get a zero-width address port in Verilog
-        m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=max(Rf, 2), init=bias_words)
+        m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=max(Rf, 2), init=bias_words,
+                                          attrs=KEEP_AS_MEMORY if self.fixed_weights else None)
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
         mult = Signal(self.mult_w, init=layer.mult)

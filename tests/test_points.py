@@ -163,3 +163,21 @@ def test_reachability_stopper_rules():
     assert report(4, 800, 130.0, 140.0, 1)  # dominated by 600
     assert not report(2, 450, 110.0, 112.0, 2)  # smaller than 600: keeps running
     assert report(3, 600, 98.0, 100.0, 10)  # finished
+
+
+def test_source_digest_ignores_shipped_models_only(tmp_path, monkeypatch):
+    """Re-shipping a trained model (hwrnn/data/ptb_*, hwrnn/pretrained.py) leaves every point cache
+    valid; any other source or package-data change voids it."""
+    import hwrnn.points as points
+
+    (tmp_path / "hwrnn" / "data").mkdir(parents=True)
+    (tmp_path / "hwrnn" / "core.py").write_text("x = 1\n")
+    (tmp_path / "hwrnn" / "data" / "coefficients.json").write_text("{}\n")
+    monkeypatch.setattr(points, "_ROOT", tmp_path)
+    base = source_digest(("hwrnn",))
+    (tmp_path / "hwrnn" / "data" / "ptb_w4a2_h450.lm.npz").write_bytes(b"model")
+    (tmp_path / "hwrnn" / "data" / "ptb_w4a2_h450.json").write_text("{}\n")
+    (tmp_path / "hwrnn" / "pretrained.py").write_text("y = 2\n")
+    assert source_digest(("hwrnn",)) == base
+    (tmp_path / "hwrnn" / "data" / "coefficients.json").write_text('{"a": 1}\n')
+    assert source_digest(("hwrnn",)) != base

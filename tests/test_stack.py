@@ -190,6 +190,26 @@ def test_rtl_stack_refuses_a_missing_or_bad_max_len():
             StackCore(stack, [Folding(pe=4, simd=4)], max_len=bad)
 
 
+def test_stack_cores_keep_their_fixed_weights_in_memory():
+    """A stack ties its cores' load ports off, so yosys sees constant memories and would build them
+    as logic ROM; the stack marks them KEEP_AS_MEMORY (block or LUT RAM, as the cost model prices
+    them). A standalone core (weights loadable) carries no such attribute."""
+    from amaranth.back import rtlil
+
+    from rtl_gen.core import LstmCore
+
+    c = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
+    marked = "attribute \\ram_block 1"
+    for bidirectional in (False, True):
+        c1 = LayerConfig(wbits=2, abits=2, hidden=4, input=8 if bidirectional else 4)
+        stack = Stack.random([c, c1], bidirectional=[bidirectional, False])
+        text = rtlil.convert(StackCore(stack, [Folding(pe=4, simd=4)] * 2, max_len=8 if bidirectional else None))
+        cores = 3 if bidirectional else 2
+        assert text.count(marked) == 2 * cores  # weight and bias memory of every core
+    core = LstmCore(QuantLayer.random(c, seed=0), Folding(pe=4, simd=4))
+    assert marked not in rtlil.convert(core, ports=None)
+
+
 def run_sequences(stack, folds, seqs, max_len):
     """A stack with a bidirectional layer run on the sequences back to back (x always valid, last on
     each sequence's last step, out always taken): per layer the outputs handed on and the cycle, and
