@@ -347,10 +347,18 @@ def synthesize_layer(stack: Stack, row: dict, max_len: int, work: str) -> dict:
 
 # ---- the report -----------------------------------------------------------------------------------------
 
-def calibration() -> dict | None:
-    """How the estimate compared with yosys on the one bidirectional layer synthesized so far
-    (results/stack_bidirectional.json): {"ratio": measured / estimated LUTs, "text"}, or None if that
-    record is missing."""
+def calibration(selected: dict | None = None) -> dict | None:
+    """How the estimate compares with yosys on bidirectional layers: {"ratio": measured / estimated
+    LUTs, "text"}. The selected layers' own synthesis when they have one (the largest ratio of them),
+    else the layer of results/stack_bidirectional.json; None if neither exists."""
+    synthesized = [p for p in (selected or {}).values() if p is not None and p.get("yosys")]
+    if synthesized:
+        pairs = {label(p): (p["yosys"]["lut_total"], p["est"]["lut_total"]) for p in synthesized}
+        ratio = max(m / e for m, e in pairs.values())
+        shown = "; ".join(f"{k}: {m:,} against {e:,} ({100 * (m / e - 1):+.0f} %)" for k, (m, e) in pairs.items())
+        return {"ratio": round(ratio, 3), "text": (
+            f"yosys against the estimate on the selected layers (LUTs, logic + LUT RAM): {shown}. At the "
+            f"largest ratio, {ratio:.2f}x, the estimate-driven choices below are corrected.")}
     path = os.path.join(ROOT, "results", "stack_bidirectional.json")
     try:
         with open(path) as fh:
@@ -597,7 +605,7 @@ def main(argv=None, folds=None):
                 p["synth"] = {"key": k, "seconds": y["seconds"], "cached": y["cached"]}
                 tool = y["tool"]
     from rtl_gen.stack_cost import buffer_estimate
-    cal = calibration()
+    cal = calibration(selected)
     argv_ = sys.argv[1:] if argv is None else list(argv)
     res = {
         "command": "python benchmarks/finn_l_comparison.py" + (" " + shlex.join(argv_) if argv_ else ""),

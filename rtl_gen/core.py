@@ -39,7 +39,7 @@ from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 
 from .blocks import LookupTable, ScaleBias, delay_line
-from .memory import KEEP_AS_MEMORY, WeightMemory
+from .memory import WeightMemory, fixed_memory_attrs
 from .multiplier import check_dsp
 from .units import gate_set_unit, gate_set_unit_class, mac_unit
 
@@ -88,7 +88,7 @@ class LstmCore(wiring.Component):
         self.layer, self.cfg, self.fold = layer, layer.cfg, fold
         self.geom = g = Geometry(layer.cfg, fold)
         self.image_file = image_file
-        self.fixed_weights = bool(fixed_weights)  # the user ties `load` off: memories marked KEEP_AS_MEMORY
+        self.fixed_weights = bool(fixed_weights)  # the user ties `load` off (rtl_gen.memory.fixed_memory_attrs)
         cfg = self.cfg
         self.stores = cfg.gate_set.stores(cfg)
         self.cell_width = cfg.gate_set.cell_bits(cfg)
@@ -140,7 +140,7 @@ class LstmCore(wiring.Component):
         bias_words = [sum((b & ((1 << bw) - 1)) << (bw * l) for l, b in enumerate(row)) for row in bias_image(layer, fold)]
         # depth at least 2: a one-word memory would get a zero-width address port in Verilog
         m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=max(Rf, 2), init=bias_words,
-                                          attrs=KEEP_AS_MEMORY if self.fixed_weights else None)
+                                          attrs=fixed_memory_attrs(self.fixed_weights, max(Rf, 2)))
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
         mult = Signal(self.mult_w, init=layer.mult)

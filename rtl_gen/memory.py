@@ -55,16 +55,25 @@ def hex_image(words, width: int) -> str:
 
 
 #: yosys memory attribute (memory_libmap: any of ram_block/rom_block/ram_style/... = 1) that keeps a
-#: memory in block or LUT RAM, never logic. For memories whose write port is tied off (a stack's
-#: cores: weights fixed at build): yosys would otherwise turn the constant contents into logic ROM
-#: (a W2A2 H128 bidirectional layer on xc7: 36k LUTs instead of about 18k), where the cost model
-#: prices RAM.
+#: memory in block or LUT RAM, never logic. For deep memories whose write port is tied off (a
+#: stack's cores: weights fixed at build): yosys turns their constant contents into logic ROM (a W2A2
+#: H128 bidirectional layer, PE 8 SIMD 54, 192-word weight memories, on xc7: 36,227 LUTs; marked:
+#: 17,454), where the cost model prices RAM.
 KEEP_AS_MEMORY = {"ram_block": 1}
+#: fixed memories of more words than this are marked KEEP_AS_MEMORY; shallower ones keep yosys's own
+#: choice (a 24-word weight memory marked went to block RAM on ECP5: 96 DP16KD instead of 46 for a
+#: W2A2 H32 bidirectional layer, where logic ROM or LUT RAM is what the model prices)
+KEEP_AS_MEMORY_MIN_WORDS = 65
+
+
+def fixed_memory_attrs(fixed: bool, depth: int) -> dict | None:
+    """The attributes of a memory of ``depth`` words (KEEP_AS_MEMORY for a deep fixed one)."""
+    return KEEP_AS_MEMORY if fixed and depth >= KEEP_AS_MEMORY_MIN_WORDS else None
 
 
 class WeightMemory(wiring.Component):
     """WIDTH x DEPTH memory; ``rdata`` is the word at ``raddr`` of the previous cycle. ``fixed``: the
-    write port will be tied off (contents fixed at build): marked KEEP_AS_MEMORY."""
+    write port will be tied off (contents fixed at build; see fixed_memory_attrs)."""
 
     def __init__(self, width: int, depth: int, init, image_file: str | None = None, fixed: bool = False):
         if width < 1 or depth < 1:
@@ -92,7 +101,7 @@ class WeightMemory(wiring.Component):
         m = Module()
         if self.image_file is None:
             m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=self.init,
-                                            attrs=KEEP_AS_MEMORY if self.fixed else None)
+                                            attrs=fixed_memory_attrs(self.fixed, self.depth))
             rd = mem.read_port()
             wr = mem.write_port()
             m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data),

@@ -118,6 +118,13 @@ def test_shipped_headline_layer_matches_its_provenance():
     c = layer.cfg
     assert (c.wbits, c.abits, c.hidden, c.input) == (4, 2, 450, 450)
     assert (pretrained.DATA_DIR / rec["file"]).stat().st_size < 2_000_000
+    # the whole inference model ships with it (issue 16: at most 12 MB), its figure measured as stored
+    assert rec.get("lm_file") and rec["decoder_precision"] == "float16"
+    assert (pretrained.DATA_DIR / rec["file"]).stat().st_size + (pretrained.DATA_DIR / rec["lm_file"]).stat().st_size \
+        <= 12 * 2 ** 20
+    _layer, head = pretrained.load_lm(rec)
+    assert len(head.vocab) == 10000 and head.embedding_codes.shape == (10000, 450)
+    assert abs(rec["shipped_test_ppw"] - rec["integer_test_ppw"]) < 0.01 * rec["integer_test_ppw"]
     # the same figures as the results entry it came from (or the entry has moved on to later epochs
     # of the same run, which keeps training after a layer ships)
     entry = json.loads((ROOT / "results" / "ptb.json").read_text())["runs"][rec["entry"]]

@@ -190,23 +190,30 @@ def test_rtl_stack_refuses_a_missing_or_bad_max_len():
             StackCore(stack, [Folding(pe=4, simd=4)], max_len=bad)
 
 
-def test_stack_cores_keep_their_fixed_weights_in_memory():
-    """A stack ties its cores' load ports off, so yosys sees constant memories and would build them
-    as logic ROM; the stack marks them KEEP_AS_MEMORY (block or LUT RAM, as the cost model prices
-    them). A standalone core (weights loadable) carries no such attribute."""
+def test_stack_cores_keep_their_deep_fixed_memories_in_memory():
+    """A stack ties its cores' load ports off, so yosys sees constant memories and would build deep
+    ones as logic ROM; the stack marks those of KEEP_AS_MEMORY_MIN_WORDS words or more
+    KEEP_AS_MEMORY (block or LUT RAM, as the cost model prices them) and leaves shallow ones to
+    yosys. A standalone core (weights loadable) carries no such attribute."""
     from amaranth.back import rtlil
 
     from rtl_gen.core import LstmCore
+    from rtl_gen.memory import KEEP_AS_MEMORY, KEEP_AS_MEMORY_MIN_WORDS, fixed_memory_attrs
 
-    c = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
+    assert fixed_memory_attrs(True, KEEP_AS_MEMORY_MIN_WORDS) == KEEP_AS_MEMORY
+    assert fixed_memory_attrs(True, KEEP_AS_MEMORY_MIN_WORDS - 1) is None
+    assert fixed_memory_attrs(False, 4096) is None
     marked = "attribute \\ram_block 1"
+    c = LayerConfig(wbits=2, abits=2, hidden=4, input=3)
+    shallow = rtlil.convert(StackCore(Stack.random([c]), [Folding(pe=4, simd=4)]))
+    assert marked not in shallow
+    # PE 4 over 4 * 40 rows: 40 row folds (bias words) x 2 column folds = 80 weight words
+    deep = LayerConfig(wbits=2, abits=2, hidden=40, input=3)
     for bidirectional in (False, True):
-        c1 = LayerConfig(wbits=2, abits=2, hidden=4, input=8 if bidirectional else 4)
-        stack = Stack.random([c, c1], bidirectional=[bidirectional, False])
-        text = rtlil.convert(StackCore(stack, [Folding(pe=4, simd=4)] * 2, max_len=8 if bidirectional else None))
-        cores = 3 if bidirectional else 2
-        assert text.count(marked) == 2 * cores  # weight and bias memory of every core
-    core = LstmCore(QuantLayer.random(c, seed=0), Folding(pe=4, simd=4))
+        text = rtlil.convert(StackCore(Stack.random([deep], bidirectional=[bidirectional]),
+                                       [Folding(pe=4, simd=40)], max_len=8 if bidirectional else None))
+        assert text.count(marked) == (2 if bidirectional else 1)  # each core's weight memory, not its bias
+    core = LstmCore(QuantLayer.random(deep, seed=0), Folding(pe=4, simd=40))
     assert marked not in rtlil.convert(core, ports=None)
 
 
