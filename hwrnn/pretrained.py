@@ -27,9 +27,8 @@ integer model's test perplexity per token, batch 10 x 35 as sw_ref evaluates) wa
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -125,8 +124,6 @@ def write(layer: QuantLayer, name: str, provenance: dict, data_dir: Path | None 
                  decoder_weight=head.decoder_weight.astype(DECODER_DTYPE),
                  decoder_bias=head.decoder_bias.astype(DECODER_DTYPE), vocab=np.array(head.vocab, dtype=str))
         rec.update(lm_file=lm.name, decoder_precision=DECODER_PRECISION)
-    else:
-        rec.pop("lm_file", None)
     (d / f"{name}.json").write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     return npz
 

@@ -254,3 +254,30 @@ def test_calibration_points_carry_their_weight_code_and_new_features_reach_every
     assert out["ecp5"] == coeffs["ecp5"]
     no_term = cal.extend_missing_features({"ecp5": {"mac_lanes": {"lut": dict(base)}}})
     assert no_term["ecp5"]["mac_lanes"]["lut"]["term_bits"] == 0.0
+
+
+def test_held_out_calibration_points_are_a_fixed_random_legal_draw():
+    """The held-out set is drawn once from a fixed seed (the same points every run, so the cache
+    holds them), legal, distinct, spread over the axes issue 23 names, and never fitted."""
+    import importlib.util
+
+    from hwrnn import Folding, LayerConfig
+
+    spec = importlib.util.spec_from_file_location("calibrate_resources",
+                                                  os.path.join(ROOT, "benchmarks", "calibrate_resources.py"))
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    pts = cal.held_out_points()
+    assert pts == cal.held_out_points() and len(pts) == cal.HELD_OUT_COUNT
+    assert pts != cal.held_out_points(seed=cal.HELD_OUT_SEED + 1)
+    assert len({cal.point_key("ecp5", p) for p in pts}) == len(pts)
+    assert all(p in cal.POINTS["ecp5"] and p[-1] == "held_out" for p in pts)
+    for p in pts:
+        w, a, h, x, pe, s, planes, weights, code, cell, _role = cal.unpack(p)
+        cfg = LayerConfig(wbits=w, abits=a, hidden=h, input=x, weight_code=code, cell=cell)
+        Folding(pe=pe, simd=s, planes=planes).check_against(cfg)
+        c = cal.point_config("ecp5", p)
+        assert c.get("cell") == cell and c.get("weight_code", "balanced") == code
+    # the axes vary: more than one of each
+    for axis in (0, 1, 6, 8, 9):
+        assert len({p[axis] for p in pts}) > 1
