@@ -113,7 +113,8 @@ def test_record_writers_write_relative_paths(tiny_corpus, tmp_path, monkeypatch)
     assert str(repo) not in res.read_text()
     # ship: the provenance JSON next to the layer
     data = repo / "data"
-    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "t", "--data-dir", str(data)]) == 0
+    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "t", "--data-dir", str(data),
+                    "--data", str(tiny_corpus)]) == 0
     rec = json.loads((data / "t.json").read_text())
     assert rec["run"] == "q8" and rec["recipe"]["init_from"] == "runs/f8/best.pt"
     assert not _absolute_strings(rec), _absolute_strings(rec)
@@ -134,7 +135,8 @@ def test_ship_makes_an_old_absolute_entry_relative(tiny_corpus, tmp_path, monkey
     e["run_dir"] = str(tmp_path / "runs" / "q8")
     e["command"] = f"python -m sw_ref experiment --out {tmp_path / 'runs' / 'q8'} --wbits 2 --abits 2 --hidden 8"
     save_results(d, res)
-    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "t", "--data-dir", "data"]) == 0
+    assert sw_main(["ship", "--entry", "W2A2@8", "--results", str(res), "--name", "t", "--data-dir", "data",
+                    "--data", str(tiny_corpus)]) == 0
     rec = json.loads((tmp_path / "data" / "t.json").read_text())
     assert "--out runs/q8 " in rec["command"] and not _absolute_strings(rec)
 
