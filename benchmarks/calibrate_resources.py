@@ -53,9 +53,7 @@ SLOW_FAMILY_POINTS = [
 HELD_OUT_SEED = 23   # random.Random seed of the held-out draw (issue 23); changing it draws another set
 HELD_OUT_COUNT = 10
 HELD_OUT_CELLS = (None, "fixed:4.12", "fp16")
-
-
-DEFAULT_CELL = LayerConfig(wbits=2, abits=2, hidden=8).cell
+DEFAULT_CELL = LayerConfig(wbits=2, abits=2, hidden=8).cell  # the cell format a point of cell None gets
 
 
 def held_out_points(count: int = HELD_OUT_COUNT, seed: int = HELD_OUT_SEED) -> list[tuple]:
@@ -67,7 +65,7 @@ def held_out_points(count: int = HELD_OUT_COUNT, seed: int = HELD_OUT_SEED) -> l
     so their errors are how the model predicts configurations nobody chose."""
     import random
 
-    from hwrnn import Folding, LayerConfig
+    from hwrnn import Folding
 
     rng = random.Random(seed)
     out = []
@@ -385,9 +383,9 @@ def build_report(families, synth, args, t_synth, outcomes):
             e = estimate(cfg, fold, fam, weights, consts)
             t_model = time.perf_counter() - t0
             row = {"key": key, "family": fam, "role": p[-1],
-                   "config": {"wbits": p[0], "abits": p[1], "hidden": p[2], "input": p[3] or p[2], "pe": p[4],
-                              "simd": p[5], "planes": p[6], "weights": p[7], "weight_code": unpack(p)[8],
-                              "cell": cfg.cell},
+                   "config": {"wbits": cfg.wbits, "abits": cfg.abits, "hidden": cfg.hidden, "input": cfg.input,
+                              "pe": fold.pe, "simd": fold.simd, "planes": fold.planes, "weights": weights,
+                              "weight_code": cfg.weight_code, "cell": cfg.cell},
                    "model_ms": round(1000 * t_model, 3), "predicted": e["total"], "predicted_blocks": e["blocks"]}
             if not r or "error" in r:
                 row["error"] = (r or {}).get("error", "not synthesized")
@@ -403,10 +401,10 @@ def build_report(families, synth, args, t_synth, outcomes):
             continue
         summary[fam] = {}
         for res in ("lut", "ff"):
-            errs = [abs(r["error_percent"][res]) for r in fr if r["error_percent"][res] is not None]
-            chk = [abs(r["error_percent"][res]) for r in fr if r["role"] == "check" and r["error_percent"][res] is not None]
-            held = [abs(r["error_percent"][res]) for r in fr if r["role"] == "held_out"
-                    and r["error_percent"][res] is not None]
+            def abs_errors(role=None):  # of every point, or of the points of one role
+                return [abs(r["error_percent"][res]) for r in fr
+                        if role in (None, r["role"]) and r["error_percent"][res] is not None]
+            errs, chk, held = abs_errors(), abs_errors("check"), abs_errors("held_out")
             summary[fam][res] = {"max_abs_percent": round(max(errs), 1), "mean_abs_percent": round(sum(errs) / len(errs), 1),
                                  "max_abs_percent_check_points": round(max(chk), 1) if chk else None,
                                  "max_abs_percent_held_out": round(max(held), 1) if held else None,

@@ -298,7 +298,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import math
 
-    from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb, resolve_data_dir
+    from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb_for, resolve_data_dir
     from .export import IntegerLM, IntegerStackLM, layer_from_model, stack_from_model
     from .stack_model import QuantStackLM
     from .train import evaluate_loss, load_lm_checkpoint, set_threads
@@ -310,9 +310,7 @@ def cmd_eval(args) -> int:
     level = meta.get("level", DEFAULT_LEVEL)
     if args.level is not None and check_level(args.level) != level:
         raise ValueError(f"{args.checkpoint} was trained at {level} level, not {args.level}")
-    corpus = load_ptb(resolve_data_dir(args.data), level)
-    if list(corpus.vocab) != list(vocab):
-        raise ValueError(f"the vocabulary of {args.checkpoint} does not match the data in {args.data}")
+    corpus = load_ptb_for(resolve_data_dir(args.data), level, vocab, args.checkpoint)
     data = getattr(corpus, args.split)
     t0 = time.perf_counter()
     total, count = evaluate_loss(model, data, bsz=args.batch_size)
@@ -371,18 +369,15 @@ def _eval_pretrained(args) -> int:
 
     from hwrnn import pretrained
 
-    from .data import DEFAULT_LEVEL, bpc, load_ptb, resolve_data_dir
+    from .data import DEFAULT_LEVEL, bpc, check_level, load_ptb_for, resolve_data_dir
     from .export import IntegerLM
 
     rec = pretrained.find_lm(args.pretrained or None)
     layer, head = pretrained.load_lm(rec)
     level = rec.get("level", DEFAULT_LEVEL)
-    if args.level is not None and args.level != level:
+    if args.level is not None and check_level(args.level) != level:
         raise ValueError(f"the shipped model {rec['entry']} is {level} level, not {args.level}")
-    data_dir = resolve_data_dir(args.data)
-    corpus = load_ptb(data_dir, level)
-    if list(corpus.vocab) != head.vocab:
-        raise ValueError(f"the vocabulary of the shipped model {rec['entry']} does not match the data in {data_dir}")
+    corpus = load_ptb_for(resolve_data_dir(args.data), level, head.vocab, f"the shipped model {rec['entry']}")
     t0 = time.perf_counter()
     total, count = IntegerLM.from_head(layer, head).nll(getattr(corpus, args.split).numpy(), bsz=args.batch_size)
     recorded = rec.get(f"shipped_{args.split}_ppw") if args.batch_size == 10 else None
@@ -615,7 +610,7 @@ def cmd_ship(args) -> int:
 
     from hwrnn import pretrained
 
-    from .data import DEFAULT_LEVEL, load_ptb, resolve_data_dir
+    from .data import DEFAULT_LEVEL, load_ptb_for, resolve_data_dir
     from .experiment import load_results, portable_entry
     from .export import IntegerLM, layer_from_model, lm_head
     from .train import load_lm_checkpoint
@@ -635,9 +630,7 @@ def cmd_ship(args) -> int:
     layer = layer_from_model(model, **({"cell": e["cell"]} if e.get("cell") else {}))
     level = meta.get("level", DEFAULT_LEVEL)
     head = lm_head(model, vocab, layer)
-    corpus = load_ptb(resolve_data_dir(args.data), level)
-    if list(corpus.vocab) != list(vocab):
-        raise ValueError(f"the vocabulary of {ck} does not match the data in {args.data or '$HWRNN_PTB'}")
+    corpus = load_ptb_for(resolve_data_dir(args.data), level, vocab, ck)
     t0 = time.perf_counter()  # the shipped model's own figure: the decoder as stored (fp16)
     shipped_ppw = IntegerLM.from_head(layer, head.stored()).perplexity(corpus.test.numpy())
     print(f"shipped model (decoder {pretrained.DECODER_PRECISION}): integer test perplexity {shipped_ppw:.2f} "

@@ -185,6 +185,15 @@ def load_ptb(data_dir, level: str = DEFAULT_LEVEL) -> Corpus:
                   test=tensors["test"], paths=paths, level=level)
 
 
+def load_ptb_for(data_dir, level: str, vocab, owner) -> Corpus:
+    """load_ptb, refused (DataError, one line) unless its vocabulary is ``vocab``, the one ``owner``
+    (a checkpoint, run directory or shipped model, as named in the message) was trained on."""
+    corpus = load_ptb(data_dir, level)
+    if list(corpus.vocab) != list(vocab):
+        raise DataError(f"the vocabulary of {owner} does not match the data in {data_dir}")
+    return corpus
+
+
 def batchify(data: torch.Tensor, bsz: int) -> torch.Tensor:
     """[N] -> [N // bsz, bsz]; column j holds the j-th contiguous chunk of the stream."""
     if bsz < 1:

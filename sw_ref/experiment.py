@@ -237,7 +237,7 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
     and, when quantized, integer model (a stack's: sw_ref.export.IntegerStackLM, "cell" then per
     layer); at the checkpoint's level (char: per character, and bits per character under
     "model_bpc" / "integer_bpc")."""
-    from .data import load_ptb
+    from .data import load_ptb_for
     from .export import IntegerLM, IntegerStackLM, layer_from_model, stack_from_model
     from .stack_model import QuantStackLM
     from .train import evaluate, load_lm_checkpoint
@@ -247,9 +247,7 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
         ck = Path(run_dir) / "last.pt"
     model, vocab, meta = load_lm_checkpoint(ck)
     level = meta.get("level", DEFAULT_LEVEL)
-    corpus = load_ptb(data_dir, level)
-    if list(corpus.vocab) != list(vocab):
-        raise ValueError(f"the vocabulary of {run_dir} does not match {data_dir}")
+    corpus = load_ptb_for(data_dir, level, vocab, run_dir)
     out = {"best_epoch": meta.get("epoch"), "checkpoint": ck.name, "model": {}, "integer": None}
     for split in ("valid", "test"):
         out["model"][split] = evaluate(model, getattr(corpus, split), bsz)
