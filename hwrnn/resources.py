@@ -98,7 +98,8 @@ class Built:
     ``post_adder``: kept bits of the register after the product's adder (a DSP48E1 takes it in
     when every multiplier of the block fits one DSP);
     ``dsp_packing``: whether the registers around its multipliers may move into DSP blocks;
-    ``measured``: (LUT4, CCU2C) of one block measured with synth_ecp5, used instead of ``logic``;
+    ``measured``: (LUT4, CCU2C, FF) of one block measured with synth_ecp5, used instead of ``logic``
+    (and, on ECP5, instead of its register count: ``ff``);
     ``subs``: (instance name, copies, Built) of its submodules (names as in the Amaranth hierarchy,
     without the index)."""
 
@@ -118,8 +119,31 @@ class Built:
         return sum(r.bits for r in self.regs) + sum(n * b.bits for _name, n, b in self.subs)
 
     def ff(self, family: str) -> int:
-        """Kept register bits of this block alone (no submodules, no memories)."""
+        """Kept register bits of this block alone (no submodules, no memories): on ECP5 a measured
+        block's measured count, elsewhere its registers' kept bits."""
+        if self.measured is not None and family == "ecp5":
+            return self.measured[2]
         return sum(r.ff(family) for r in self.regs)
+
+
+# ---- blocks priced by measurement ------------------------------------------------------------------
+
+#: one pipelined floating-point cell unit as the core builds it for ECP5 (rtl_gen.float_cell,
+#: MULT18X18D with their own operand and product registers), yosys synth_ecp5:
+#: {(exp_bits, man_bits): (LUT4, CCU2C, TRELLIS_FF)}, measured by benchmarks/cell_ablation.py
+#: (results/cell_ablation.json "unit_ecp5"; tests hold the two equal). Inside a core yosys keeps the
+#: same counts per unit (the calibration's held-out fp16 points, 1 to 4 units per core).
+FLOAT_CELL_ECP5 = {(5, 10): (867, 208, 409), (8, 7): (788, 151, 397), (4, 3): (650, 117, 339), (5, 2): (651, 122, 339)}
+
+
+def float_cell_cost(exp_bits: int, man_bits: int) -> tuple:
+    """(LUT4, CCU2C, FF) of one float cell unit on ECP5: measured for fp16, bf16, e4m3 and e5m2;
+    otherwise the nearest measured format scaled by its word width (1 + exp + man bits)."""
+    if (exp_bits, man_bits) in FLOAT_CELL_ECP5:
+        return FLOAT_CELL_ECP5[(exp_bits, man_bits)]
+    (e, m), cost = min(FLOAT_CELL_ECP5.items(), key=lambda kv: abs(kv[0][0] - exp_bits) + abs(kv[0][1] - man_bits))
+    k = (exp_bits + man_bits + 1) / (e + m + 1)
+    return tuple(v * k for v in cost)
 
 
 # ---- the constants of a typical layer -----------------------------------------------------------

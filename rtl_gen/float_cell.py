@@ -35,25 +35,9 @@ from hwrnn import formats as fm
 from hwrnn import floatcell as fc
 from hwrnn.config import ConfigError
 from hwrnn.cell_state import FloatingPointCell
-from hwrnn.resources import Built, Mult, Reg
+from hwrnn.resources import Built, Mult, Reg, float_cell_cost
 
 from .multiplier import RegisteredMultiplier, check_dsp
-
-#: one pipelined FloatCellUnit in synth_ecp5, {(exp_bits, man_bits): (LUT4, CCU2C)}, measured by
-#: benchmarks/cell_ablation.py (results/cell_ablation.json); other formats: ``measured_cost``
-FLOAT_CELL_ECP5 = {(5, 10): (1121, 143), (8, 7): (971, 140), (4, 3): (692, 109), (5, 2): (783, 113)}
-
-
-def measured_cost(exp_bits: int, man_bits: int) -> tuple[float, float]:
-    """(LUT4, CCU2C) of one unit on ECP5: measured for fp16, bf16, e4m3, e5m2; otherwise the nearest
-    measured format scaled by (exp + man + 1) bits."""
-    if (exp_bits, man_bits) in FLOAT_CELL_ECP5:
-        return FLOAT_CELL_ECP5[(exp_bits, man_bits)]
-    (e, m), (lut, carry) = min(FLOAT_CELL_ECP5.items(),
-                               key=lambda kv: abs(kv[0][0] - exp_bits) + abs(kv[0][1] - man_bits))
-    k = (exp_bits + man_bits + 1) / (e + m + 1)
-    return lut * k, carry * k
-
 
 def _bitlen(m: Module, x, width: int, name: str) -> Signal:
     """bit_length(x) of an unsigned value of `width` bits (0 for x == 0): a log-depth leading-one
@@ -130,10 +114,11 @@ class FloatCellUnit(wiring.Component):
     @classmethod
     def built(cls, cfg, pipelined: bool = True) -> Built:
         """Registers of the p0..p11 cuts (with the multipliers' operand and product registers, p0 |
-        p1), declared as ``elaborate`` builds them; kept: an earlier per-cut count (the float unit is
-        not in the calibration sweep; a synth_ecp5 run of W2A2 H=8 PE 4 SIMD 4 with fp16 cells and a
-        one-stage address had 1956 flip-flops in total against 1940 predicted). The model moves none
-        of them into DSP blocks; LUT and carry cells are the measured unit's (``measured_cost``)."""
+        p1), declared as ``elaborate`` builds them, with an earlier per-cut estimate of what yosys
+        keeps (used off ECP5). The unit is priced as a whole by its synth_ecp5 measurement
+        (hwrnn.resources.float_cell_cost: LUT4 and CCU2C on every family, scaled like the fitted
+        unit; flip-flops on ECP5, where the per-cut estimate counted 516 for fp16 against 409 kept,
+        the multipliers' registers being inside the MULT18X18Ds)."""
         p = fc.cell_params(cfg)
         e, mb, G, W, L = p.fmt.exp_bits, p.fmt.man_bits, p.gate_frac, p.window, p.lut_bits
         gw, cand, width = p.gate_width, p.candidate_width, p.fmt.width
@@ -164,7 +149,7 @@ class FloatCellUnit(wiring.Component):
         stages = FloatingPointCell.update_stages + FloatingPointCell.address_stages
         return Built(regs=tuple(Reg(n, d, k) for n, d, k in cuts) if pipelined else (), mults=mults,
                      stages=stages if pipelined else 0, dsp_packing=False, logic={"units": 1},
-                     measured=measured_cost(e, mb))
+                     measured=float_cell_cost(e, mb))
 
     @staticmethod
     def _stage(m: Module, name: str) -> Module:

@@ -249,8 +249,20 @@ def test_estimate_never_fails_on_legal_configs():
 
 
 def test_float_cell_units_use_the_measured_unit_cost():
+    """A float cell unit is priced at what benchmarks/cell_ablation.py measured for it (results/
+    cell_ablation.json, the current RTL): LUT4 and CCU2C everywhere, flip-flops on ECP5."""
+    from hwrnn.resources import FLOAT_CELL_ECP5
+
+    with open(os.path.join(ROOT, "results", "cell_ablation.json")) as fh:
+        ablation = json.load(fh)["formats"]
+    for name in ("fp16", "bf16", "e4m3", "e5m2"):
+        f = LayerConfig(wbits=2, abits=2, hidden=8, cell=name).cell_format
+        u = ablation[name]["unit_ecp5"]
+        assert FLOAT_CELL_ECP5[(f.exp_bits, f.man_bits)] == (u["LUT4"], u["CCU2C"], u["FF"]), name
     fold = Folding(pe=8, simd=16)
     fixed = estimate(LayerConfig(wbits=4, abits=4, hidden=32), fold, "ecp5")["blocks"]["cell_units"]
     fp16 = estimate(LayerConfig(wbits=4, abits=4, hidden=32, cell="fp16"), fold, "ecp5")["blocks"]["cell_units"]
-    assert fp16["lut"] == 2 * 1121 and fp16["carry"] == 2 * 143  # results/cell_ablation.json, one unit per 4 lanes
+    lut, carry, ff = FLOAT_CELL_ECP5[(5, 10)]
+    assert (fp16["lut"], fp16["carry"], fp16["ff"]) == (2 * lut, 2 * carry, 2 * ff)  # one unit per 4 lanes
+    assert estimate(LayerConfig(wbits=4, abits=4, hidden=32, cell="fp16"), fold, "xilinx")["blocks"]["cell_units"]["ff"] > 2 * ff
     assert fixed["lut"] < fp16["lut"] / 10
