@@ -880,7 +880,9 @@ def widening_table(d: dict) -> list[str]:
                 ent = stacks.get(",".join(map(str, cur)), {}).get("entry", "-")
                 lines.append(f"| {i} | layer {t['layer']} -> {t['hidden']} ({','.join(map(str, cur))}) "
                              f"| {t['ppw']:.1f} | {t['model_bits']:,} | {ent} |")
+            kept = stacks.get(",".join(map(str, r["sizes"])), {})
             lines.append(f"| {i} | widened: " + (f"layer {r['widened_layer']}" if r["widened_layer"] is not None
-                                                 else "none") + f" -> {','.join(map(str, r['sizes']))} | | | |")
+                                                 else "none") + f" -> {','.join(map(str, r['sizes']))} "
+                         f"| {_fmt(kept.get('ppw'))} | {kept.get('model_bits', 0):,} | {kept.get('entry', '-')} |")
             start = list(r["sizes"])
     return lines
