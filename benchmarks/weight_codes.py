@@ -120,9 +120,10 @@ def model_accuracy(res: dict) -> str:
             errs.append(f"{label} {100 * (a['lut'] - c['lut']) / c['lut']:+.1f} % / {100 * (a['ff'] - c['ff']) / c['ff']:+.1f} %")
     when = f" (analytic columns repriced {res['repriced']} with the model of that day)" if res.get("repriced") else ""
     return ("Analytic model against yosys, LUT / FF" + when + ": " + "; ".join(errs) + ". The exponential lanes' "
-            "shifted terms are priced by their own feature (term_bits), fitted on exponential ECP5 calibration "
-            "points beside the balanced ones (results/resource_calibration.md, where a further exponential "
-            "configuration and a ternary one are check points).")
+            "shifted terms and shift muxes are priced by their own features (term_bits; shift_luts, the mux's "
+            "LUT4s, which grow with abits x top), fitted on six exponential ECP5 calibration points beside the "
+            "balanced ones (results/resource_calibration.md, where a further exponential configuration and a "
+            "ternary one are check points and random draws cover the rest).")
 
 
 def write_md(res: dict, out: str) -> None:

@@ -180,7 +180,7 @@ def layer_consts(cfg: LayerConfig, consts: dict | None = None) -> tuple[int, int
 
 #: structural sizes (Built.logic, or from the memory mapping) each block's LUT/carry coefficients multiply
 BLOCK_FEATURES = {
-    "mac_lanes": ("and_bits", "tree_bits", "shifter", "pop_bits", "lanes", "term_bits"),
+    "mac_lanes": ("and_bits", "tree_bits", "shifter", "pop_bits", "lanes", "term_bits", "shift_luts"),
     "activation_sum": ("bits", "adders"),
     "scale_bias": ("sum_bits", "addr_bits"),
     "gate_luts": ("rom_luts",),
@@ -209,10 +209,10 @@ def load_coefficients(path: str = COEFFICIENTS_FILE) -> tuple[dict, dict]:
 COEFFICIENTS, FLATTEN = load_coefficients()
 
 _DEFAULT_COEF = {  # unit costs before calibration: LUT4 fabric; used for families without coefficients
-    "lut": {"and_bits": 2.0, "tree_bits": 0.5, "pop_bits": 0.0, "lanes": 0.0, "shifter": 1.0, "term_bits": 4.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
+    "lut": {"and_bits": 2.0, "tree_bits": 0.5, "pop_bits": 0.0, "lanes": 0.0, "shifter": 1.0, "term_bits": 2.0, "shift_luts": 1.0, "bits": 1.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 1.0,
             "rom_luts": 1.0, "units": 60.0, "emulation_bits": 1.0, "lutram_mux_bits": 0.5, "act_mux": 0.6,
             "c_mux": 0.6, "acc_bits": 1.0, "state_bits": 0.2, "bias_bits": 1.0, "const": 100.0},
-    "carry": {"and_bits": 0.05, "tree_bits": 0.1, "pop_bits": 0.0, "lanes": 0.0, "shifter": 0.0, "term_bits": 0.5, "bits": 0.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 0.2,
+    "carry": {"and_bits": 0.05, "tree_bits": 0.1, "pop_bits": 0.0, "lanes": 0.0, "shifter": 0.0, "term_bits": 0.5, "shift_luts": 0.0, "bits": 0.0, "adders": 0.0, "sum_bits": 0.5, "addr_bits": 0.2,
               "rom_luts": 0.0, "units": 30.0, "emulation_bits": 0.0, "lutram_mux_bits": 0.0, "act_mux": 0.0,
               "c_mux": 0.0, "acc_bits": 0.5, "state_bits": 0.0, "bias_bits": 0.0, "const": 40.0},
 }

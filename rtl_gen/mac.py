@@ -245,7 +245,8 @@ class ExponentialMac(_SignedLaneMac):
         partial = tw + tree_levels(S)
         lane = Built(regs=(Reg("terms", S * tw), Reg("tree", bits, kept)), stages=1 + stages,
                      logic={"and_bits": 0, "tree_bits": partial, "shifter": 0,
-                            "pop_bits": adder_tree_bits([tw] * S), "lanes": 1, "term_bits": S * tw})
+                            "pop_bits": adder_tree_bits([tw] * S), "lanes": 1, "term_bits": S * tw,
+                            "shift_luts": S * ExponentialLane.shift_luts_of(cfg)})
         return cls._built(cfg, fold, partial, (("dot", fold.pe, lane),), {})
 
 
@@ -269,6 +270,16 @@ class ExponentialLane(wiring.Component):
     def term_width_of(cfg: LayerConfig) -> int:
         """Bits of one signed term: |a << (top - 1)| < 2**(abits + top - 1), and a sign bit."""
         return cfg.abits + cfg.weight_coding.top
+
+    @staticmethod
+    def shift_luts_of(cfg: LayerConfig) -> int:
+        """4-input LUTs of one column's shift mux, counted as generic functions: magnitude bit j
+        depends on the exponent field (exp_bits) and on the n_j activation bits a_i that reach it
+        (i + k - 1 = j for a shift k in 1..top), so it costs 2**max(0, exp_bits + n_j - 4) LUT4s.
+        The count grows with abits x top where the terms (term_width_of) grow with abits + top:
+        W4A4 (top 7) is 46 LUT4s a column, W4A2 14, W4A1 7."""
+        A, top, e = cfg.abits, cfg.weight_coding.top, cfg.weight_coding.exp_bits
+        return sum(1 << max(0, e + sum(1 <= j - i + 1 <= top for i in range(A)) - 4) for j in range(A + top - 1))
 
     def elaborate(self, platform):
         m = Module()

@@ -186,6 +186,43 @@ def test_exponential_lanes_price_their_shifted_terms():
         assert cost.coefficients(family, "mac_lanes", "lut")["term_bits"] > 0
 
 
+def _generic_function_luts(n_inputs: int) -> int:
+    """4-input LUTs of an arbitrary function of n inputs: one per 16 truth-table rows."""
+    return 1 << max(0, n_inputs - 4)
+
+
+@pytest.mark.parametrize("wbits,abits", [(3, 1), (3, 4), (4, 1), (4, 2), (4, 4), (5, 2), (5, 3)])
+def test_exponential_shift_mux_is_priced_per_magnitude_bit(wbits, abits):
+    """shift_luts counts, per column, each magnitude bit of (a << (f - 1)) as a function of the
+    exponent field and the activation bits that can reach it, found here by enumerating the mux the
+    RTL builds (ExponentialLane: a case per shift k = 1..top); it grows with abits x top, where
+    term_bits grows with abits + top (yosys, results/resource_calibration.md: W4A4 lanes 70.6 LUT a
+    column against 34.6 for W4A2, which term_bits alone priced at 40.9)."""
+    from rtl_gen.mac import ExponentialLane
+
+    cfg = LayerConfig(wbits=wbits, abits=abits, hidden=8, weight_code="exponential")
+    code = cfg.weight_coding
+    reach = [set() for _ in range(abits + code.top - 1)]  # activation bits each magnitude bit can take
+    for k in range(1, code.top + 1):
+        for i in range(abits):
+            reach[i + k - 1].add(i)
+    want = sum(_generic_function_luts(code.exp_bits + len(r)) for r in reach)
+    assert ExponentialLane.shift_luts_of(cfg) == want
+    fold = Folding(pe=4, simd=8)
+    assert cost.features(cfg, fold, "ecp5")["mac_lanes"]["shift_luts"] == 4 * 8 * want
+    bal = LayerConfig(wbits=4, abits=abits, hidden=8)
+    assert cost.features(bal, fold, "ecp5")["mac_lanes"]["shift_luts"] == 0
+
+
+def test_exponential_cost_follows_abits_times_top():
+    """At equal folding the W4A4 exponential lanes cost about twice the W4A2 ones (yosys: 70.6 vs 34.6
+    LUT a column), not the 1.2x that term widths alone give."""
+    fold = Folding(pe=4, simd=16)
+    lanes = {a: cost.estimate(LayerConfig(wbits=4, abits=a, hidden=16, weight_code="exponential"), fold,
+                              "ecp5")["blocks"]["mac_lanes"]["lut"] for a in (2, 4)}
+    assert lanes[4] > 1.7 * lanes[2], lanes
+
+
 def test_a_change_in_a_block_report_changes_the_estimate(monkeypatch):
     """The estimate has no second description of the blocks: one more register in ScaleBias's
     report is PE more flip-flops in the scale_bias block."""

@@ -245,12 +245,13 @@ def test_calibration_points_carry_their_weight_code_and_new_features_reach_every
 
     lanes = ("and_bits", "tree_bits", "shifter", "pop_bits", "lanes")
     base = {n: 1.0 for n in lanes}
-    coeffs = {"ecp5": {"mac_lanes": {"lut": {**base, "term_bits": 4.0}}},
+    coeffs = {"ecp5": {"mac_lanes": {"lut": {**base, "term_bits": 4.0, "shift_luts": 2.0}}},
               "xilinx": {"mac_lanes": {"lut": {n: 0.5 for n in lanes}}},
               "ice40": {"mac_lanes": {"lut": {"and_bits": 3.0, "tree_bits": 0.0}}}}
     out = cal.extend_missing_features(coeffs)
     assert out["xilinx"]["mac_lanes"]["lut"]["term_bits"] == 2.0
     assert out["ice40"]["mac_lanes"]["lut"]["term_bits"] == 12.0
+    assert out["xilinx"]["mac_lanes"]["lut"]["shift_luts"] == 1.0 and out["ice40"]["mac_lanes"]["lut"]["shift_luts"] == 6.0
     assert out["ecp5"] == coeffs["ecp5"]
     no_term = cal.extend_missing_features({"ecp5": {"mac_lanes": {"lut": dict(base)}}})
     assert no_term["ecp5"]["mac_lanes"]["lut"]["term_bits"] == 0.0
