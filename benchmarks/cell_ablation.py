@@ -4,6 +4,8 @@ Writes results/cell_ablation.json and results/cell_ablation.md.
 
     python benchmarks/cell_ablation.py --checkpoint RUN/best.pt --data ../shared/data/ptb \
         [--cells fixed:3.10,fp16,bf16,e4m3,e5m2] [--split test]
+    python benchmarks/cell_ablation.py --units-only   # after an RTL change: the units again, the
+                                                      # recorded perplexities kept (no checkpoint needed)
 """
 import argparse
 import json
@@ -33,15 +35,70 @@ def cell_unit_resources(cfg: LayerConfig) -> dict:
             "latency_cycles": latency}
 
 
+def write_markdown(res: dict, out: str) -> str:
+    """results/cell_ablation.md from the json record; returns the text."""
+    lines = [f"# Cell-state format ablation ({res['model']}, {res['split']} split)", "",
+             f"Command: `{res['command']}`  ",
+             f"Trained model: {res['checkpoint']} (completed epochs: {res['trained_epochs']}"
+             + (", a mid-epoch checkpoint" if os.path.basename(res['checkpoint']) == "last.pt" else "") + "); "
+             f"training-model PPW {res['training_model_ppw']:.2f}.", ""]
+    if res.get("units_command"):
+        lines += [f"Cell units re-measured for the current RTL on {res['units_date']} by `{res['units_command']}` "
+                  f"(perplexities from {res['date']}; the integer model does not change with the pipelining).", ""]
+    lines += ["| cell | bits | integer-model PPW | LUT4 | CCU2C | FF | MULT18X18D | latency (cycles) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for cell, e in res["formats"].items():
+        u = e["unit_ecp5"]
+        lines.append(f"| {cell} | {e['cell_bits']} | {e['integer_ppw']:.2f} | {u['LUT4']} | {u['CCU2C']} | {u['FF']} "
+                     f"| {u['MULT18X18D']} | {u['latency_cycles']} |")
+    lines += ["", "Resources: one cell unit as the core builds it for ECP5 (pipelined, MULT18X18D with their own "
+              "operand and product registers, which the FF column does not count), yosys synth_ecp5; latency: "
+              "c_new plus the sigmoid(c) address."]
+    if res.get("note"):
+        lines += ["", res["note"]]
+    text = "\n".join(lines) + "\n"
+    with open(out + ".md", "w") as fh:
+        fh.write(text)
+    return text
+
+
+def units_only(out: str) -> dict:
+    """Re-measure every recorded format's cell unit (the model's bit widths and hidden size from the
+    record), keeping the recorded perplexities; rewrites the json and the markdown."""
+    import re
+
+    with open(out + ".json") as fh:
+        res = json.load(fh)
+    mw = re.fullmatch(r"W(\d+)A(\d+) H=(\d+)", res["model"])
+    if not mw:
+        raise SystemExit(f"cell_ablation: cannot read the model's configuration from {res['model']!r} in {out}.json")
+    wbits, abits, hidden = map(int, mw.groups())
+    for cell, e in res["formats"].items():
+        e["unit_ecp5"] = cell_unit_resources(LayerConfig(wbits=wbits, abits=abits, hidden=hidden, cell=cell))
+        print(cell, e["unit_ecp5"], flush=True)
+    res["units_command"] = "python benchmarks/cell_ablation.py --units-only"
+    res["units_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(out + ".json", "w") as fh:
+        json.dump(res, fh, indent=2)
+    return res
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint")
     p.add_argument("--data", default=None)
     p.add_argument("--cells", default="fixed:3.10,fp16,bf16,e4m3,e5m2")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--out", default=os.path.join(ROOT, "results", "cell_ablation"))
     p.add_argument("--note", default="", help="how the checkpoint was trained (printed under the table)")
+    p.add_argument("--units-only", action="store_true",
+                   help="re-measure the cell units of the recorded formats, keep the recorded perplexities")
     args = p.parse_args()
+    if args.units_only:
+        print(write_markdown(units_only(args.out), args.out))
+        return
+    if not args.checkpoint:
+        p.error("--checkpoint is required (or --units-only)")
     import torch
 
     from sw_ref.data import load_ptb, resolve_data_dir
@@ -68,25 +125,7 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as fh:
         json.dump(res, fh, indent=2)
-    lines = [f"# Cell-state format ablation ({res['model']}, {args.split} split)", "",
-             f"Command: `{res['command']}`  ",
-             f"Trained model: {res['checkpoint']} (completed epochs: {res['trained_epochs']}"
-             + (", a mid-epoch checkpoint" if os.path.basename(res['checkpoint']) == "last.pt" else "") + "); "
-             f"training-model PPW {res['training_model_ppw']:.2f}.", "",
-             "| cell | bits | integer-model PPW | LUT4 | CCU2C | FF | MULT18X18D | latency (cycles) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for cell, e in res["formats"].items():
-        u = e["unit_ecp5"]
-        lines.append(f"| {cell} | {e['cell_bits']} | {e['integer_ppw']:.2f} | {u['LUT4']} | {u['CCU2C']} | {u['FF']} "
-                     f"| {u['MULT18X18D']} | {u['latency_cycles']} |")
-    lines += ["", "Resources: one cell unit as the core builds it for ECP5 (pipelined, MULT18X18D with their own "
-              "operand and product registers, which the FF column does not count), yosys synth_ecp5; latency: "
-              "c_new plus the sigmoid(c) address."]
-    if args.note:
-        lines += ["", args.note]
-    with open(args.out + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_markdown(res, args.out))
 
 
 if __name__ == "__main__":
