@@ -59,9 +59,10 @@ SECOND_DRAW_SEED = 24
 #: A refit with those points as fit points lowered the held-out LUT count within 5 % from 24 to 15 of
 #: 30 (the third draw 9 -> 5 of 10), so they are check points and the coefficients stay as fitted before
 THIRD_DRAW_SEED = 25
-HELD_OUT_ROLES = ("held_out", "held_out_2", "held_out_3")
-#: the markdown's name of each draw
-DRAW_NAMES = {"held_out": "held-out", "held_out_2": "second draw", "held_out_3": "third draw"}
+#: the held-out draws: role -> (random seed, the markdown's name of the draw)
+DRAWS = {"held_out": (HELD_OUT_SEED, "held-out"), "held_out_2": (SECOND_DRAW_SEED, "second draw"),
+         "held_out_3": (THIRD_DRAW_SEED, "third draw")}
+HELD_OUT_ROLES = tuple(DRAWS)
 HELD_OUT_COUNT = 10
 HELD_OUT_CELLS = (None, "fixed:4.12", "fp16")
 DEFAULT_CELL = LayerConfig(wbits=2, abits=2, hidden=8).cell  # the cell format a point of cell None gets
@@ -129,9 +130,7 @@ POINTS = {
         (2, 2, 16, None, 16, 2, "parallel", "memory", "check"),
         (4, 3, 24, None, 24, 3, "parallel", "memory", "check"),
         (2, 4, 32, None, 12, 1, "parallel", "memory", "ternary", "check"),
-        *held_out_points(),
-        *held_out_points(seed=SECOND_DRAW_SEED, role="held_out_2"),
-        *held_out_points(seed=THIRD_DRAW_SEED, role="held_out_3"),
+        *(p for role, (seed, _name) in DRAWS.items() for p in held_out_points(seed=seed, role=role)),
     ],
     "ice40": SLOW_FAMILY_POINTS,
     "xilinx": SLOW_FAMILY_POINTS,
@@ -545,13 +544,13 @@ def _cfg_label(c):
 
 def markdown_summary(res):
     out = ["| family | LUT max abs err | LUT mean | FF max abs err | FF mean | points within 15 % (LUT / FF) | "
-           + " | ".join(f"{DRAW_NAMES[r]} max abs err (LUT / FF) | {DRAW_NAMES[r]} within 5 % (LUT / FF)"
-                        for r in HELD_OUT_ROLES) + " |",
+           + " | ".join(f"{name} max abs err (LUT / FF) | {name} within 5 % (LUT / FF)" for _seed, name in DRAWS.values())
+           + " |",
            "|---|---|---|---|---|---|" + "---|---|" * len(HELD_OUT_ROLES)]
     for fam, s in res["summary"].items():
+        lut, ff = s["lut"], s["ff"]
         held = []
         for role in HELD_OUT_ROLES:
-            lut, ff = s["lut"], s["ff"]
             held.append(f"{lut.get(f'max_abs_percent_{role}')} % / {ff.get(f'max_abs_percent_{role}')} % | "
                         f"{lut[f'{role}_within_5_percent']}/{lut[f'{role}_points']} / "
                         f"{ff[f'{role}_within_5_percent']}/{ff[f'{role}_points']}"

@@ -35,8 +35,12 @@ def cell_unit_resources(cfg: LayerConfig) -> dict:
             "latency_cycles": latency}
 
 
-def write_markdown(res: dict, out: str) -> str:
-    """results/cell_ablation.md from the json record; returns the text."""
+def write_record(res: dict, out: str) -> str:
+    """The record to ``out``.json and its table to ``out``.md (results/cell_ablation.*); returns the
+    markdown text."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as fh:
+        json.dump(res, fh, indent=2)
     lines = [f"# Cell-state format ablation ({res['model']}, {res['split']} split)", "",
              f"Command: `{res['command']}`  ",
              f"Trained model: {res['checkpoint']} (completed epochs: {res['trained_epochs']}"
@@ -63,8 +67,8 @@ def write_markdown(res: dict, out: str) -> str:
 
 
 def units_only(out: str) -> dict:
-    """Re-measure every recorded format's cell unit (the model's bit widths and hidden size from the
-    record), keeping the recorded perplexities; rewrites the json and the markdown."""
+    """The record of ``out``.json with every format's cell unit measured again (the model's bit widths
+    and hidden size from the record), the recorded perplexities kept; write it with write_record."""
     import re
 
     with open(out + ".json") as fh:
@@ -78,8 +82,6 @@ def units_only(out: str) -> dict:
         print(cell, e["unit_ecp5"], flush=True)
     res["units_command"] = "python benchmarks/cell_ablation.py --units-only"
     res["units_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with open(out + ".json", "w") as fh:
-        json.dump(res, fh, indent=2)
     return res
 
 
@@ -95,7 +97,7 @@ def main():
                    help="re-measure the cell units of the recorded formats, keep the recorded perplexities")
     args = p.parse_args()
     if args.units_only:
-        print(write_markdown(units_only(args.out), args.out))
+        print(write_record(units_only(args.out), args.out))
         return
     if not args.checkpoint:
         p.error("--checkpoint is required (or --units-only)")
@@ -122,10 +124,7 @@ def main():
                  "unit_ecp5": cell_unit_resources(layer.cfg)}
         res["formats"][cell] = entry
         print(cell, entry, flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(res, fh, indent=2)
-    print(write_markdown(res, args.out))
+    print(write_record(res, args.out))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_units_only_remeasures_units_and_keeps_perplexities(tmp_path, monkeypatc
 
     monkeypatch.setattr(ca, "cell_unit_resources", fake_unit)
     res = ca.units_only(out)
-    text = ca.write_markdown(res, out)
+    text = ca.write_record(res, out)
     assert [s[:3] for s in seen] == [(4, 4, 300)] * 2 and [s[3] for s in seen] == ["fixed:3.10", "fp16"]
     saved = json.load(open(out + ".json"))
     assert [saved["formats"][c]["integer_ppw"] for c in ("fixed:3.10", "fp16")] == [169.5, 170.5]
