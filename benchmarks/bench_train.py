@@ -5,7 +5,7 @@ short run reaches with each decoder precision (the bf16 switch must keep it with
 Writes results/bench_train.json.
 
     python benchmarks/bench_train.py --data ../shared/data/ptb [--hidden 450] [--threads 2]
-        [--batches 40] [--turns 3] [--accuracy-batches 400] [--fused-only] [--note TEXT]
+        [--batches 40] [--turns 3] [--accuracy-batches 400] [--fused-only | --accuracy-only] [--note TEXT]
 
 Throughput: each variant trains ``--batches`` batches (20 x 35 tokens, after 3 warm-up batches)
 per turn, the variants take turns ``--turns`` times (the machine is noisy: turns pair them in
@@ -19,7 +19,8 @@ it carries over a loaded machine where the absolute tokens/s do not. The same fo
 alone (forward and backward of one 35 x 20 window, random inputs: "recurrence_alone_ms_per_window"),
 the part of a training step the fused path can speed up. ``--fused-only`` measures only
 this pair and writes it into the existing results file beside the other figures; the entry records
-the process's niceness, the load average at the start and ``--note``.
+the process's niceness, the load average at the start and ``--note``. ``--accuracy-only`` likewise runs
+only the fp32 / bf16 perplexity check ("accuracy") and merges it into the existing file.
 """
 import argparse
 import json
@@ -162,6 +163,41 @@ def turn(model, data, batches, warmup=3, lr=20.0):
     return tokens / (time.perf_counter() - t0)
 
 
+def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int) -> dict:
+    """The same short run (W4A2, SGD lr 20, seed 1111, ``batches`` batches) with the decoder in fp32
+    and in bf16; validation perplexity of each (evaluated in fp32) and their relative difference."""
+    acc = {}
+    for prec in ("fp32", "bf16"):
+        out = tempfile.mkdtemp(prefix="bench-train-acc-", dir=ROOT)
+        try:
+            t0 = time.perf_counter()
+            train(data=str(data_dir), out=out, hidden=H, wbits=4, abits=2, epochs=1,
+                  max_batches=batches, threads=threads, checkpoint_every=0,
+                  log_every=0, progress=False, decoder_precision=prec)
+            wall = time.perf_counter() - t0
+            model, _, _ = load_lm_checkpoint(os.path.join(out, "last.pt"))
+            acc[prec] = {"valid_ppl": round(evaluate(model, corpus.valid), 3), "train_wall_s": round(wall, 1)}
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"accuracy {prec}: {acc[prec]}", flush=True)
+    rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
+    return {"model": f"W4A2 H={H}", "batches": batches, "recipe": "SGD lr 20, seed 1111",
+            **acc, "relative_difference": round(rel, 5), "within_0.5_percent": abs(rel) <= 0.005}
+
+
+def merge_into(path: str, key: str, entry: dict) -> None:
+    """Write ``entry`` under ``key`` of the JSON results file at ``path``, keeping its other figures."""
+    res = {}
+    if os.path.isfile(path):
+        with open(path) as fh:
+            res = json.load(fh)
+    res[key] = entry
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=2)
+        fh.write("\n")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=None)
@@ -173,7 +209,9 @@ def main():
     p.add_argument("--force-bf16", action="store_true", help="measure the bf16 decoder even without native bf16")
     p.add_argument("--fused-only", action="store_true",
                    help="measure only the fused vs step-by-step recurrence and merge it into --out")
-    p.add_argument("--note", default=None, help="recorded in the fused_recurrence entry (e.g. the machine's load)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="run only the fp32 / bf16 validation-perplexity check and merge it into --out")
+    p.add_argument("--note", default=None, help="recorded in the fused_recurrence / accuracy entry (e.g. the machine's load)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data)
@@ -193,6 +231,20 @@ def main():
                    "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
     if args.note:
         fused_entry["note"] = args.note
+    if args.accuracy_only:
+        if not bf16:
+            sys.exit("bench_train: --accuracy-only needs native bf16 (or --force-bf16)")
+        acc = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
+        acc.update({"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
+                               f"--accuracy-only --hidden {H} --threads {args.threads} "
+                               f"--accuracy-batches {args.accuracy_batches}",
+                    "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "load_average_1min_at_start": fused_entry["load_average_1min_at_start"]})
+        if args.note:
+            acc["note"] = args.note
+        merge_into(args.out, "accuracy", acc)
+        print(json.dumps(acc, indent=1))
+        return
     if args.fused_only:
         fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
         res = {}
@@ -240,23 +292,7 @@ def main():
     res["fused_recurrence"] = fused_entry
 
     if args.accuracy_batches and bf16:
-        acc = {}
-        for prec in ("fp32", "bf16"):
-            out = tempfile.mkdtemp(prefix="bench-train-acc-", dir=ROOT)
-            try:
-                t0 = time.perf_counter()
-                train(data=str(data_dir), out=out, hidden=H, wbits=4, abits=2, epochs=1,
-                      max_batches=args.accuracy_batches, threads=args.threads, checkpoint_every=0,
-                      log_every=0, progress=False, decoder_precision=prec)
-                wall = time.perf_counter() - t0
-                model, _, _ = load_lm_checkpoint(os.path.join(out, "last.pt"))
-                acc[prec] = {"valid_ppl": round(evaluate(model, corpus.valid), 3), "train_wall_s": round(wall, 1)}
-            finally:
-                shutil.rmtree(out, ignore_errors=True)
-            print(f"accuracy {prec}: {acc[prec]}", flush=True)
-        rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
-        res["accuracy"] = {"model": f"W4A2 H={H}", "batches": args.accuracy_batches, "recipe": "SGD lr 20, seed 1111",
-                           **acc, "relative_difference": round(rel, 5), "within_0.5_percent": abs(rel) <= 0.005}
+        res["accuracy"] = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=2)

@@ -1,0 +1,30 @@
+"""benchmarks/bench_train.py --accuracy-only: the fp32 / bf16 decoder check on a tiny corpus, merged
+into an existing results file without touching its other figures."""
+import json
+import os
+import subprocess
+import sys
+
+from tiny_corpus import write_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_accuracy_only_runs_both_precisions_and_keeps_other_figures(tmp_path):
+    data = write_corpus(tmp_path / "ptb", n_train=400, n_eval=40)
+    out = tmp_path / "bench_train.json"
+    out.write_text(json.dumps({"throughput": {"kept": 1}}))
+    r = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--data", str(data), "--accuracy-only",
+                        "--force-bf16", "--hidden", "8", "--threads", "1", "--accuracy-batches", "3",
+                        "--out", str(out), "--note", "test"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["throughput"] == {"kept": 1}
+    acc = res["accuracy"]
+    assert acc["batches"] == 3 and acc["note"] == "test" and "--accuracy-only" in acc["command"]
+    for prec in ("fp32", "bf16"):
+        assert acc[prec]["valid_ppl"] > 1
+    rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
+    assert abs(acc["relative_difference"] - rel) < 1e-4
+    assert acc["within_0.5_percent"] == (abs(acc["relative_difference"]) <= 0.005)
