@@ -301,7 +301,7 @@ def time_shared(row: dict, cfg: LayerConfig) -> dict:
     L = row["latency"][0]
     fold = folding_of(row)
     g = Geometry(cfg, fold)
-    one, two = (map_memory(FAMILY, g.word_bits, d, True) for d in (g.depth, 2 * g.depth))
+    one, two = (map_memory(FAMILY, g.word_bits, d, True, rw_check=False) for d in (g.depth, 2 * g.depth))
     state_ff = cfg.hidden * (cfg.abits + sum(s.width for s in cfg.gate_set.stores(cfg).values()))
     c, b = row["core"], row["buffers"]
     est = {k: c[k] + b.get(k, 0) for k in ("lut", "ff", "carry", "bram", "dsp", "lutram")}

@@ -32,7 +32,7 @@ class MemMap:
     kind: str        # "bram", "lutram" or "logic"
     bram: float      # block RAM primitives (Xilinx: 36 kbit tiles)
     lutram: int      # LUT RAM primitives (ECP5 DPR16X4) or LUTs used as RAM (Xilinx)
-    emulation: bool  # read-old-data registers around a block RAM with a write port
+    emulation: bool  # read-old-data registers around a block RAM with a write port and a rw check
 
 
 def _bram_ecp5(width, depth, has_write):
@@ -69,14 +69,18 @@ def lutram_read_mux_bits(width: int, depth: int, bank: int = 16) -> int:
     return width * (math.ceil(depth / bank) - 1)
 
 
-def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
+def map_memory(family: str, width: int, depth: int, has_write: bool, rw_check: bool = True) -> MemMap:
     """How yosys' memory_libmap maps a width x depth memory with one synchronous read port (and a
     write port): the cheapest of block RAM, LUT RAM and logic by its cost rule (cost of a primitive
-    times the number of primitives), with the primitives and costs of yosys' library files."""
+    times the number of primitives), with the primitives and costs of yosys' library files.
+    ``rw_check``: a read during a write of the same word must return the old word, which ECP5 and
+    iCE40 block RAM do not guarantee across ports, so yosys emulates it (``emulation``); False for
+    a memory marked no_rw_check (rtl_gen.memory.NO_RW_CHECK)."""
     bits = width * depth
+    emulate = has_write and rw_check
     if family == "ecp5":
         nb = _bram_ecp5(width, depth, has_write)
-        options = [(128 * nb, MemMap("bram", nb, 0, has_write))]
+        options = [(128 * nb, MemMap("bram", nb, 0, emulate))]
         if has_write:  # DPR16X4 is not used for ROMs (prune_rom)
             nl = math.ceil(width / 4) * math.ceil(depth / 16)
             # plus the read mux between banks of 16 words, LUTRAM_MUX_COST per bit and extra bank
@@ -85,7 +89,7 @@ def map_memory(family: str, width: int, depth: int, has_write: bool) -> MemMap:
             options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
     elif family == "ice40":
         nb = _bram_ice40(width, depth, has_write)
-        options = [(64 * nb, MemMap("bram", nb, 0, has_write))]
+        options = [(64 * nb, MemMap("bram", nb, 0, emulate))]
         if not has_write:
             options.append((bits / 16.0, MemMap("logic", 0, 0, False)))
     elif family == "xilinx":

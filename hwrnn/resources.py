@@ -79,13 +79,16 @@ class Mult:
 @dataclass(frozen=True)
 class Mem:
     """A memory: ``width`` x ``depth`` words with one synchronous read port, and a write port or
-    not (a ROM); ``copies`` 0 lists a memory the block does not hold (streamed weights)."""
+    not (a ROM); ``copies`` 0 lists a memory the block does not hold (streamed weights);
+    ``rw_check``: a read of the word being written must return the old word (yosys emulates that
+    around ECP5 / iCE40 block RAM); False for memories marked rtl_gen.memory.NO_RW_CHECK."""
 
     name: str
     width: int
     depth: int
     write: bool
     copies: int = 1
+    rw_check: bool = True
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from hwrnn.config import ConfigError, Folding
 from hwrnn.datapath import Geometry, bias_image, bias_width, weight_image
 
 from .blocks import LookupTable, ScaleBias, delay_line
-from .memory import WeightMemory, fixed_memory_attrs
+from .memory import WeightMemory, memory_attrs, registered_read
 from .multiplier import check_dsp
 from .units import gate_set_unit, gate_set_unit_class, mac_unit
 
@@ -140,8 +140,8 @@ class LstmCore(wiring.Component):
         bias_words = [sum((b & ((1 << bw) - 1)) << (bw * l) for l, b in enumerate(row)) for row in bias_image(layer, fold)]
         # depth at least 2: a one-word memory would get a zero-width address port in Verilog
         m.submodules.bmem = bmem = Memory(shape=PE * bw, depth=max(Rf, 2), init=bias_words,
-                                          attrs=fixed_memory_attrs(self.fixed_weights, max(Rf, 2)))
-        b_rd = bmem.read_port()
+                                          attrs=memory_attrs(self.fixed_weights, max(Rf, 2)))
+        b_raddr = Signal(range(max(Rf, 2)))
         b_wr = bmem.write_port()
         mult = Signal(self.mult_w, init=layer.mult)
 
@@ -317,11 +317,11 @@ class LstmCore(wiring.Component):
         # accumulated (valid with the sums)
         s2_rf, s2_phase = split(s2_rfph)
         if NP == 1:
-            m.d.comb += b_rd.addr.eq(s2_rf)
+            m.d.comb += b_raddr.eq(s2_rf)
         else:
-            m.d.comb += b_rd.addr.eq(s2_rf + per_phase([Const(g.phase_fold_offset(q), len(b_rd.addr))
+            m.d.comb += b_raddr.eq(s2_rf + per_phase([Const(g.phase_fold_offset(q), len(b_raddr))
                                                         for q in range(NP)], s2_phase))
-        b_word = b_rd.data
+        b_word = registered_read(m, bmem, b_raddr, "b_word")
         aw = mac.acc_width
         fins = [mac.acc[lane] for lane in range(PE)]
         s4_valid, s4_rfph = s3_valid, s3_rfph

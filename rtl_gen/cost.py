@@ -13,7 +13,8 @@ parent's block, the core's own logic to state_and_control), and sums per block:
   into DSP48E1s when each of its multipliers fits one; on ECP5 rtl_gen.synth builds every fitting
   registered multiplier as a MULT18X18D with its own operand and product registers; plus the
   registers yosys adds around memories (LUT RAM: the read register; block RAM with a write port
-  on ECP5 / iCE40: read-old-data emulation, 2 x width + address + 2);
+  and a read-during-write check on ECP5 / iCE40: read-old-data emulation, 2 x width + address + 2;
+  the core's own memories carry rtl_gen.memory.NO_RW_CHECK and get none);
 * memories: hwrnn.fpga.map_memory per memory name (copies of one name share the mapping of the
   first: the gate tables map as the sigmoid table);
 * DSP blocks: hwrnn.fpga.dsp_tiles per multiplier;
@@ -136,9 +137,9 @@ def core_built(cfg: LayerConfig, fold: Folding, weights: str = "memory", consts:
             regs += [Reg(f"v_{name}_write", wl, 0), Reg(f"rf_{name}_write", rf_w * wl, 0)]
         regs += [Reg("v_h", lat), Reg("rf_h", rf_w * lat)]
         subs.append(("unit", U, unit))
-    mems = (Mem("bmem", PE * bias_bits, max(g.row_folds, 2), True),)
+    mems = (Mem("bmem", PE * bias_bits, max(g.row_folds, 2), True, rw_check=False),)
     if not memory:  # no storage; listed so that the estimate shows how the weight memory would map
-        mems += (Mem("wmem", g.word_bits, g.depth, True, copies=0),)
+        mems += (Mem("wmem", g.word_bits, g.depth, True, copies=0, rw_check=False),)
     subs = ((("wmem", 1, WeightMemory.built(g.word_bits, g.depth)),) if memory else ()) + (
         ("mac", 1, mac),
         ("sb", PE, ScaleBias.built(cfg, fm.acc_width(cfg), mult_bits, bias_bits, shift)),
@@ -213,7 +214,7 @@ def memories(core: Built, family: str) -> dict:
             walk(sub, n * k)
 
     walk(core, 1)
-    return {k: (mem, n, map_memory(family, mem.width, mem.depth, mem.write)) for k, (mem, n) in found.items()}
+    return {k: (mem, n, map_memory(family, mem.width, mem.depth, mem.write, mem.rw_check)) for k, (mem, n) in found.items()}
 
 
 def block_counts(core: Built, family: str) -> dict[str, dict]:

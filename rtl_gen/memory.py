@@ -10,7 +10,7 @@ Two back ends with the same ports:
 """
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Instance, Module
+from amaranth.hdl import ClockSignal, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -36,6 +36,7 @@ module """ + WMEM_MODULE + """ #(
     input  wire [AW-1:0]    waddr,
     input  wire [WIDTH-1:0] wdata
 );
+    (* no_rw_check *)
     reg [WIDTH-1:0] mem [0:DEPTH-1];
     initial begin
         if (INIT_FILE != "") $readmemh(INIT_FILE, mem);
@@ -60,10 +61,36 @@ def hex_image(words, width: int) -> str:
 #: H128 bidirectional layer, PE 8 SIMD 54, 192-word weight memories, on xc7: 36,227 LUTs; marked:
 #: 17,454), where the cost model prices RAM.
 KEEP_AS_MEMORY = {"ram_block": 1}
+#: yosys memory attribute: a read and a write of the same address in one cycle need not return the old
+#: word. The core never uses a word read in the cycle it is written (weights and biases are loaded
+#: while it is idle, the first read follows the last write by a cycle), so yosys may map the memory
+#: to block RAM without its read-old-data emulation (on ECP5 two flip-flops and a multiplexer per
+#: data bit between the block RAM and the register after it: W4A2 H=32 PE 8 SIMD 16 6058 -> 5541
+#: LUT4, 5410 -> 4378 FF; that path was critical on W8A8 H=16 serial, 162 -> 181 MHz)
+NO_RW_CHECK = {"no_rw_check": 1}
 #: fixed memories of more words than this are marked KEEP_AS_MEMORY; shallower ones keep yosys's own
 #: choice (a 24-word weight memory marked went to block RAM on ECP5: 96 DP16KD instead of 46 for a
 #: W2A2 H32 bidirectional layer, where logic ROM or LUT RAM is what the model prices)
 KEEP_AS_MEMORY_MIN_WORDS = 65
+
+
+def registered_read(m: Module, mem: Memory, addr, name: str) -> Signal:
+    """The word at ``addr`` of the previous cycle (latency 1, like a synchronous read port): an
+    asynchronous read port of ``mem`` and a register without reset, which yosys (memory_dff) merges
+    into a synchronous read port. A read port made synchronous by Amaranth comes with a defined
+    read-during-write result (the old word), which yosys emulates around an ECP5 block RAM even
+    when the memory carries NO_RW_CHECK; a merged register honours it."""
+    rd = mem.read_port(domain="comb")
+    data = Signal(mem.shape, reset_less=True, name=name)
+    m.d.comb += rd.addr.eq(addr)
+    m.d.sync += data.eq(rd.data)
+    return data
+
+
+def memory_attrs(fixed: bool, depth: int) -> dict:
+    """The yosys attributes of a core memory of ``depth`` words: NO_RW_CHECK, and KEEP_AS_MEMORY
+    for a deep fixed one (fixed_memory_attrs)."""
+    return {**NO_RW_CHECK, **(fixed_memory_attrs(fixed, depth) or {})}
 
 
 def fixed_memory_attrs(fixed: bool, depth: int) -> dict | None:
@@ -95,16 +122,15 @@ class WeightMemory(wiring.Component):
     @classmethod
     def built(cls, width: int, depth: int) -> Built:
         """One width x depth memory with a write port (its read register belongs to the memory)."""
-        return Built(mems=(Mem("wmem", width, depth, True),), stages=1)
+        return Built(mems=(Mem("wmem", width, depth, True, rw_check=False),), stages=1)
 
     def elaborate(self, platform):
         m = Module()
         if self.image_file is None:
             m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=self.init,
-                                            attrs=fixed_memory_attrs(self.fixed, self.depth))
-            rd = mem.read_port()
+                                            attrs=memory_attrs(self.fixed, self.depth))
             wr = mem.write_port()
-            m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data),
+            m.d.comb += [self.rdata.eq(registered_read(m, mem, self.raddr, "rdata_r")),
                          wr.addr.eq(self.waddr), wr.data.eq(self.wdata), wr.en.eq(self.we)]
         else:
             m.submodules.mem = Instance(

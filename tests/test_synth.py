@@ -182,6 +182,45 @@ def test_ecp5_block_cells_synthesizes_one_block_and_cleans_up(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@needs_yosys
+def test_weight_memory_block_ram_has_no_read_during_write_logic(tmp_path):
+    """rtl_gen.memory.WeightMemory (NO_RW_CHECK, read through a register yosys merges into the
+    port): a written 64 x 256 memory is two DP16KD on ECP5 and nothing else. The same memory with
+    an Amaranth synchronous read port gets yosys's read-old-data emulation beside the block RAM
+    (LUTs and flip-flops between it and its reader, the critical path of block-RAM weights)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+
+    from rtl_gen.memory import NO_RW_CHECK, WeightMemory
+
+    width, depth = 64, 256
+    init = [(i * 0x9E3779B97F4A7C15) % (1 << width) for i in range(depth)]
+    parent = tmp_path / "work"
+    parent.mkdir()
+    cells = ecp5_block_cells(WeightMemory(width, depth, init), "wmem", str(parent))
+    assert cells == {"DP16KD": 2}, cells
+
+    class SyncReadMemory(wiring.Component):
+        raddr: In(8)
+        rdata: Out(width)
+        we: In(1)
+        waddr: In(8)
+        wdata: In(width)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = Memory(shape=width, depth=depth, init=init, attrs=NO_RW_CHECK)
+            rd, wr = mem.read_port(), mem.write_port()
+            m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data), wr.addr.eq(self.waddr),
+                         wr.data.eq(self.wdata), wr.en.eq(self.we)]
+            return m
+
+    cells = ecp5_block_cells(SyncReadMemory(), "syncmem", str(parent))
+    assert cells.get("DP16KD") == 2 and cells.get("LUT4", 0) >= width and cells.get("TRELLIS_FF", 0) >= width, cells
+
+
 # ---- real flows --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
