@@ -185,13 +185,15 @@ def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int) -> dict
             **acc, "relative_difference": round(rel, 5), "within_0.5_percent": abs(rel) <= 0.005}
 
 
-def merge_into(path: str, key: str, entry: dict) -> None:
-    """Write ``entry`` under ``key`` of the JSON results file at ``path``, keeping its other figures."""
-    res = {}
-    if os.path.isfile(path):
-        with open(path) as fh:
-            res = json.load(fh)
-    res[key] = entry
+def read_results(path: str) -> dict:
+    """The JSON results file at ``path`` ({} if there is none yet)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_results(path: str, res: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(res, fh, indent=2)
@@ -242,22 +244,18 @@ def main():
                     "load_average_1min_at_start": fused_entry["load_average_1min_at_start"]})
         if args.note:
             acc["note"] = args.note
-        merge_into(args.out, "accuracy", acc)
+        res = read_results(args.out)
+        res["accuracy"] = acc
+        write_results(args.out, res)
         print(json.dumps(acc, indent=1))
         return
     if args.fused_only:
         fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
-        res = {}
-        if os.path.isfile(args.out):
-            with open(args.out) as fh:
-                res = json.load(fh)
+        res = read_results(args.out)
         if "throughput" in res and "recurrence" not in res:  # figures of a full run older than the switch
             res["recurrence"] = "step by step (the throughput figures predate sw_ref.fused_recurrence)"
         res["fused_recurrence"] = fused_entry
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=2)
-            fh.write("\n")
+        write_results(args.out, res)
         print(json.dumps(fused_entry, indent=1))
         return
     names = ["W4A2 quantized, fp32 decoder", "W4A2 quantized, bf16 decoder", "float (same cell), fp32 decoder",
@@ -293,10 +291,7 @@ def main():
 
     if args.accuracy_batches and bf16:
         res["accuracy"] = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=2)
-        fh.write("\n")
+    write_results(args.out, res)
     print(json.dumps(res, indent=1))
 
 
