@@ -20,7 +20,9 @@ alone (forward and backward of one 35 x 20 window, random inputs: "recurrence_al
 the part of a training step the fused path can speed up. ``--fused-only`` measures only
 this pair and writes it into the existing results file beside the other figures; the entry records
 the process's niceness, the load average at the start and ``--note``. ``--accuracy-only`` likewise runs
-only the fp32 / bf16 perplexity check ("accuracy") and merges it into the existing file.
+only the fp32 / bf16 perplexity check ("accuracy") and merges it into the existing file; with
+``--accuracy-init CHECKPOINT`` (and ``--accuracy-lr``) the two runs fine-tune from that checkpoint, the
+regime the PTB recipes train in, recorded as "accuracy_finetune".
 """
 import argparse
 import json
@@ -163,16 +165,18 @@ def turn(model, data, batches, warmup=3, lr=20.0):
     return tokens / (time.perf_counter() - t0)
 
 
-def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int) -> dict:
-    """The same short run (W4A2, SGD lr 20, seed 1111, ``batches`` batches) with the decoder in fp32
-    and in bf16; validation perplexity of each (evaluated in fp32) and their relative difference."""
+def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int, init_from: str | None = None,
+                   lr: float = 20.0) -> dict:
+    """The same short run (W4A2, SGD at ``lr``, seed 1111, ``batches`` batches; from scratch, or
+    fine-tuning from the LM checkpoint or resume point ``init_from``) with the decoder in fp32 and in
+    bf16; validation perplexity of each (evaluated in fp32) and their relative difference."""
     acc = {}
     for prec in ("fp32", "bf16"):
         out = tempfile.mkdtemp(prefix="bench-train-acc-", dir=ROOT)
         try:
             t0 = time.perf_counter()
             train(data=str(data_dir), out=out, hidden=H, wbits=4, abits=2, epochs=1,
-                  max_batches=batches, threads=threads, checkpoint_every=0,
+                  max_batches=batches, threads=threads, checkpoint_every=0, lr=lr, init_from=init_from,
                   log_every=0, progress=False, decoder_precision=prec)
             wall = time.perf_counter() - t0
             model, _, _ = load_lm_checkpoint(os.path.join(out, "last.pt"))
@@ -181,7 +185,8 @@ def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int) -> dict
             shutil.rmtree(out, ignore_errors=True)
         print(f"accuracy {prec}: {acc[prec]}", flush=True)
     rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
-    return {"model": f"W4A2 H={H}", "batches": batches, "recipe": "SGD lr 20, seed 1111",
+    recipe = f"SGD lr {lr:g}, seed 1111" + (f", fine-tuning from {init_from}" if init_from else ", from scratch")
+    return {"model": f"W4A2 H={H}", "batches": batches, "recipe": recipe,
             **acc, "relative_difference": round(rel, 5), "within_0.5_percent": abs(rel) <= 0.005}
 
 
@@ -213,6 +218,10 @@ def main():
                    help="measure only the fused vs step-by-step recurrence and merge it into --out")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the fp32 / bf16 validation-perplexity check and merge it into --out")
+    p.add_argument("--accuracy-init", default=None,
+                   help="--accuracy-only: fine-tune from this checkpoint (a path relative to the repository) "
+                        "instead of training from scratch; recorded as accuracy_finetune")
+    p.add_argument("--accuracy-lr", type=float, default=20.0, help="SGD lr of the accuracy check (default 20)")
     p.add_argument("--note", default=None, help="recorded in the fused_recurrence / accuracy entry (e.g. the machine's load)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
     args = p.parse_args()
@@ -236,16 +245,19 @@ def main():
     if args.accuracy_only:
         if not bf16:
             sys.exit("bench_train: --accuracy-only needs native bf16 (or --force-bf16)")
-        acc = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
+        acc = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads, args.accuracy_init,
+                             args.accuracy_lr)
         acc.update({"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
                                f"--accuracy-only --hidden {H} --threads {args.threads} "
-                               f"--accuracy-batches {args.accuracy_batches}",
+                               f"--accuracy-batches {args.accuracy_batches}"
+                               + (f" --accuracy-lr {args.accuracy_lr:g}" if args.accuracy_lr != 20.0 else "")
+                               + (f" --accuracy-init {args.accuracy_init}" if args.accuracy_init else ""),
                     "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "load_average_1min_at_start": fused_entry["load_average_1min_at_start"]})
         if args.note:
             acc["note"] = args.note
         res = read_results(args.out)
-        res["accuracy"] = acc
+        res["accuracy_finetune" if args.accuracy_init else "accuracy"] = acc
         write_results(args.out, res)
         print(json.dumps(acc, indent=1))
         return
@@ -291,6 +303,9 @@ def main():
 
     if args.accuracy_batches and bf16:
         res["accuracy"] = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
+    prev = read_results(args.out)
+    if "accuracy_finetune" in prev:  # measured on its own (--accuracy-only --accuracy-init): kept
+        res["accuracy_finetune"] = prev["accuracy_finetune"]
     write_results(args.out, res)
     print(json.dumps(res, indent=1))
 

@@ -28,3 +28,31 @@ def test_accuracy_only_runs_both_precisions_and_keeps_other_figures(tmp_path):
     rel = acc["bf16"]["valid_ppl"] / acc["fp32"]["valid_ppl"] - 1
     assert abs(acc["relative_difference"] - rel) < 1e-4
     assert acc["within_0.5_percent"] == (abs(acc["relative_difference"]) <= 0.005)
+
+
+def test_accuracy_finetune_starts_both_runs_from_the_checkpoint(tmp_path):
+    """--accuracy-init: both precisions fine-tune from the given checkpoint (recorded as
+    accuracy_finetune, beside a from-scratch accuracy entry it leaves alone); started from a trained
+    model they reach a lower perplexity than from scratch."""
+    from sw_ref.train import train
+    data = write_corpus(tmp_path / "ptb", n_train=400, n_eval=40)
+    train(data=str(data), out=str(tmp_path / "start"), hidden=8, wbits=4, abits=2, epochs=3, threads=1,
+          checkpoint_every=0, log_every=0, progress=False)
+    out = tmp_path / "bench_train.json"
+    out.write_text(json.dumps({"accuracy": {"kept": 1}}))
+    args = [sys.executable, "benchmarks/bench_train.py", "--data", str(data), "--accuracy-only", "--force-bf16",
+            "--hidden", "8", "--threads", "1", "--accuracy-batches", "2", "--out", str(out)]
+    r = subprocess.run(args + ["--accuracy-init", str(tmp_path / "start" / "last.pt"), "--accuracy-lr", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["accuracy"] == {"kept": 1}
+    fine = res["accuracy_finetune"]
+    assert "fine-tuning from" in fine["recipe"] and "SGD lr 1," in fine["recipe"]
+    assert "--accuracy-init" in fine["command"] and "--accuracy-lr 1" in fine["command"]
+    r = subprocess.run(args + ["--out", str(tmp_path / "scratch.json")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    scratch = json.loads((tmp_path / "scratch.json").read_text())["accuracy"]
+    assert "from scratch" in scratch["recipe"]
+    assert fine["fp32"]["valid_ppl"] < scratch["fp32"]["valid_ppl"]
