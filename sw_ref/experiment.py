@@ -470,7 +470,6 @@ def _fmt_bpc(v):
 
 
 #: the entries issue 7 requires
-REQUIRED_RUNS = ("float@300", "W4A4@300", "W4A4@450", "W4A2@450", "W2A2@300", "W2A2@450")
 #: test PPW targets (integer model; training model for float runs), each the paper's figure for
 #: exactly that cell: bit widths and hidden size (Kapur's 1000-unit column is not a 450 target)
 TARGETS = {"float@300": float(HE_TABLE1_LSTM[(None, None)]),
@@ -478,6 +477,9 @@ TARGETS = {"float@300": float(HE_TABLE1_LSTM[(None, None)]),
                                                                         (2, 2, 300), (2, 2, 450))},
            **{f"W{w}A{a}@300": float(HE_TABLE1_LSTM[(w, a)]) for w, a in ((2, 3), (3, 3))}}
 #: He et al.'s GRU rows (300 units) for the GRU entries ("gru": the reset gate before the product, theirs)
+#: the LSTM runs of issue 16's table (its targets and the float@450 baseline): a row each, a
+#: "not run yet" row (with the reason results/ptb.json's "not_run" gives) while a run is missing
+REQUIRED_RUNS = (*TARGETS, "float@450")
 TARGETS.update({_entry_name(w, a, 300, cell_type="gru"): float(v) for (w, a), v in HE_TABLE1_GRU.items()})
 TARGET_SOURCES = {"float@300": "He et al. Table 1, float 300 units; Kapur et al.'s baseline 108.7",
                   "W2A3@300": "He et al. Table 1", "W3A3@300": "He et al. Table 1",
@@ -554,6 +556,7 @@ def results_table(d: dict) -> str:
             t = TARGETS.get(name)
             lines.append(f"| {name} | {w or 32} | {a or 32} | {h} | - | not run yet | - | - | - | - | - "
                          f"| {'<= ' + str(t) if t else '-'} | {_fmt(kapur)} | {_fmt(he)} | - | - |")
+    not_run = [(n, why) for n, why in sorted(d.get("not_run", {}).items()) if n not in d["runs"]]
     lines.append("")
     lines.append("Kapur et al. Table 2 (test PPW): " + "; ".join(
         f"W{w}A{a}: " + ", ".join(f"{h}: {v}" for h, v in row.items()) for (w, a), row in KAPUR_TABLE2.items())
@@ -574,6 +577,7 @@ def results_table(d: dict) -> str:
                  "training invocations (`wall_s`; evaluation and an `--init-from` checkpoint's training excluded) "
                  "on the machine that ran it (shared with any other runs of the time), and per epoch.")
     noted = [(n, e["note"]) for n, e in sorted(d["runs"].items()) if e.get("note")]
+    noted += [(n, f"not run yet: {why}") for n, why in not_run]
     if noted:
         lines.extend(["", "Notes:", ""] + [f"- {n}: {note}" for n, note in noted])
     lines.extend(search_table(d))

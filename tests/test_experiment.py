@@ -214,3 +214,18 @@ def test_a_restarted_run_keeps_the_replaced_figures_in_a_note(tiny_corpus, tmp_p
     assert third["note"] == second["note"]
     table = results_table(load_results(res))
     assert f"- W2A2@8: {second['note']}" in table
+
+
+def test_every_target_has_a_row_and_a_missing_run_its_reason():
+    """Each of issue 16's LSTM targets (and the float@450 baseline) has a table row; a run not yet made
+    is a "not run yet" row, with the reason results/ptb.json's not_run gives among the notes (dropped
+    once the run exists)."""
+    from sw_ref.experiment import REQUIRED_RUNS, TARGETS
+    assert {"W2A3@300", "W3A3@300", "float@450"} <= set(REQUIRED_RUNS)
+    assert all(n in REQUIRED_RUNS for n in TARGETS if not n.startswith("GRU "))
+    table = results_table({"runs": {}, "not_run": {"W2A3@300": "no 300-wide start"}})
+    for name in REQUIRED_RUNS:
+        row = next(r for r in table.splitlines() if r.startswith(f"| {name} |"))
+        assert "| not run yet |" in row and (name not in TARGETS or f"<= {TARGETS[name]} |" in row)
+    assert "- W2A3@300: not run yet: no 300-wide start" in table
+    assert "W3A3@300: not run yet:" not in table  # no reason recorded, no note
