@@ -5,7 +5,8 @@ short run reaches with each decoder precision (the bf16 switch must keep it with
 Writes results/bench_train.json.
 
     python benchmarks/bench_train.py --data ../shared/data/ptb [--hidden 450] [--threads 2]
-        [--batches 40] [--turns 3] [--accuracy-batches 400] [--fused-only | --accuracy-only] [--note TEXT]
+        [--batches 40] [--turns 3] [--accuracy-batches 400] [--profile-batches 10]
+        [--fused-only | --accuracy-only [--accuracy-init CHECKPOINT --accuracy-lr LR] | --profile-only] [--note TEXT]
 
 Throughput: each variant trains ``--batches`` batches (20 x 35 tokens, after 3 warm-up batches)
 per turn, the variants take turns ``--turns`` times (the machine is noisy: turns pair them in
@@ -23,6 +24,10 @@ the process's niceness, the load average at the start and ``--note``. ``--accura
 only the fp32 / bf16 perplexity check ("accuracy") and merges it into the existing file; with
 ``--accuracy-init CHECKPOINT`` (and ``--accuracy-lr``) the two runs fine-tune from that checkpoint, the
 regime the PTB recipes train in, recorded as "accuracy_finetune".
+
+Profile split (the "profile" entry; ``--profile-only`` measures it alone and merges it): torch.profiler
+over ``--profile-batches`` training steps of the quantized model (bf16 decoder where the CPU has bf16
+instructions): each op's self CPU time per batch and share, the largest by name, beside the wall time.
 """
 import argparse
 import json
@@ -144,6 +149,18 @@ def fused_ab(train_b, V, H, batches, turns):
     return out
 
 
+def sgd_step(model, opt, x, y, state):
+    """One training step (forward, backward, clip 0.25, SGD step); the carried state."""
+    state = model.detach_state(state) if state is not None else None
+    opt.zero_grad(set_to_none=True)
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+    opt.step()
+    return state
+
+
 def turn(model, data, batches, warmup=3, lr=20.0):
     """tokens/s of `batches` SGD steps (forward, backward, clip, step) after `warmup` steps."""
     model.train()
@@ -154,15 +171,42 @@ def turn(model, data, batches, warmup=3, lr=20.0):
             t0, tokens = time.perf_counter(), 0
         if b == warmup + batches:
             break
-        state = model.detach_state(state) if state is not None else None
-        opt.zero_grad(set_to_none=True)
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-        opt.step()
+        state = sgd_step(model, opt, x, y, state)
         tokens += y.numel()
     return tokens / (time.perf_counter() - t0)
+
+
+def profile_split(model, data, batches, warmup=3, top=12) -> dict:
+    """Where a training step's time goes: torch.profiler over ``batches`` SGD steps after ``warmup``;
+    per op name (aten ops and the model's autograd functions) its self CPU time in ms per batch and
+    its share of all ops' self time, the ``top`` largest by name and the rest summed as "other";
+    beside it the wall ms per batch (the part not in any op is Python and the profiler itself)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=20.0)
+    steps = iter_bptt(data, 35, 0)
+    state = None
+    for _ in range(warmup):
+        _, x, y = next(steps)
+        state = sgd_step(model, opt, x, y, state)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            _, x, y = next(steps)
+            state = sgd_step(model, opt, x, y, state)
+        wall = time.perf_counter() - t0
+    self_us = {}
+    for ev in prof.key_averages():
+        self_us[ev.key] = self_us.get(ev.key, 0.0) + ev.self_cpu_time_total
+    total = sum(self_us.values())
+    ranked = sorted(self_us.items(), key=lambda kv: -kv[1])
+    ops = {k: v for k, v in ranked[:top]}
+    ops["other"] = sum(v for _, v in ranked[top:])
+    return {"batches": batches, "wall_ms_per_batch": round(1000 * wall / batches, 1),
+            "ops_self_ms_per_batch": round(total / 1000 / batches, 1),
+            "ops": {k: {"self_ms_per_batch": round(v / 1000 / batches, 2), "share": round(v / total, 4)}
+                    for k, v in ops.items()}}
 
 
 def accuracy_check(data_dir, corpus, H: int, batches: int, threads: int, init_from: str | None = None,
@@ -218,6 +262,10 @@ def main():
                    help="measure only the fused vs step-by-step recurrence and merge it into --out")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the fp32 / bf16 validation-perplexity check and merge it into --out")
+    p.add_argument("--profile-batches", type=int, default=10,
+                   help="batches the profile split of the quantized model covers (0 skips it)")
+    p.add_argument("--profile-only", action="store_true",
+                   help="measure only the profile split and merge it into --out")
     p.add_argument("--accuracy-init", default=None,
                    help="--accuracy-only: fine-tune from this checkpoint (a path relative to the repository) "
                         "instead of training from scratch; recorded as accuracy_finetune")
@@ -261,6 +309,27 @@ def main():
         write_results(args.out, res)
         print(json.dumps(acc, indent=1))
         return
+    profiled = "W4A2 quantized, bf16 decoder" if bf16 else "W4A2 quantized, fp32 decoder"
+
+    def profile_entry():
+        prof = profile_split(make(profiled, V, H), train_b, args.profile_batches)
+        return {"model": f"{profiled}, H={H}", "threads": args.threads, "machine": machine,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "load_average_1min_at_start": fused_entry["load_average_1min_at_start"],
+                "command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
+                           f"--profile-only --hidden {H} --threads {args.threads} "
+                           f"--profile-batches {args.profile_batches}", **prof,
+                **({"note": args.note} if args.note else {})}
+
+    if args.profile_only:
+        if args.profile_batches < 1:
+            sys.exit("bench_train: --profile-only needs --profile-batches >= 1")
+        entry = profile_entry()
+        res = read_results(args.out)
+        res["profile"] = entry
+        write_results(args.out, res)
+        print(json.dumps(entry, indent=1))
+        return
     if args.fused_only:
         fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
         res = read_results(args.out)
@@ -282,7 +351,8 @@ def main():
             print(f"turn {t + 1}: {n}: {speeds[n][-1]:.0f} tok/s", flush=True)
     ref = statistics.median(speeds["torch.nn.LSTM, fp32 decoder"])
     res = {"command": f"python benchmarks/bench_train.py --data <ptb> --hidden {H} --threads {args.threads} "
-                      f"--batches {args.batches} --turns {args.turns} --accuracy-batches {args.accuracy_batches}",
+                      f"--batches {args.batches} --turns {args.turns} --accuracy-batches {args.accuracy_batches} "
+                      f"--profile-batches {args.profile_batches}",
            "machine": machine,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H, "threads": args.threads,
            "batch": "20 x 35 tokens", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -300,6 +370,9 @@ def main():
 
     fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
     res["fused_recurrence"] = fused_entry
+    if args.profile_batches:
+        res["profile"] = profile_entry()
+        res["profile"]["command"] = res["command"]
 
     if args.accuracy_batches and bf16:
         res["accuracy"] = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)

@@ -56,3 +56,23 @@ def test_accuracy_finetune_starts_both_runs_from_the_checkpoint(tmp_path):
     scratch = json.loads((tmp_path / "scratch.json").read_text())["accuracy"]
     assert "from scratch" in scratch["recipe"]
     assert fine["fp32"]["valid_ppl"] < scratch["fp32"]["valid_ppl"]
+
+
+def test_profile_only_splits_a_training_step_by_op(tmp_path):
+    """--profile-only: the ops' self time per batch and shares (summing to 1 with "other"), merged
+    into the results file beside its other figures."""
+    data = write_corpus(tmp_path / "ptb", n_train=400, n_eval=40)
+    out = tmp_path / "bench_train.json"
+    out.write_text(json.dumps({"throughput": {"kept": 1}}))
+    r = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--data", str(data), "--profile-only",
+                        "--hidden", "8", "--threads", "1", "--profile-batches", "2", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["throughput"] == {"kept": 1}
+    prof = res["profile"]
+    assert prof["batches"] == 2 and "--profile-only" in prof["command"] and prof["model"].startswith("W4A2")
+    ops = prof["ops"]
+    assert "other" in ops and len(ops) <= 13 and any(k.startswith("aten::") for k in ops)
+    assert abs(sum(v["share"] for v in ops.values()) - 1) < 0.01
+    assert 0 < prof["ops_self_ms_per_batch"] and 0 < prof["wall_ms_per_batch"]
