@@ -377,8 +377,9 @@ def main():
     if args.accuracy_batches and bf16:
         res["accuracy"] = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads)
     prev = read_results(args.out)
-    if "accuracy_finetune" in prev:  # measured on its own (--accuracy-only --accuracy-init): kept
-        res["accuracy_finetune"] = prev["accuracy_finetune"]
+    for key in ("accuracy", "accuracy_finetune"):  # checks this run did not make (--accuracy-batches 0, or
+        if key in prev and key not in res:        # --accuracy-only --accuracy-init): kept as they were
+            res[key] = prev[key]
     write_results(args.out, res)
     print(json.dumps(res, indent=1))
 

@@ -76,3 +76,21 @@ def test_profile_only_splits_a_training_step_by_op(tmp_path):
     assert "other" in ops and len(ops) <= 13 and any(k.startswith("aten::") for k in ops)
     assert abs(sum(v["share"] for v in ops.values()) - 1) < 0.01
     assert 0 < prof["ops_self_ms_per_batch"] and 0 < prof["wall_ms_per_batch"]
+
+
+def test_full_run_measures_throughput_and_keeps_checks_it_did_not_make(tmp_path):
+    """The full run (throughput of the five models, the fused pair, the profile) on a tiny corpus;
+    with --accuracy-batches 0 the accuracy entries measured before stay as they were."""
+    data = write_corpus(tmp_path / "ptb", n_train=2000, n_eval=40)
+    out = tmp_path / "bench_train.json"
+    out.write_text(json.dumps({"accuracy": {"kept": 1}, "accuracy_finetune": {"kept": 2}, "throughput": {"old": 1}}))
+    r = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--data", str(data), "--hidden", "8",
+                        "--threads", "1", "--batches", "1", "--turns", "1", "--accuracy-batches", "0",
+                        "--profile-batches", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["accuracy"] == {"kept": 1} and res["accuracy_finetune"] == {"kept": 2}
+    assert "old" not in res["throughput"] and res["throughput"]["torch.nn.LSTM, fp32 decoder"]["vs_torch_nn_lstm"] == 1.0
+    assert res["profile"]["batches"] == 1 and res["profile"]["command"] == res["command"]
+    assert "--profile-batches 1" in res["command"] and res["fused_recurrence"]["W4A2"]["fused_tokens_per_s"] > 0
