@@ -126,6 +126,32 @@ def model_accuracy(res: dict) -> str:
             "ternary one are check points and random draws cover the rest).")
 
 
+def reading(res: dict) -> str:
+    """The comparisons the table is for, computed from this run's counts (ternary against balanced
+    W2, exponential W4 against balanced W4); the parts whose codes were not measured are left out."""
+    codes = res["codes"]
+
+    def counts(label):
+        return (codes.get(label) or {}).get("counts") or None
+
+    parts = []
+    b2, t = counts("balanced W2"), counts("ternary")
+    if b2 and t:
+        parts.append(f"the ternary core (lanes: a positive minus a negative one-plane popcount, no correction term) "
+                     f"has {100 * (1 - t['lut'] / b2['lut']):.1f} % fewer LUTs than the balanced W2 core "
+                     f"({t['lut']} vs {b2['lut']}) at {codes['ternary'].get('cycles_per_step')} vs "
+                     f"{codes['balanced W2'].get('cycles_per_step')} cycles per step")
+    if t and counts("pow2_ternary") == t:
+        parts.append("the power-of-two ternary code is the same hardware (only its scale differs)")
+    b4, e4 = counts("balanced W4"), counts("exponential W4")
+    if b4 and e4:
+        parts.append(f"exponential lanes (registered signed shifted terms, then an adder tree) cost "
+                     f"{e4['lut'] / b4['lut']:.2f}x the LUTs of the balanced W4 core ({e4['lut']} vs {b4['lut']}) at "
+                     f"{codes['exponential W4'].get('fmax_mhz')} MHz against {codes['balanced W4'].get('fmax_mhz')}")
+    return ("Reading (this run): " + "; ".join(parts) + ". results/exponential_lanes.md shows the shift-add lane "
+            "at half the LUTs of a popcount lane per exponent.") if parts else ""
+
+
 def write_md(res: dict, out: str) -> None:
     lines = [f"# Weight codings side by side ({res['layer']}, {res['family']})", "",
              f"Command: `{res['command']}` ({res['date']})", "",
@@ -149,14 +175,7 @@ def write_md(res: dict, out: str) -> None:
               "model isolates them. Ternary and exponential lanes use no multiplier (DSP counts are the scale and "
               "cell units shared by all).",
               "",
-              "Reading (this run): the ternary core (lanes: a positive minus a negative one-plane popcount, no "
-              "correction term) has 4 % fewer LUTs than the balanced W2 core at the same cycles and Fmax; the "
-              "power-of-two ternary "
-              "code is the same hardware (only its scale differs). Exponential lanes (registered signed "
-              "shifted terms, then an adder tree) cost 1.18x the LUTs of the balanced W4 core (7164 vs 6058) at "
-              "152 MHz; without the term register (the first measurement) they took 9324 LUT at 117 MHz. "
-              "results/exponential_lanes.md shows the shift-add lane at half the LUTs of a popcount lane per "
-              "exponent.", "", model_accuracy(res)]
+              "", reading(res), "", model_accuracy(res)]
     with open(out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
