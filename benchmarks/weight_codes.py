@@ -53,7 +53,7 @@ def main():
         return
     base = os.path.join(ROOT, "build", "weight_codes")
     os.makedirs(base, exist_ok=True)
-    res = {"command": "python benchmarks/weight_codes.py " + shlex.join(sys.argv[1:]),
+    res = {"command": " ".join(["python benchmarks/weight_codes.py", shlex.join(sys.argv[1:])]).rstrip(),
            "machine": f"{platform.machine()} {os.cpu_count()} cores (a training job ran beside it: wall times are "
                       "upper bounds)",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "family": args.family,
@@ -175,7 +175,7 @@ def write_md(res: dict, out: str) -> None:
               "model isolates them. Ternary and exponential lanes use no multiplier (DSP counts are the scale and "
               "cell units shared by all).",
               "",
-              "", reading(res), "", model_accuracy(res)]
+              reading(res), "", model_accuracy(res)]
     with open(out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

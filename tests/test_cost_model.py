@@ -183,7 +183,7 @@ def test_exponential_lanes_price_their_shifted_terms():
     code's top shift) per lane); popcount lanes report none. With the coefficients fitted on the
     exponential calibration points (benchmarks/calibrate_resources.py), the model ranks the
     exponential W4 core above the balanced W4 core at the same folding on ECP5, as yosys does
-    (results/weight_codes.md: 7164 against 6058 LUT)."""
+    (results/weight_codes.md: 6650 against 5541 LUT)."""
     fold = Folding(pe=8, simd=16)
     exp = LayerConfig(wbits=4, abits=2, hidden=32, weight_code="exponential")
     bal = LayerConfig(wbits=4, abits=2, hidden=32)
