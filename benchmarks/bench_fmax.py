@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hwrnn.devices import FAMILIES  # noqa: E402  (the families the synthesis flow knows)
-from rtl_gen.synth import TARGET_MHZ, SynthError, run_nextpnr  # noqa: E402
+from rtl_gen.synth import DEFAULT_TIMEOUT, TARGET_MHZ, SynthError, run_nextpnr  # noqa: E402
 
 CONFIGS = {
     "W2A2_H8_PE4_S4_fixed": ["--wbits", "2", "--abits", "2", "--hidden", "8", "--pe", "4", "--simd", "4"],
@@ -98,7 +98,7 @@ def run(name: str, args: list[str], n_seeds: int) -> dict:
     work = os.path.join(ROOT, out, "synth_ecp5")
     for seed in range(2, n_seeds + 1):
         try:
-            r = run_nextpnr("ecp5", pnr["device"], work, timeout=3600, seed=seed)
+            r = run_nextpnr("ecp5", pnr["device"], work, DEFAULT_TIMEOUT, seed=seed)
             seeds.append({"seed": seed, "fmax_mhz": r["fmax_mhz"], "critical_path": _path(r), "pnr_s": r["seconds"]})
         except SynthError as e:
             seeds.append({"seed": seed, "fmax_mhz": None, "error": str(e)})

@@ -281,63 +281,62 @@ def main():
     bf16 = native_bf16() or args.force_bf16
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
     nice = os.nice(0)
-    fused_entry = {"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
-                              f"{'--fused-only ' if args.fused_only else ''}--hidden {H} --threads {args.threads} "
-                              f"--batches {args.batches} --turns {args.turns}",
-                   "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hidden": H,
-                   "threads": args.threads, "batch": "20 x 35 tokens", "batches_per_turn": args.batches,
-                   "warmup_batches": 3, "turns": args.turns, "niceness": nice,
-                   "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
-    if args.note:
-        fused_entry["note"] = args.note
+    load = round(os.getloadavg()[0], 2)
+
+    def stamp(flags: str) -> dict:
+        """What an entry records of the run that measured it: its command (``flags`` after the data,
+        under the niceness it ran at), machine, date, the load average at the start and --note."""
+        return {"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
+                           + flags,
+                "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "load_average_1min_at_start": load, **({"note": args.note} if args.note else {})}
+
+    def merge(key: str, entry: dict, prepare=None) -> None:
+        """Write ``entry`` under ``key`` into the existing results file (``prepare`` may amend the file's
+        other entries first), keeping everything else in it."""
+        res = read_results(args.out)
+        if prepare:
+            prepare(res)
+        res[key] = entry
+        write_results(args.out, res)
+        print(json.dumps(entry, indent=1))
+
+    fused_entry = {**stamp(f"{'--fused-only ' if args.fused_only else ''}--hidden {H} --threads {args.threads} "
+                           f"--batches {args.batches} --turns {args.turns}"),
+                   "hidden": H, "threads": args.threads, "batch": "20 x 35 tokens", "batches_per_turn": args.batches,
+                   "warmup_batches": 3, "turns": args.turns, "niceness": nice}
     if args.accuracy_only:
         if not bf16:
             sys.exit("bench_train: --accuracy-only needs native bf16 (or --force-bf16)")
         acc = accuracy_check(data_dir, corpus, H, args.accuracy_batches, args.threads, args.accuracy_init,
                              args.accuracy_lr)
-        acc.update({"command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
-                               f"--accuracy-only --hidden {H} --threads {args.threads} "
-                               f"--accuracy-batches {args.accuracy_batches}"
-                               + (f" --accuracy-lr {args.accuracy_lr:g}" if args.accuracy_lr != 20.0 else "")
-                               + (f" --accuracy-init {args.accuracy_init}" if args.accuracy_init else ""),
-                    "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "load_average_1min_at_start": fused_entry["load_average_1min_at_start"]})
-        if args.note:
-            acc["note"] = args.note
-        res = read_results(args.out)
-        res["accuracy_finetune" if args.accuracy_init else "accuracy"] = acc
-        write_results(args.out, res)
-        print(json.dumps(acc, indent=1))
+        acc.update(stamp(f"--accuracy-only --hidden {H} --threads {args.threads} "
+                         f"--accuracy-batches {args.accuracy_batches}"
+                         + (f" --accuracy-lr {args.accuracy_lr:g}" if args.accuracy_lr != 20.0 else "")
+                         + (f" --accuracy-init {args.accuracy_init}" if args.accuracy_init else "")))
+        merge("accuracy_finetune" if args.accuracy_init else "accuracy", acc)
         return
     profiled = "W4A2 quantized, bf16 decoder" if bf16 else "W4A2 quantized, fp32 decoder"
 
     def profile_entry():
         prof = profile_split(make(profiled, V, H), train_b, args.profile_batches)
-        return {"model": f"{profiled}, H={H}", "threads": args.threads, "machine": machine,
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "load_average_1min_at_start": fused_entry["load_average_1min_at_start"],
-                "command": (f"nice -n {nice} " if nice else "") + "python benchmarks/bench_train.py --data <ptb> "
-                           f"--profile-only --hidden {H} --threads {args.threads} "
-                           f"--profile-batches {args.profile_batches}", **prof,
-                **({"note": args.note} if args.note else {})}
+        return {"model": f"{profiled}, H={H}", "threads": args.threads, **prof,
+                **stamp(f"--profile-only --hidden {H} --threads {args.threads} "
+                        f"--profile-batches {args.profile_batches}")}
 
     if args.profile_only:
         if args.profile_batches < 1:
             sys.exit("bench_train: --profile-only needs --profile-batches >= 1")
-        entry = profile_entry()
-        res = read_results(args.out)
-        res["profile"] = entry
-        write_results(args.out, res)
-        print(json.dumps(entry, indent=1))
+        merge("profile", profile_entry())
         return
     if args.fused_only:
         fused_entry.update(fused_ab(train_b, V, H, args.batches, args.turns))
-        res = read_results(args.out)
-        if "throughput" in res and "recurrence" not in res:  # figures of a full run older than the switch
-            res["recurrence"] = "step by step (the throughput figures predate sw_ref.fused_recurrence)"
-        res["fused_recurrence"] = fused_entry
-        write_results(args.out, res)
-        print(json.dumps(fused_entry, indent=1))
+
+        def mark_old_throughput(res):
+            if "throughput" in res and "recurrence" not in res:  # figures of a full run older than the switch
+                res["recurrence"] = "step by step (the throughput figures predate sw_ref.fused_recurrence)"
+
+        merge("fused_recurrence", fused_entry, mark_old_throughput)
         return
     names = ["W4A2 quantized, fp32 decoder", "W4A2 quantized, bf16 decoder", "float (same cell), fp32 decoder",
              "float (same cell), bf16 decoder", "torch.nn.LSTM, fp32 decoder"]

@@ -53,7 +53,7 @@ def main():
         return
     base = os.path.join(ROOT, "build", "weight_codes")
     os.makedirs(base, exist_ok=True)
-    res = {"command": " ".join(["python benchmarks/weight_codes.py", shlex.join(sys.argv[1:])]).rstrip(),
+    res = {"command": shlex.join(["python", "benchmarks/weight_codes.py", *sys.argv[1:]]),
            "machine": f"{platform.machine()} {os.cpu_count()} cores (a training job ran beside it: wall times are "
                       "upper bounds)",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "family": args.family,

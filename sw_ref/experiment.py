@@ -469,17 +469,16 @@ def _fmt_bpc(v):
     return "-" if v is None else f"{v:.3f} bpc"
 
 
-#: the entries issue 7 requires
 #: test PPW targets (integer model; training model for float runs), each the paper's figure for
 #: exactly that cell: bit widths and hidden size (Kapur's 1000-unit column is not a 450 target)
 TARGETS = {"float@300": float(HE_TABLE1_LSTM[(None, None)]),
            **{f"W{w}A{a}@{h}": KAPUR_TABLE2[(w, a)][h] for w, a, h in ((4, 4, 300), (4, 4, 450), (4, 2, 450),
                                                                         (2, 2, 300), (2, 2, 450))},
            **{f"W{w}A{a}@300": float(HE_TABLE1_LSTM[(w, a)]) for w, a in ((2, 3), (3, 3))}}
-#: He et al.'s GRU rows (300 units) for the GRU entries ("gru": the reset gate before the product, theirs)
 #: the LSTM runs of issue 16's table (its targets and the float@450 baseline): a row each, a
 #: "not run yet" row (with the reason results/ptb.json's "not_run" gives) while a run is missing
 REQUIRED_RUNS = (*TARGETS, "float@450")
+#: He et al.'s GRU rows (300 units) for the GRU entries ("gru": the reset gate before the product, theirs)
 TARGETS.update({_entry_name(w, a, 300, cell_type="gru"): float(v) for (w, a), v in HE_TABLE1_GRU.items()})
 TARGET_SOURCES = {"float@300": "He et al. Table 1, float 300 units; Kapur et al.'s baseline 108.7",
                   "W2A3@300": "He et al. Table 1", "W3A3@300": "He et al. Table 1",
