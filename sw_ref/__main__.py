@@ -118,6 +118,9 @@ def _level_arg(p, default_help="word"):
 def _speed_args(p):
     p.add_argument("--eval-every", type=int, help="also validate every N batches inside an epoch (best.pt and lr "
                                                    "annealing react within the epoch; default 0 = epoch ends only)")
+    p.add_argument("--anneal-threshold", type=float,
+                   help="also divide lr by 4 when a validation beats the best by less than this fraction "
+                        "(0.005 = 0.5 %%; default 0 = only when it does not improve)")
     p.add_argument("--decoder-precision", choices=["fp32", "bf16"],
                    help="decoder GEMMs in training (bf16: CPU autocast, faster only on CPUs with bf16 matrix instructions, 'avx512_bf16'/AMX; evaluation stays fp32)")
     p.add_argument("--no-fused-recurrence", dest="fused_recurrence", action="store_false", default=None,
@@ -441,7 +444,8 @@ def _export_stack(model, args) -> int:
 
 def _train_extra(args) -> dict:
     keys = ("init_from", "lr", "optimizer", "dropout", "threads", "max_batches", "min_lr", "max_train_tokens",
-            "eval_every", "decoder_precision", "stochastic_weights", "fused_recurrence", "batch_size", "bptt")
+            "eval_every", "anneal_threshold", "decoder_precision", "stochastic_weights", "fused_recurrence",
+            "batch_size", "bptt")
     return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 

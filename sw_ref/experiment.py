@@ -279,7 +279,7 @@ def evaluate_run(run_dir, data_dir, formats=None, bsz: int = 10) -> dict:
 #: training options that define the recipe (the rest only steer logging, threads and checkpoints)
 RECIPE_KEYS = ("layers", "level", "cell_type", "weight_code", "stochastic_weights", "batch_size", "bptt", "lr", "optimizer", "clip", "dropout", "seed", "init_from",
                "gamma", "weight_tanh", "candidate", "embedding", "init_state", "quantize_output", "cell", "anneal",
-               "min_lr", "max_train_tokens", "eval_every", "decoder_precision", "fused_recurrence")
+               "anneal_threshold", "min_lr", "max_train_tokens", "eval_every", "decoder_precision", "fused_recurrence")
 
 
 def full_recipe(train_opts: dict, epochs: int) -> dict:

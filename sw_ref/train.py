@@ -36,7 +36,10 @@ Public API
              cell=None (LSTM only) (model options, see sw_ref.model),
              max_batches=None (stop this invocation after N training batches, with a checkpoint;
              for tests and time-sliced runs), anneal=4.0 (lr divisor when valid ppl does not
-             improve), min_lr=None (stop when lr falls below it), log_every=100 (batches),
+             improve), anneal_threshold=0.0 (relative: a validation that beats the best by less
+             than this fraction, e.g. 0.005 = 0.5 %, still keeps best.pt but also divides lr by
+             anneal, so a run that is only creeping is annealed without waiting for a stall;
+             0 = anneal only on a stall), min_lr=None (stop when lr falls below it), log_every=100 (batches),
              eval_batch_size=10, progress=None (tqdm bar; default: only when stderr is a tty),
              eval_every=0 (batches; > 0 also validates every eval_every batches inside an epoch,
              keeping best.pt and annealing lr on a stall there too, so a short fine-tuning run
@@ -105,7 +108,7 @@ DEFAULTS = dict(
     bptt=35, lr=None, optimizer="sgd", clip=0.25, dropout=0.3, seed=1111, threads=None,
     max_train_tokens=None, out=None, init_from=None, resume=None, checkpoint_every=200,
     gamma=None, weight_tanh=True, candidate="sigmoid", embedding="clip", init_state="zero",
-    quantize_output=False, cell=None, max_batches=None, anneal=4.0, min_lr=None, log_every=100,
+    quantize_output=False, cell=None, max_batches=None, anneal=4.0, anneal_threshold=0.0, min_lr=None, log_every=100,
     eval_batch_size=10, progress=None, decoder_precision="fp32", eval_every=0, cell_type="lstm",
     weight_code="balanced", stochastic_weights=False, level=DEFAULT_LEVEL, fused_recurrence=True,
     layers=1, bidirectional=False,
@@ -301,6 +304,9 @@ def _options(args, kwargs) -> SimpleNamespace:
         raise TrainError(f"--clip must be a number >= 0, got {o.clip!r}")
     if not (isinstance(o.anneal, (int, float)) and o.anneal >= 1):
         raise TrainError(f"anneal must be a number >= 1, got {o.anneal!r}")
+    if isinstance(o.anneal_threshold, bool) or not (isinstance(o.anneal_threshold, (int, float))
+                                                    and 0 <= o.anneal_threshold < 1):
+        raise TrainError(f"--anneal-threshold must be a fraction in [0, 1), got {o.anneal_threshold!r}")
     if not isinstance(o.fused_recurrence, bool):
         raise TrainError(f"fused_recurrence must be True or False, got {o.fused_recurrence!r}")
     if o.decoder_precision not in DECODER_PRECISIONS:
@@ -504,6 +510,10 @@ def train(args=None, **kwargs) -> dict:
                    "train_opts": train_opts})
         _atomic_save(ck, last_path)
 
+    def creeping(valid_ppl):
+        """True when valid_ppl does not beat the best by the relative anneal_threshold (a stall or a crawl)."""
+        return best_valid is not None and not valid_ppl < best_valid * (1 - o.anneal_threshold)
+
     def validate_and_anneal(epoch, batch):
         """Mid-epoch validation (eval_every): keep best.pt, anneal lr on a stall; returns lr."""
         nonlocal best_valid, best_epoch, last_valid
@@ -511,25 +521,26 @@ def train(args=None, **kwargs) -> dict:
         valid_ppl = evaluate(model, valid, o.eval_batch_size, o.bptt)
         model.train()
         improved = best_valid is None or valid_ppl < best_valid
+        annealed = creeping(valid_ppl)
         new_lr = lr
         if improved:
             best_valid, best_epoch = valid_ppl, epoch - 1 + batch / n_batches
             ck = base_ckpt(epoch - 1, valid_ppl)
             ck["batch"] = batch
             _atomic_save(ck, best_path)
-        else:
+        if annealed:
             new_lr = lr / o.anneal
             _set_lr(optimizer, new_lr)
         last_valid = valid_ppl
         with open(metrics_path, "a") as fh:
             rec = {"epoch": epoch, "batch": batch, "lr": lr, "valid_ppl": valid_ppl,
-                   "best_valid_ppl": best_valid, "improved": improved,
+                   "best_valid_ppl": best_valid, "improved": improved, "annealed": annealed,
                    "valid_seconds": round(time.time() - t_val, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             if char:
                 rec["valid_bpc"] = bpc(math.log(valid_ppl))
             fh.write(json.dumps(rec) + "\n")
         log(f"epoch {epoch} batch {batch}/{n_batches} | valid ppl {with_bpc(valid_ppl)} | best {best_valid:.2f}"
-            + ("" if improved else f" | lr -> {new_lr:g}"))
+            + (f" | lr -> {new_lr:g}" if annealed else ""))
         return new_lr
 
     batches_run = 0
@@ -588,9 +599,10 @@ def train(args=None, **kwargs) -> dict:
                 (pbar.write if pbar is not None else log)(msg)
                 t_last_log, loss_last_log, tok_last_log = now, epoch_loss, epoch_tokens
             if o.eval_every and (b + 1) % o.eval_every == 0 and b + 1 < n_batches:
+                t_v = time.time()
                 lr = validate_and_anneal(epoch, b + 1)
                 t_seg, tok_seg = time.time(), 0  # validation time is not training throughput
-                t_last_log = t_seg
+                t_last_log += t_seg - t_v  # nor part of the next log line's ms/batch
             if o.checkpoint_every and (b + 1) % o.checkpoint_every == 0:
                 save_last(epoch - 1, b + 1, hidden)
             if o.max_batches and batches_run >= o.max_batches:
@@ -614,16 +626,17 @@ def train(args=None, **kwargs) -> dict:
         val_seconds = time.time() - t_val
         train_ppl = math.exp(epoch_loss / epoch_tokens) if epoch_tokens else float("nan")
         improved = best_valid is None or valid_ppl < best_valid
+        annealed = creeping(valid_ppl)
         last_valid = valid_ppl
         lr_used = lr
         if improved:
             best_valid, best_epoch = valid_ppl, epoch
             _atomic_save(base_ckpt(epoch, valid_ppl), best_path)
-        else:
+        if annealed:
             lr = lr / o.anneal
             _set_lr(optimizer, lr)
         record = {"epoch": epoch, "lr": lr_used, "train_ppl": train_ppl, "valid_ppl": valid_ppl,
-                  "best_valid_ppl": best_valid, "improved": improved,
+                  "best_valid_ppl": best_valid, "improved": improved, "annealed": annealed,
                   "train_seconds": round(epoch_seconds, 2), "valid_seconds": round(val_seconds, 2),
                   "train_tokens_per_s": round(epoch_tokens / epoch_seconds, 1)
                   if epoch_seconds else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -633,7 +646,7 @@ def train(args=None, **kwargs) -> dict:
             fh.write(json.dumps(record) + "\n")
         log(f"end of epoch {epoch} | train ppl {train_ppl:.2f} | valid ppl {with_bpc(valid_ppl)} | "
             f"best {best_valid:.2f} | train {epoch_seconds:.0f} s, valid {val_seconds:.0f} s"
-            + ("" if improved else f" | lr -> {lr:g}"))
+            + (f" | lr -> {lr:g}" if annealed else ""))
         start_batch = 0
         hidden = None
         epoch_loss, epoch_tokens, epoch_seconds = 0.0, 0, 0.0

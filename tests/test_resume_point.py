@@ -138,6 +138,31 @@ def test_eval_every_validates_and_anneals_within_the_epoch(corpus, tmp_path):
     assert s["best_valid_ppl"] == best["valid_ppl"]
 
 
+def test_anneal_threshold_anneals_a_crawl_and_still_keeps_the_best(corpus, tmp_path):
+    run = tmp_path / "run"
+    # a 30 % threshold: validations that improve by less than that divide lr by 4 although they improve
+    s = train(data=corpus, out=run, epochs=2, eval_every=30, lr=20.0, anneal_threshold=0.3, **QUICK)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "valid_ppl" in r and "event" not in r]
+    assert len(vals) == 8  # 117 batches per epoch: batches 30, 60, 90 and the end, twice
+    best, lr = None, 20.0
+    for r in vals:
+        assert r["lr"] == lr
+        assert r["improved"] == (best is None or r["valid_ppl"] < best)
+        assert r["annealed"] == (best is not None and not r["valid_ppl"] < 0.7 * best)
+        best = r["valid_ppl"] if r["improved"] else best
+        lr = lr / 4 if r["annealed"] else lr
+    # the case the threshold exists for happened: an improving validation that annealed
+    assert any(r["improved"] and r["annealed"] for r in vals)
+    assert torch.load(run / "best.pt", weights_only=True)["valid_ppl"] == best == s["best_valid_ppl"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "x"])
+def test_bad_anneal_threshold_is_one_line(corpus, tmp_path, bad):
+    with pytest.raises(TrainError, match=r"--anneal-threshold must be a fraction in \[0, 1\)"):
+        train(data=corpus, out=tmp_path / "r", epochs=1, anneal_threshold=bad, **QUICK)
+
+
 def test_resume_point_cli(corpus, tmp_path):
     from sw_ref.__main__ import main
 
