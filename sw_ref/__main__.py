@@ -270,7 +270,7 @@ def build_parser():
     sh.add_argument("--name", default="ptb_w4a2_h450", help="file name stem in hwrnn/data/")
     sh.add_argument("--data-dir", help="directory to write to (default: the installed hwrnn/data/)")
     sh.add_argument("--data", help="PTB directory (default $HWRNN_PTB): the shipped model's test perplexity "
-                                   "is measured with its decoder as stored (fp16) and recorded")
+                                   "is measured with its decoder as stored (int8) and recorded")
     rp = sub.add_parser("resume-point", help="pack a run into a committable fp16 resume point, or unpack one")
     rp_sub = rp.add_subparsers(dest="action", required=True)
     pk = rp_sub.add_parser("pack", help="write the resume point of a run directory (from its last.pt)")
@@ -366,7 +366,7 @@ def cmd_eval(args) -> int:
 
 def _eval_pretrained(args) -> int:
     """Re-measure a shipped language model (hwrnn.pretrained) from the package data alone: the
-    integer model of its layer between its stored embedding codes and fp16 decoder."""
+    integer model of its layer between its stored embedding codes and int8 decoder."""
     import math
     from pathlib import Path
 
@@ -635,7 +635,7 @@ def cmd_ship(args) -> int:
     level = meta.get("level", DEFAULT_LEVEL)
     head = lm_head(model, vocab, layer)
     corpus = load_ptb_for(resolve_data_dir(args.data), level, vocab, ck)
-    t0 = time.perf_counter()  # the shipped model's own figure: the decoder as stored (fp16)
+    t0 = time.perf_counter()  # the shipped model's own figure: the decoder as stored (int8)
     shipped_ppw = IntegerLM.from_head(layer, head.stored()).perplexity(corpus.test.numpy())
     print(f"shipped model (decoder {pretrained.DECODER_PRECISION}): integer test perplexity {shipped_ppw:.2f} "
           f"({time.perf_counter() - t0:.0f} s)")
