@@ -279,7 +279,22 @@ def build_parser():
     up = rp_sub.add_parser("unpack", help="recreate a run directory from a resume point, then train/experiment resumes it")
     up.add_argument("point", help="resume point file")
     up.add_argument("--out", required=True, help="new run directory")
+    sl = sub.add_parser("set-lr", help="change the lr a run resumes with (recorded in its metrics.jsonl)")
+    sl.add_argument("run", help="run directory (with last.pt)")
+    sl.add_argument("lr", type=float, help="learning rate from the next batch on")
+    sl.add_argument("--forget-best", action="store_true",
+                    help="warm restart: the next validation starts the best.pt / annealing comparison afresh")
     return p
+
+
+def cmd_set_lr(args) -> int:
+    from .train import set_lr
+
+    rec = set_lr(args.run, args.lr, forget_best=args.forget_best)
+    print(f"{args.run}: lr {rec['lr_from']:g} -> {rec['lr']:g} from epoch {rec['epoch']} batch {rec['batch']}"
+          + (f" (best valid {rec['best_valid_ppl_before']:.2f} forgotten)" if args.forget_best
+             and rec['best_valid_ppl_before'] is not None else ""))
+    return 0
 
 
 def cmd_resume_point(args) -> int:
@@ -657,7 +672,7 @@ def main(argv=None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "experiment": cmd_experiment,
                 "table": cmd_table, "search": cmd_search, "ship": cmd_ship, "widen": cmd_widen,
-                "resume-point": cmd_resume_point}[args.cmd](args)
+                "resume-point": cmd_resume_point, "set-lr": cmd_set_lr}[args.cmd](args)
     except ValueError as e:  # every project error is a ValueError subclass
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sw_ref {args.cmd}: error: {msg}", file=sys.stderr)

@@ -388,6 +388,33 @@ def _set_lr(optimizer, lr):
         g["lr"] = lr
 
 
+def set_lr(run_dir, lr: float, forget_best: bool = False) -> dict:
+    """Change the learning rate a run directory resumes with (its last.pt), once, and record it:
+    a line {"event": "lr_set", ...} in metrics.jsonl (the hand-set schedule of a run stays in its
+    record). forget_best: also drop the best validation so far, so that the next validation
+    starts the comparison that keeps best.pt and anneals afresh (a warm restart to a larger lr,
+    whose first validations are worse than the best at the small lr). Returns the event record;
+    TrainError (one line) for a missing run, a bad lr or a run that has not written last.pt."""
+    run = Path(run_dir)
+    last = run / "last.pt"
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise TrainError(f"the new lr must be a positive number, got {lr!r}")
+    if not last.is_file():
+        raise TrainError(f"{run} has no last.pt to resume from")
+    load_torch_dict(last, "checkpoint", FORMAT, "an hwrnn LM checkpoint")  # one-line errors
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    rec = {"event": "lr_set", "epoch": int(ck["epoch"]) + 1, "batch": int(ck["batch"]), "lr_from": float(ck["lr"]),
+           "lr": float(lr), "forget_best": bool(forget_best), "best_valid_ppl_before": ck.get("best_valid_ppl"),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    ck["lr"] = float(lr)
+    if forget_best:
+        ck["best_valid_ppl"] = None
+    _atomic_save(ck, last)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    return rec
+
+
 def set_threads(n: int | None) -> None:
     """Cap this process at n threads: torch's intra-op pool and numpy's BLAS (the integer model's
     products). None leaves both at their defaults. An uncapped OpenBLAS beside another busy job makes

@@ -163,6 +163,42 @@ def test_bad_anneal_threshold_is_one_line(corpus, tmp_path, bad):
         train(data=corpus, out=tmp_path / "r", epochs=1, anneal_threshold=bad, **QUICK)
 
 
+def test_set_lr_changes_the_resumed_lr_once_and_records_it(corpus, tmp_path, capsys):
+    from sw_ref.__main__ import main
+
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=2, max_batches=150, lr=20.0, **QUICK)  # epoch 1 done, 33 batches of 2
+    capsys.readouterr()
+    assert main(["set-lr", str(run), "0.5", "--forget-best"]) == 0
+    best_before = torch.load(run / "best.pt", weights_only=True)["valid_ppl"]
+    assert capsys.readouterr().out.strip() == (f"{run}: lr 20 -> 0.5 from epoch 2 batch 33 "
+                                               f"(best valid {best_before:.2f} forgotten)")
+    train(data=corpus, out=run, epochs=2, lr=20.0, **QUICK)  # the command's --lr does not override it
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    event = next(r for r in recs if r.get("event") == "lr_set")
+    assert (event["epoch"], event["batch"], event["lr_from"], event["lr"]) == (2, 33, 20.0, 0.5)
+    assert event["forget_best"] and event["best_valid_ppl_before"] == best_before
+    end2 = next(r for r in recs if r.get("epoch") == 2 and "train_ppl" in r)
+    assert end2["lr"] == 0.5 and end2["improved"]  # compared afresh: improved by definition
+    assert torch.load(run / "best.pt", weights_only=True)["valid_ppl"] == end2["valid_ppl"]
+
+
+def test_set_lr_bad_input_is_one_line(corpus, tmp_path, capsys):
+    from sw_ref.__main__ import main
+
+    assert main(["set-lr", str(tmp_path / "none"), "1"]) == 2
+    assert "has no last.pt to resume from" in capsys.readouterr().err
+    run = tmp_path / "run"
+    train(data=corpus, out=run, epochs=1, max_batches=5, **QUICK)
+    for bad in ("0", "nan", "-1"):
+        assert main(["set-lr", str(run), bad]) == 2
+        assert "the new lr must be a positive number" in capsys.readouterr().err
+    (run / "last.pt").write_bytes(b"garbage")
+    assert main(["set-lr", str(run), "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a PyTorch checkpoint" in err
+
+
 def test_resume_point_cli(corpus, tmp_path):
     from sw_ref.__main__ import main
 
