@@ -401,8 +401,7 @@ def set_lr(run_dir, lr: float, forget_best: bool = False) -> dict:
         raise TrainError(f"the new lr must be a positive number, got {lr!r}")
     if not last.is_file():
         raise TrainError(f"{run} has no last.pt to resume from")
-    load_torch_dict(last, "checkpoint", FORMAT, "an hwrnn LM checkpoint")  # one-line errors
-    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = _read_checkpoint(last)  # as resuming reads it (one-line errors)
     rec = {"event": "lr_set", "epoch": int(ck["epoch"]) + 1, "batch": int(ck["batch"]), "lr_from": float(ck["lr"]),
            "lr": float(lr), "forget_best": bool(forget_best), "best_valid_ppl_before": ck.get("best_valid_ppl"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
