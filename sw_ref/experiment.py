@@ -282,6 +282,46 @@ RECIPE_KEYS = ("layers", "level", "cell_type", "weight_code", "stochastic_weight
                "anneal_threshold", "min_lr", "max_train_tokens", "eval_every", "decoder_precision", "fused_recurrence")
 
 
+def validation_curve(run_dir) -> list[dict]:
+    """The run's validation curve from its metrics.jsonl, in order: one record per validation
+    ({"epoch", "valid", "lr"}: the lr the epoch trained with, "batch" for a mid-epoch validation,
+    "annealed": True where lr was divided afterwards) and one per hand-set lr ({"epoch", "batch",
+    "lr_set"}: sw_ref set-lr). Valid perplexity rounded to 0.01; [] without metrics."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    curve = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("event") == "lr_set":
+            curve.append({"epoch": r["epoch"], "batch": r["batch"], "lr_set": r["lr"]})
+        elif "event" not in r and "valid_ppl" in r:
+            c = {"epoch": r["epoch"], **({"batch": r["batch"]} if "batch" in r else {}),
+                 "valid": round(r["valid_ppl"], 2), "lr": r["lr"]}
+            if r.get("annealed", not r.get("improved", True)):
+                c["annealed"] = True
+            curve.append(c)
+    return curve
+
+
+def curve_text(curve: list[dict]) -> str:
+    """One line of a validation curve: "epoch: valid" grouped by the lr they trained with, a
+    mid-epoch validation as "epoch b<batch>: valid", hand-set lr changes marked."""
+    parts, lr = [], None
+    for c in curve:
+        if "lr_set" in c:
+            parts.append(f"[lr set to {c['lr_set']:g} at epoch {c['epoch']} batch {c['batch']}]")
+            lr = c["lr_set"]
+            continue
+        head = "" if c["lr"] == lr else f"lr {c['lr']:g}: "
+        lr = c["lr"]
+        where = f"{c['epoch']}" + (f" b{c['batch']}" if "batch" in c else "")
+        parts.append(f"{head}{where}: {c['valid']:.2f}")
+    return ", ".join(parts)
+
+
 def full_recipe(train_opts: dict, epochs: int) -> dict:
     """Every recipe option as training resolves it (defaults filled in), so an entry states exactly
     how its model was trained."""
@@ -416,6 +456,7 @@ def run_experiment(data, out, wbits=None, abits=None, hidden=300, epochs=40, nam
         "recipe": _entry_recipe(train_opts, cell_type, weight_code, level, layers if stack else 1, epochs),
         **({"layers": layers} if stack else {}),
         "epochs_done": epochs_done, "best_epoch": ev["best_epoch"], "evaluated": ev["checkpoint"],
+        "valid_curve": validation_curve(out),
         "finished": not summary["interrupted"],  # all epochs run, or stopped by min_lr
         "model_ppw": ev["model"], "integer_ppw": ev["integer"], "gap_percent": ev.get("gap_percent"),
         **({k: ev[k] for k in ("model_bpc", "integer_bpc") if k in ev}),
@@ -579,6 +620,11 @@ def results_table(d: dict) -> str:
     noted += [(n, f"not run yet: {why}") for n, why in not_run]
     if noted:
         lines.extend(["", "Notes:", ""] + [f"- {n}: {note}" for n, note in noted])
+    curves = [(n, e["valid_curve"]) for n, e in sorted(d["runs"].items()) if e.get("valid_curve")]
+    if curves:
+        lines.extend(["", "Validation curves (valid PPW after each epoch, \"epoch b<batch>\" inside one; from each "
+                      "run's metrics.jsonl, recorded in its entry as `valid_curve`):", ""]
+                     + [f"- {n}: {curve_text(c)}" for n, c in curves])
     lines.extend(search_table(d))
     lines.extend(stack_table(d))
     lines.extend(widening_table(d))

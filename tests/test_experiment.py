@@ -29,6 +29,28 @@ def test_experiment_records_model_and_integer_perplexity(tiny_corpus, tmp_path):
     assert row.endswith(f"| {e2['wall_s'] / 3600:.1f} h ({e2['wall_s'] / 60:.1f} min/epoch) |")
 
 
+def test_entry_records_the_validation_curve_with_hand_set_lr(tiny_corpus, tmp_path):
+    from sw_ref.train import set_lr
+
+    res, run = tmp_path / "ptb.json", tmp_path / "run"
+    # 2 epochs, validating mid-epoch too; lr set by hand between the two invocations
+    run_experiment(str(tiny_corpus), run, wbits=2, abits=2, hidden=8, epochs=2, results=res, command="test",
+                   eval_every=40, max_batches=150, **QUICK)
+    set_lr(run, 0.5)
+    e = run_experiment(str(tiny_corpus), run, wbits=2, abits=2, hidden=8, epochs=2, results=res, command="test",
+                       eval_every=40, **QUICK)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "valid_ppl" in r and "event" not in r]
+    curve = e["valid_curve"]
+    assert [c.get("valid") for c in curve if "lr_set" not in c] == [round(r["valid_ppl"], 2) for r in vals]
+    assert [c.get("batch") for c in curve if "lr_set" not in c] == [r.get("batch") for r in vals]
+    i = next(i for i, c in enumerate(curve) if "lr_set" in c)
+    assert curve[i] == {"epoch": 2, "batch": 33, "lr_set": 0.5} and curve[i + 1]["lr"] == 0.5
+    assert load_results(res)["runs"]["W2A2@8"]["valid_curve"] == curve
+    line = next(x for x in results_table(load_results(res)).splitlines() if x.startswith("- W2A2@8: lr 20: 1 b40: "))
+    assert "[lr set to 0.5 at epoch 2 batch 33], 2 b40: " in line
+
+
 def test_unfinished_run_is_marked(tiny_corpus, tmp_path):
     res = tmp_path / "ptb.json"
     e = run_experiment(str(tiny_corpus), tmp_path / "run", wbits=None, abits=None, hidden=8, epochs=2, results=res,
