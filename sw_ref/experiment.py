@@ -519,6 +519,8 @@ TARGETS = {"float@300": float(HE_TABLE1_LSTM[(None, None)]),
 #: the LSTM runs of issue 16's table (its targets and the float@450 baseline): a row each, a
 #: "not run yet" row (with the reason results/ptb.json's "not_run" gives) while a run is missing
 REQUIRED_RUNS = (*TARGETS, "float@450")
+#: issue 16's target beyond the papers: run -> (our float baseline, largest excess of its test PPW in %)
+RELATIVE_TARGETS = {"W2A2@450": ("float@450", 10.0)}
 #: He et al.'s GRU rows (300 units) for the GRU entries ("gru": the reset gate before the product, theirs)
 TARGETS.update({_entry_name(w, a, 300, cell_type="gru"): float(v) for (w, a), v in HE_TABLE1_GRU.items()})
 TARGET_SOURCES = {"float@300": "He et al. Table 1, float 300 units; Kapur et al.'s baseline 108.7",
@@ -598,6 +600,7 @@ def results_table(d: dict) -> str:
                          f"| {'<= ' + str(t) if t else '-'} | {_fmt(kapur)} | {_fmt(he)} | - | - |")
     not_run = [(n, why) for n, why in sorted(d.get("not_run", {}).items()) if n not in d["runs"]]
     lines.append("")
+    lines.extend(relative_target_lines(d))
     lines.append("Kapur et al. Table 2 (test PPW): " + "; ".join(
         f"W{w}A{a}: " + ", ".join(f"{h}: {v}" for h, v in row.items()) for (w, a), row in KAPUR_TABLE2.items())
         + f"; float baseline {KAPUR_BASELINE}.")
@@ -629,6 +632,39 @@ def results_table(d: dict) -> str:
     lines.extend(stack_table(d))
     lines.extend(widening_table(d))
     return "\n".join(lines) + "\n"
+
+
+def relative_target(d: dict, name: str, baseline: str, percent: float) -> dict:
+    """Run `name`'s integer-model test PPW against our float `baseline` entry's (training model):
+    {"ppw", "baseline_ppw", "excess_percent", "met"} with met None when either entry is missing or
+    the baseline is unfinished (no yardstick yet); "provisional" when a miss could still change."""
+    e, b = d["runs"].get(name), d["runs"].get(baseline)
+    got = ((e or {}).get("integer_ppw") or {}).get("test")
+    base = ((b or {}).get("model_ppw") or {}).get("test")
+    excess = None if got is None or base is None else 100.0 * (got / base - 1.0)
+    if excess is None or not b.get("finished"):  # an unfinished baseline is no yardstick
+        return {"ppw": got, "baseline_ppw": base, "excess_percent": excess, "met": None, "provisional": True}
+    met = got * 100.0 <= base * (100.0 + percent)  # not via excess: 110 / 100 - 1 is 0.10000000000000009
+    return {"ppw": got, "baseline_ppw": base, "excess_percent": excess, "met": met,
+            "provisional": not met and not e.get("finished")}
+
+
+def relative_target_lines(d: dict) -> list[str]:
+    """The table's line for each of RELATIVE_TARGETS (targets against our own float baselines)."""
+    out = []
+    for name, (baseline, percent) in RELATIVE_TARGETS.items():
+        r = relative_target(d, name, baseline, percent)
+        head = f"Beyond the papers: {name} within {percent:g} % of our {baseline} (test PPW): "
+        if r["met"] is None:
+            missing = " and ".join(n for n, v in ((name, r["ppw"]), (baseline, r["baseline_ppw"])) if v is None)
+            why = (f"{missing} not recorded" if missing else
+                   f"{r['ppw']:.1f} vs {r['baseline_ppw']:.1f} ({r['excess_percent']:+.1f} %), but {baseline} is "
+                   f"unfinished at epoch {d['runs'][baseline]['epochs_done']}")
+            out.append(head + f"not evaluable yet ({why}).")
+        else:
+            verdict = "met" if r["met"] else "not met" + (" yet (an unfinished run)" if r["provisional"] else "")
+            out.append(head + f"{r['ppw']:.1f} vs {r['baseline_ppw']:.1f} ({r['excess_percent']:+.1f} %): {verdict}.")
+    return out
 
 
 def neuron_increase_search(evaluate_hidden, hidden_sizes, target_ppw, baseline_bits=None) -> dict:

@@ -185,6 +185,30 @@ def test_search_over_recorded_runs_and_its_table(tmp_path):
     assert json.loads(out.stdout)["chosen_hidden"] == 450
 
 
+def test_relative_target_against_our_float_baseline():
+    """W2A2@450 within 10 % of our float@450: met / not met / not met yet / not evaluable, in the table."""
+    from sw_ref.experiment import relative_target
+
+    d = {"runs": {}}
+    assert relative_target(d, "W2A2@450", "float@450", 10.0)["met"] is None
+    assert "W2A2@450 within 10 % of our float@450 (test PPW): not evaluable yet (W2A2@450 and float@450 not recorded)." \
+        in results_table(d)
+    d["runs"]["float@450"] = _entry(None, None, 450, 100.0, 30, True, 1000)
+    d["runs"]["W2A2@450"] = _entry(2, 2, 450, 110.0, 12, True, 100)
+    r = relative_target(d, "W2A2@450", "float@450", 10.0)
+    assert r["met"] and abs(r["excess_percent"] - 10.0) < 1e-9
+    assert "(test PPW): 110.0 vs 100.0 (+10.0 %): met." in results_table(d)
+    d["runs"]["W2A2@450"] = _entry(2, 2, 450, 110.5, 12, True, 100)
+    assert "110.5 vs 100.0 (+10.5 %): not met." in results_table(d)
+    d["runs"]["W2A2@450"]["finished"] = False
+    assert "110.5 vs 100.0 (+10.5 %): not met yet (an unfinished run)." in results_table(d)
+    d["runs"]["float@450"].update(finished=False, model_ppw={"valid": 175.0, "test": 170.0})
+    assert relative_target(d, "W2A2@450", "float@450", 10.0)["met"] is None  # unfinished baseline: no verdict
+    assert "not evaluable yet (110.5 vs 170.0 (-35.0 %), but float@450 is unfinished at epoch 30)." in results_table(d)
+    del d["runs"]["W2A2@450"]
+    assert "not evaluable yet (W2A2@450 not recorded)." in results_table(d)
+
+
 def test_bad_results_file_is_one_line(tmp_path):
     import subprocess
     import sys
