@@ -528,11 +528,17 @@ TARGET_SOURCES = {"float@300": "He et al. Table 1, float 300 units; Kapur et al.
                   **{_entry_name(w, a, 300, cell_type="gru"): "He et al. Table 1, GRU" for w, a in HE_TABLE1_GRU}}
 
 
+def _test_ppw(e: dict | None):
+    """The test PPW an entry is judged by: the integer model's; the training model's for a float run."""
+    e = e or {}
+    return (e.get("integer_ppw") or (e.get("model_ppw") if e.get("wbits") is None else None) or {}).get("test")
+
+
 def _target_cell(name: str, e: dict) -> str:
     t = TARGETS.get(name)
     if t is None:
         return "-"
-    got = (e.get("integer_ppw") or (e.get("model_ppw") if e.get("wbits") is None else None) or {}).get("test")
+    got = _test_ppw(e)
     if got is None:
         return f"<= {t}"
     return f"<= {t}: " + ("met" if got <= t else "not met" + ("" if e.get("finished") else " yet"))
@@ -639,8 +645,7 @@ def relative_target(d: dict, name: str, baseline: str, percent: float) -> dict:
     {"ppw", "baseline_ppw", "excess_percent", "met"} with met None when either entry is missing or
     the baseline is unfinished (no yardstick yet); "provisional" when a miss could still change."""
     e, b = d["runs"].get(name), d["runs"].get(baseline)
-    got = ((e or {}).get("integer_ppw") or {}).get("test")
-    base = ((b or {}).get("model_ppw") or {}).get("test")
+    got, base = _test_ppw(e), _test_ppw(b)
     excess = None if got is None or base is None else 100.0 * (got / base - 1.0)
     if excess is None or not b.get("finished"):  # an unfinished baseline is no yardstick
         return {"ppw": got, "baseline_ppw": base, "excess_percent": excess, "met": None, "provisional": True}
